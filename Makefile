@@ -1,0 +1,46 @@
+# The targets are the same commands CI runs (.ci/run).
+PYTHON ?= python3
+VENV   := .venv
+PY     := $(VENV)/bin/python
+STAMP  := $(VENV)/.installed-stamp
+
+.PHONY: install run test lint typecheck fmt migrate clean bench loadtest
+
+$(STAMP): pyproject.toml
+	@$(PYTHON) -c 'import sys; sys.exit(sys.version_info < (3, 11))' || \
+		(echo "Python >= 3.11 is required (set PYTHON=...)"; exit 1)
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -e '.[dev]'
+	touch $(STAMP)
+
+install: $(STAMP)
+
+run: install
+	$(VENV)/bin/pollinator up
+
+test: install
+	$(PY) -m pytest
+
+lint: install
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+
+typecheck: install
+	$(VENV)/bin/mypy
+
+fmt: install
+	$(VENV)/bin/ruff format .
+	$(VENV)/bin/ruff check --fix .
+
+migrate: install
+	$(VENV)/bin/pollinator migrate
+
+bench: install
+	@for b in bench/bench_*.py; do echo "== $$b"; $(PY) $$b --quick || exit 1; done
+
+loadtest: install
+	$(VENV)/bin/pollinator loadtest --instances 1000 --refresh-minutes 1 --duration 240 --out loadtest-out
+
+clean:
+	rm -rf $(VENV) .data .mypy_cache .ruff_cache .pytest_cache .hypothesis *.egg-info

@@ -1,0 +1,1 @@
+"""Pollinator: a self-hosted event poller for SaaS APIs."""

@@ -1,0 +1,22 @@
+"""What an API process shares across requests, created at startup."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import aiohttp
+from redis.asyncio import Redis
+from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
+
+from app.security import SecretBox
+from app.settings import Settings
+
+
+@dataclass
+class ApiContext:
+    settings: Settings
+    engine: AsyncEngine
+    sessions: async_sessionmaker[AsyncSession]
+    redis: Redis
+    http: aiohttp.ClientSession
+    box: SecretBox

@@ -1,0 +1,171 @@
+"""Handlers for ``/elements/api-v2``: thin shells around :mod:`app.services`."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from aiohttp import web
+
+from app.api.auth import parse_authorization
+from app.api.context import ApiContext
+from app.api.errors import AppError, NotFound, Unauthorized
+from app.db import transaction
+from app.domain.instanceconfig import ELEMENT_KEY
+from app.providers.oauth import authorize_url
+from app.services import instances as svc
+from app.services.orgs import Principal, authenticate
+
+BASE = "/elements/api-v2"
+CTX: web.AppKey[ApiContext] = web.AppKey("ctx", ApiContext)
+MAX_PAGE_SIZE = 500
+
+
+def ctx_of(request: web.Request) -> ApiContext:
+    return request.app[CTX]
+
+
+async def principal_of(request: web.Request) -> Principal:
+    """Authenticate the caller; any doubt is a 401."""
+    user, org, element = parse_authorization(request.headers.get("Authorization"))
+    ctx = ctx_of(request)
+    async with ctx.sessions() as session:
+        principal = await authenticate(session, user, org, element)
+    if principal is None:
+        raise Unauthorized("invalid User, Organization or Element credentials")
+    return principal
+
+
+async def json_body(request: web.Request) -> Any:
+    if not request.can_read_body:
+        raise AppError("body: a JSON body is required")
+    raw = await request.read()
+    try:
+        return json.loads(raw)
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise AppError(f"body: invalid JSON ({exc.__class__.__name__})") from exc
+
+
+def int_param(request: web.Request, name: str, default: int, lo: int, hi: int) -> int:
+    raw = request.query.get(name)
+    if raw is None or raw == "":
+        return default
+    try:
+        value = int(raw)
+    except ValueError as exc:
+        raise AppError(f"{name}: must be an integer") from exc
+    if not lo <= value <= hi:
+        raise AppError(f"{name}: must be between {lo} and {hi}")
+    return value
+
+
+def instance_id_of(request: web.Request, principal: Principal) -> int:
+    try:
+        instance_id = int(request.match_info["id"])
+    except ValueError as exc:
+        raise NotFound("instance not found") from exc
+    if principal.instance_id is not None and principal.instance_id != instance_id:
+        raise NotFound(f"instance {instance_id} not found")
+    return instance_id
+
+
+def _input_error(exc: svc.InstanceInputError) -> AppError:
+    return AppError(exc.message, exc.status)
+
+
+async def oauth_url(request: web.Request) -> web.Response:
+    """``GET /elements/infusionsoftrest/oauth/url``: where to send the user for consent."""
+    await principal_of(request)
+    if request.match_info["key"] != ELEMENT_KEY:
+        raise NotFound(f"element {request.match_info['key']!r} not found")
+    api_key = request.query.get("apiKey", "").strip()
+    callback = request.query.get("callbackUrl", "").strip()
+    if not api_key:
+        raise AppError("apiKey: is required")
+    if not callback:
+        raise AppError("callbackUrl: is required")
+    url = authorize_url(
+        ctx_of(request).settings.infusionsoft_authorize_url,
+        api_key,
+        callback,
+        request.query.get("state") or None,
+    )
+    return web.json_response({"element": ELEMENT_KEY, "oauthUrl": url})
+
+
+async def create_instance(request: web.Request) -> web.Response:
+    principal = await principal_of(request)
+    body = await json_body(request)
+    ctx = ctx_of(request)
+    try:
+        async with transaction(ctx.sessions) as session:
+            instance, token = await svc.create_instance(
+                session, ctx.http, ctx.box, ctx.settings, principal.organization_id, body
+            )
+    except svc.InstanceInputError as exc:
+        raise _input_error(exc) from exc
+    return web.json_response(svc.instance_view(instance, ctx.box, token=token))
+
+
+async def list_instances(request: web.Request) -> web.Response:
+    principal = await principal_of(request)
+    page = int_param(request, "page", 1, 1, 1_000_000)
+    page_size = int_param(request, "pageSize", 100, 1, MAX_PAGE_SIZE)
+    ctx = ctx_of(request)
+    async with ctx.sessions() as session:
+        rows, total = await svc.list_instances(session, principal.organization_id, page, page_size)
+    response = web.json_response([svc.instance_view(i, ctx.box) for i in rows])
+    response.headers["Elements-Total-Count"] = str(total)
+    return response
+
+
+async def get_instance(request: web.Request) -> web.Response:
+    principal = await principal_of(request)
+    instance_id = instance_id_of(request, principal)
+    ctx = ctx_of(request)
+    async with ctx.sessions() as session:
+        try:
+            instance = await svc.get_instance(session, principal.organization_id, instance_id)
+        except LookupError as exc:
+            raise NotFound(str(exc)) from exc
+    return web.json_response(svc.instance_view(instance, ctx.box))
+
+
+async def patch_instance(request: web.Request) -> web.Response:
+    principal = await principal_of(request)
+    instance_id = instance_id_of(request, principal)
+    body = await json_body(request)
+    ctx = ctx_of(request)
+    try:
+        async with transaction(ctx.sessions) as session:
+            try:
+                instance = await svc.get_instance(session, principal.organization_id, instance_id)
+            except LookupError as exc:
+                raise NotFound(str(exc)) from exc
+            await svc.patch_instance(session, ctx.box, ctx.settings, instance, body)
+    except svc.InstanceInputError as exc:
+        raise _input_error(exc) from exc
+    return web.json_response(svc.instance_view(instance, ctx.box))
+
+
+async def delete_instance(request: web.Request) -> web.Response:
+    principal = await principal_of(request)
+    instance_id = instance_id_of(request, principal)
+    ctx = ctx_of(request)
+    async with transaction(ctx.sessions) as session:
+        try:
+            instance = await svc.get_instance(session, principal.organization_id, instance_id)
+        except LookupError as exc:
+            raise NotFound(str(exc)) from exc
+        await svc.delete_instance(session, instance)
+    await svc.forget_watermarks(ctx.redis, instance_id)
+    return web.json_response({"id": instance_id, "deleted": True})
+
+
+def add_routes(app: web.Application) -> None:
+    app.router.add_get(BASE + "/elements/{key}/oauth/url", oauth_url)
+    app.router.add_post(BASE + "/instances", create_instance)
+    app.router.add_get(BASE + "/instances", list_instances)
+    app.router.add_get(BASE + "/instances/{id}", get_instance)
+    app.router.add_patch(BASE + "/instances/{id}", patch_instance)
+    app.router.add_delete(BASE + "/instances/{id}", delete_instance)

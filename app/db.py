@@ -1,0 +1,57 @@
+"""Database engines and sessions. Factories take a URL; nothing connects at import."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from sqlalchemy.ext.asyncio import (
+    AsyncEngine,
+    AsyncSession,
+    async_sessionmaker,
+    create_async_engine,
+)
+
+_SCHEMES = ("postgresql+asyncpg://", "postgresql+psycopg://", "postgresql://", "postgres://")
+
+
+def _strip_scheme(url: str) -> str:
+    for scheme in _SCHEMES:
+        if url.startswith(scheme):
+            return url[len(scheme) :]
+    raise ValueError(f"not a PostgreSQL URL: {url.split('://', 1)[0]}://...")
+
+
+def async_url(url: str) -> str:
+    """The SQLAlchemy URL for the asyncpg driver."""
+    return "postgresql+asyncpg://" + _strip_scheme(url)
+
+
+def sync_url(url: str) -> str:
+    """The SQLAlchemy URL for the psycopg (v3) driver, used by Alembic and the CLI."""
+    return "postgresql+psycopg://" + _strip_scheme(url)
+
+
+def create_engine(url: str, *, pool_size: int = 10, max_overflow: int = 10) -> AsyncEngine:
+    """An async engine; one per process (API, each worker process)."""
+    return create_async_engine(
+        async_url(url),
+        pool_size=pool_size,
+        max_overflow=max_overflow,
+        pool_pre_ping=True,
+        pool_recycle=1800,
+    )
+
+
+def session_factory(engine: AsyncEngine) -> async_sessionmaker[AsyncSession]:
+    """Sessions that do not expire objects on commit (they are read after it)."""
+    return async_sessionmaker(engine, class_=AsyncSession, expire_on_commit=False)
+
+
+@asynccontextmanager
+async def transaction(
+    sessions: async_sessionmaker[AsyncSession],
+) -> AsyncIterator[AsyncSession]:
+    """One unit of work: commit at the boundary, roll back on any error."""
+    async with sessions() as session, session.begin():
+        yield session

@@ -1,0 +1,271 @@
+"""Validation of the Open Connectors instance body (SPEC §3), as pure functions.
+
+The body is split into what may be shown back (``public``) and what must be
+encrypted (``secrets``). Every failure raises :class:`FieldError` naming the
+offending key, so the API can answer 400 without having written anything.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+from urllib.parse import urlsplit
+
+from app.domain.pollconfig import (
+    DEFAULT_POLLER_CONFIGURATION,
+    ConfigError,
+    ResourceConfig,
+    parse_poller_configuration,
+)
+from app.domain.ssrf import is_forbidden_address, is_forbidden_hostname, parse_ip_literal
+
+ELEMENT_KEY = "infusionsoftrest"
+ELEMENT_NAME = "Infusionsoft REST"
+SECRET_CONFIG_KEYS = ("oauth.api.secret", "event.notification.signature.key")
+POLLER_KEY = "event.poller.configuration"
+INTERVAL_KEY = "event.poller.refresh_interval"
+CALLBACK_KEY = "event.notification.callback.url"
+ENABLED_KEY = "event.notification.enabled"
+DEFAULT_REFRESH_MINUTES = 15.0
+REDACTED = "********"
+MAX_NAME_LENGTH = 200
+MAX_TAGS = 50
+
+
+class FieldError(ValueError):
+    """Invalid input; ``field`` is the key the caller must fix."""
+
+    def __init__(self, field: str, message: str) -> None:
+        super().__init__(f"{field}: {message}")
+        self.field = field
+        self.message = f"{field}: {message}"
+
+
+@dataclass(frozen=True)
+class InstanceSpec:
+    """A validated instance definition, ready to store."""
+
+    name: str
+    tags: list[str]
+    public: dict[str, Any]
+    secrets: dict[str, str]
+    events_enabled: bool
+    callback_url: str | None
+    refresh_interval_s: float
+    resources: dict[str, ResourceConfig]
+
+    @property
+    def client_id(self) -> str:
+        return str(self.public["oauth.api.key"])
+
+    @property
+    def oauth_callback_url(self) -> str:
+        return str(self.public["oauth.callback.url"])
+
+
+def _as_bool(value: object, field: str) -> bool:
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, str) and value.strip().lower() in {"true", "false"}:
+        return value.strip().lower() == "true"
+    raise FieldError(field, "must be true or false")
+
+
+def _non_empty_str(config: Mapping[str, Any], key: str) -> str:
+    value = config.get(key)
+    if not isinstance(value, str) or not value.strip():
+        raise FieldError(f"configuration.{key}", "is required (a non-empty string)")
+    return value.strip()
+
+
+def parse_refresh_minutes(value: object, minimum: float) -> float:
+    """``event.poller.refresh_interval``: a number or numeric string, in minutes."""
+    field = f"configuration.{INTERVAL_KEY}"
+    if isinstance(value, bool):
+        raise FieldError(field, "must be a number of minutes")
+    try:
+        minutes = float(value) if isinstance(value, int | float | str) else math.nan
+    except ValueError:
+        minutes = math.nan
+    if not math.isfinite(minutes):
+        raise FieldError(field, "must be a number of minutes")
+    if minutes < minimum:
+        raise FieldError(field, f"must be at least {minimum:g} minutes")
+    return minutes
+
+
+def check_callback_url(url: object, allow_private: bool, field: str) -> str:
+    """Scheme and literal-address checks; DNS answers are checked by the caller and at delivery."""
+    if not isinstance(url, str) or not url.strip():
+        raise FieldError(field, "is required when events are enabled")
+    url = url.strip()
+    try:
+        parts = urlsplit(url)
+        host = parts.hostname
+        _ = parts.port
+    except ValueError as exc:
+        raise FieldError(field, "is not a valid URL") from exc
+    if parts.scheme not in {"http", "https"} or not host:
+        raise FieldError(field, "must be an http(s) URL with a host")
+    if not allow_private:
+        address = parse_ip_literal(host)
+        if is_forbidden_hostname(host) or (address is not None and is_forbidden_address(address)):
+            raise FieldError(field, "points to a private or loopback address, which is not allowed")
+    return url
+
+
+def parse_tags(value: object) -> list[str]:
+    """Tags as strings or Open Connectors ``{"name": ...}`` objects."""
+    if value is None:
+        return []
+    if not isinstance(value, list) or len(value) > MAX_TAGS:
+        raise FieldError("tags", f"must be a list of at most {MAX_TAGS} strings")
+    tags: list[str] = []
+    for item in value:
+        name = item.get("name") if isinstance(item, dict) else item
+        if not isinstance(name, str) or not name.strip() or len(name) > MAX_NAME_LENGTH:
+            raise FieldError("tags", "each tag must be a non-empty string")
+        tags.append(name.strip())
+    return tags
+
+
+def parse_name(value: object) -> str:
+    if value is None:
+        return "Infusionsoft REST instance"
+    if not isinstance(value, str) or not value.strip() or len(value) > MAX_NAME_LENGTH:
+        raise FieldError("name", f"must be a non-empty string of at most {MAX_NAME_LENGTH} chars")
+    return value.strip()
+
+
+def _poller(config: Mapping[str, Any]) -> tuple[dict[str, Any], dict[str, ResourceConfig]]:
+    raw = config.get(POLLER_KEY)
+    if raw is None or raw == "":
+        raw = DEFAULT_POLLER_CONFIGURATION
+    try:
+        resources = parse_poller_configuration(raw)
+    except ConfigError as exc:
+        raise FieldError(f"configuration.{exc.field}", exc.detail) from exc
+    as_object = json.loads(raw) if isinstance(raw, str) else raw
+    return dict(as_object), resources
+
+
+def validate_configuration(
+    config: object, *, min_refresh_minutes: float, allow_private_callbacks: bool
+) -> tuple[dict[str, Any], dict[str, str], bool, str | None, float, dict[str, ResourceConfig]]:
+    """Validate a full ``configuration`` object; split it into public and secret parts."""
+    if not isinstance(config, dict):
+        raise FieldError("configuration", "must be an object")
+    _non_empty_str(config, "oauth.api.key")
+    _non_empty_str(config, "oauth.api.secret")
+    _non_empty_str(config, "oauth.callback.url")
+    enabled = _as_bool(config.get(ENABLED_KEY, False), f"configuration.{ENABLED_KEY}")
+    vendor = config.get("event.vendor.type", "polling")
+    if enabled and vendor != "polling":
+        raise FieldError(
+            "configuration.event.vendor.type", "only 'polling' is supported for infusionsoftrest"
+        )
+    callback = None
+    if enabled or config.get(CALLBACK_KEY):
+        callback = check_callback_url(
+            config.get(CALLBACK_KEY), allow_private_callbacks, f"configuration.{CALLBACK_KEY}"
+        )
+    raw_interval = config.get(INTERVAL_KEY)
+    minutes = (
+        max(DEFAULT_REFRESH_MINUTES, min_refresh_minutes)
+        if raw_interval is None
+        else parse_refresh_minutes(raw_interval, min_refresh_minutes)
+    )
+    signature = config.get("event.notification.signature.key")
+    if signature is not None and not isinstance(signature, str):
+        raise FieldError("configuration.event.notification.signature.key", "must be a string")
+    poller_raw, resources = _poller(config)
+    public = {k: v for k, v in config.items() if k not in SECRET_CONFIG_KEYS}
+    public[ENABLED_KEY] = enabled
+    public[POLLER_KEY] = poller_raw
+    public[INTERVAL_KEY] = minutes
+    secrets = {k: str(config[k]) for k in SECRET_CONFIG_KEYS if config.get(k)}
+    return public, secrets, enabled, callback, minutes * 60.0, resources
+
+
+def validate_create(
+    body: object, *, min_refresh_minutes: float, allow_private_callbacks: bool
+) -> tuple[InstanceSpec, str]:
+    """Validate a ``POST /instances`` body; returns the spec and the OAuth grant code."""
+    if not isinstance(body, dict):
+        raise FieldError("body", "must be a JSON object")
+    element = body.get("element")
+    key = element.get("key") if isinstance(element, dict) else None
+    if key != ELEMENT_KEY:
+        raise FieldError("element.key", f"unknown element; only '{ELEMENT_KEY}' is supported")
+    provider = body.get("providerData")
+    code = provider.get("code") if isinstance(provider, dict) else None
+    if not isinstance(code, str) or not code.strip():
+        raise FieldError("providerData.code", "is required (the OAuth authorization grant code)")
+    public, secrets, enabled, callback, interval, resources = validate_configuration(
+        body.get("configuration"),
+        min_refresh_minutes=min_refresh_minutes,
+        allow_private_callbacks=allow_private_callbacks,
+    )
+    spec = InstanceSpec(
+        name=parse_name(body.get("name")),
+        tags=parse_tags(body.get("tags")),
+        public=public,
+        secrets=secrets,
+        events_enabled=enabled,
+        callback_url=callback,
+        refresh_interval_s=interval,
+        resources=resources,
+    )
+    return spec, code.strip()
+
+
+def validate_patch(
+    current_name: str,
+    current_tags: list[str],
+    current_public: Mapping[str, Any],
+    current_secrets: Mapping[str, str],
+    body: object,
+    *,
+    min_refresh_minutes: float,
+    allow_private_callbacks: bool,
+) -> InstanceSpec:
+    """Merge a ``PATCH`` body over the stored instance and re-validate the result as on create."""
+    if not isinstance(body, dict):
+        raise FieldError("body", "must be a JSON object")
+    changes = body.get("configuration", {})
+    if not isinstance(changes, dict):
+        raise FieldError("configuration", "must be an object")
+    merged: dict[str, Any] = {**current_public, **current_secrets}
+    for key, value in changes.items():
+        if key in SECRET_CONFIG_KEYS and value == REDACTED:
+            continue  # a client echoing the redacted configuration back keeps the secret
+        if value is None:
+            merged.pop(key, None)
+        else:
+            merged[key] = value
+    public, secrets, enabled, callback, interval, resources = validate_configuration(
+        merged,
+        min_refresh_minutes=min_refresh_minutes,
+        allow_private_callbacks=allow_private_callbacks,
+    )
+    return InstanceSpec(
+        name=parse_name(body["name"]) if "name" in body else current_name,
+        tags=parse_tags(body["tags"]) if "tags" in body else list(current_tags),
+        public=public,
+        secrets=secrets,
+        events_enabled=enabled,
+        callback_url=callback,
+        refresh_interval_s=interval,
+        resources=resources,
+    )
+
+
+def redacted_configuration(public: Mapping[str, Any], secrets: Mapping[str, str]) -> dict[str, Any]:
+    """What the API shows: public keys as stored, every secret key replaced by ``********``."""
+    shown = dict(public)
+    for key in secrets:
+        shown[key] = REDACTED
+    return shown

@@ -1,0 +1,50 @@
+"""``pollinator migrate``: ``alembic upgrade head`` against the configured database."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from alembic.config import Config
+
+from alembic import command
+from app.db import sync_url
+
+ALEMBIC_DIR = Path(__file__).resolve().parent.parent / "alembic"
+
+
+def alembic_config(database_url: str) -> Config:
+    """An Alembic config pointing at our scripts and the given database."""
+    cfg = Config()
+    cfg.set_main_option("script_location", str(ALEMBIC_DIR))
+    # ConfigParser interpolation: a literal % in the URL must be doubled.
+    cfg.set_main_option("sqlalchemy.url", sync_url(database_url).replace("%", "%%"))
+    return cfg
+
+
+def upgrade(database_url: str) -> None:
+    """Bring the schema to the newest revision (idempotent)."""
+    command.upgrade(alembic_config(database_url), "head")
+
+
+def check(database_url: str) -> None:
+    """Fail if the models and the migrations disagree (``alembic check``)."""
+    command.check(alembic_config(database_url))
+
+
+def main(argv: list[str]) -> int:
+    """Entry point of ``pollinator migrate [--check]``."""
+    from app.settings import load_settings_or_exit
+
+    parser = argparse.ArgumentParser(prog="pollinator migrate")
+    parser.add_argument("--check", action="store_true", help="run `alembic check` afterwards")
+    args = parser.parse_args(argv)
+    settings = load_settings_or_exit()
+    if not settings.database_url:
+        print("pollinator: POLLINATOR_DATABASE_URL is required", file=sys.stderr)  # noqa: T201
+        return 2
+    upgrade(settings.database_url)
+    if args.check:
+        check(settings.database_url)
+    return 0

@@ -1,0 +1,254 @@
+"""SQLModel tables: the whole persistent data model.
+
+Secrets never sit in plain columns: organization and user secrets and instance
+tokens are stored as SHA-256 digests (they are 256-bit random values, so a fast
+hash is enough and allows an indexed lookup); provider tokens, the OAuth client
+secret and the callback signature key are Fernet-encrypted in
+``Instance.secrets`` with ``POLLINATOR_SECRET_KEY``.
+"""
+
+from __future__ import annotations
+
+import enum
+import uuid
+from datetime import UTC, datetime
+from typing import Any
+
+from sqlalchemy import (
+    BigInteger,
+    Column,
+    DateTime,
+    ForeignKey,
+    Index,
+    Integer,
+    LargeBinary,
+    MetaData,
+    String,
+    Text,
+    UniqueConstraint,
+    text,
+)
+from sqlalchemy.dialects.postgresql import JSONB, UUID
+from sqlmodel import Field, SQLModel
+
+# Deterministic constraint names so autogenerate and `alembic check` are stable.
+SQLModel.metadata.naming_convention = {
+    "ix": "ix_%(table_name)s_%(column_0_N_name)s",
+    "uq": "uq_%(table_name)s_%(column_0_N_name)s",
+    "ck": "ck_%(table_name)s_%(constraint_name)s",
+    "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+    "pk": "pk_%(table_name)s",
+}
+metadata: MetaData = SQLModel.metadata
+
+
+def utcnow() -> datetime:
+    """Aware UTC now; every timestamp in the database is ``timestamptz``."""
+    return datetime.now(UTC)
+
+
+def _ts(*, nullable: bool = False, index: bool = False, default: bool = False) -> Any:
+    return Field(
+        default_factory=utcnow if default else None,
+        sa_column=Column(
+            DateTime(timezone=True),
+            nullable=nullable,
+            index=index,
+            server_default=text("now()") if default else None,
+        ),
+    )
+
+
+class DeliveryStatus(enum.StrEnum):
+    """Lifecycle of one callback POST."""
+
+    PENDING = "pending"
+    DELIVERED = "delivered"
+    FAILED = "failed"
+    CANCELLED = "cancelled"
+
+
+class Organization(SQLModel, table=True):
+    """A tenant. Every instance belongs to exactly one."""
+
+    __tablename__ = "organizations"
+
+    id: int | None = Field(default=None, sa_column=Column(BigInteger, primary_key=True))
+    name: str = Field(sa_column=Column(String(200), nullable=False))
+    secret_hash: str = Field(sa_column=Column(String(64), nullable=False, unique=True))
+    created_at: datetime = _ts(default=True)
+
+
+class User(SQLModel, table=True):
+    """A user of an organization; authenticates with its own secret plus the organization's."""
+
+    __tablename__ = "users"
+
+    id: int | None = Field(default=None, sa_column=Column(BigInteger, primary_key=True))
+    organization_id: int = Field(
+        sa_column=Column(
+            BigInteger,
+            ForeignKey("organizations.id", ondelete="CASCADE"),
+            nullable=False,
+            index=True,
+        )
+    )
+    name: str = Field(sa_column=Column(String(200), nullable=False))
+    secret_hash: str = Field(sa_column=Column(String(64), nullable=False, unique=True))
+    created_at: datetime = _ts(default=True)
+
+
+class Instance(SQLModel, table=True):
+    """A connector instance: one tenant's authenticated Infusionsoft account plus its events setup.
+
+    ``configuration`` holds the non-secret configuration exactly as given (with
+    the poller configuration normalized to an object); secret keys live only in
+    the encrypted ``secrets`` blob. Deleted instances are kept as tombstones
+    (``deleted_at``) so their event log stays consistent, but lose their secrets.
+    """
+
+    __tablename__ = "instances"
+    __table_args__ = (
+        Index(
+            "ix_instances_due",
+            "next_poll_at",
+            postgresql_where=text("events_enabled AND NOT disabled AND deleted_at IS NULL"),
+        ),
+    )
+
+    id: int | None = Field(default=None, sa_column=Column(BigInteger, primary_key=True))
+    organization_id: int = Field(
+        sa_column=Column(
+            BigInteger,
+            ForeignKey("organizations.id", ondelete="CASCADE"),
+            nullable=False,
+            index=True,
+        )
+    )
+    name: str = Field(sa_column=Column(String(200), nullable=False))
+    element_key: str = Field(sa_column=Column(String(64), nullable=False))
+    token_hash: str = Field(sa_column=Column(String(64), nullable=False, unique=True))
+    tags: list[str] = Field(
+        default_factory=list, sa_column=Column(JSONB, nullable=False, server_default="[]")
+    )
+    configuration: dict[str, Any] = Field(sa_column=Column(JSONB, nullable=False))
+    secrets: bytes | None = Field(default=None, sa_column=Column(LargeBinary, nullable=True))
+    # Bumped on every token write: a worker that refreshed with a stale refresh
+    # token can tell it lost the race and re-read instead of failing.
+    token_version: int = Field(
+        default=0, sa_column=Column(Integer, nullable=False, server_default="0")
+    )
+    events_enabled: bool = Field(default=False, nullable=False)
+    disabled: bool = Field(default=False, nullable=False)
+    valid: bool = Field(default=True, nullable=False)
+    refresh_interval_s: float = Field(default=900.0, nullable=False)
+    next_poll_at: datetime | None = _ts(nullable=True)
+    poll_failures: int = Field(
+        default=0, sa_column=Column(Integer, nullable=False, server_default="0")
+    )
+    created_at: datetime = _ts(default=True)
+    updated_at: datetime = _ts(default=True)
+    deleted_at: datetime | None = _ts(nullable=True)
+
+
+class PollState(SQLModel, table=True):
+    """Per (instance, resource) polling state; the durable checkpoint of the Redis watermark."""
+
+    __tablename__ = "poll_states"
+    __table_args__ = (UniqueConstraint("instance_id", "resource"),)
+
+    id: int | None = Field(default=None, sa_column=Column(BigInteger, primary_key=True))
+    instance_id: int = Field(
+        sa_column=Column(BigInteger, ForeignKey("instances.id", ondelete="CASCADE"), nullable=False)
+    )
+    resource: str = Field(sa_column=Column(String(200), nullable=False))
+    # Watermark: the newest updated date covered, plus the ids already seen at
+    # exactly that date (so the next query can use >= without duplicates).
+    watermark_at: datetime = _ts()
+    watermark_ids: list[str] = Field(
+        default_factory=list, sa_column=Column(JSONB, nullable=False, server_default="[]")
+    )
+    enabled_at: datetime = _ts(default=True)
+    last_polled_at: datetime | None = _ts(nullable=True)
+    last_success_at: datetime | None = _ts(nullable=True)
+    consecutive_failures: int = Field(
+        default=0, sa_column=Column(Integer, nullable=False, server_default="0")
+    )
+    last_error: str | None = Field(default=None, sa_column=Column(Text, nullable=True))
+
+
+class Event(SQLModel, table=True):
+    """One standardized change event. ``id`` is deterministic, so a re-seen record is a no-op."""
+
+    __tablename__ = "events"
+    __table_args__ = (Index("ix_events_instance_created", "instance_id", "created_at"),)
+
+    id: uuid.UUID = Field(sa_column=Column(UUID(as_uuid=True), primary_key=True))
+    instance_id: int = Field(
+        sa_column=Column(BigInteger, ForeignKey("instances.id", ondelete="CASCADE"), nullable=False)
+    )
+    object_type: str = Field(sa_column=Column(String(200), nullable=False))
+    object_id: str = Field(sa_column=Column(String(500), nullable=False))
+    event_type: str = Field(sa_column=Column(String(16), nullable=False))
+    event_date: datetime = _ts()
+    poll_date: datetime = _ts()
+    delivery_id: uuid.UUID | None = Field(
+        default=None,
+        sa_column=Column(
+            UUID(as_uuid=True),
+            ForeignKey("deliveries.id", ondelete="SET NULL"),
+            nullable=True,
+            index=True,
+        ),
+    )
+    record: dict[str, Any] = Field(sa_column=Column(JSONB, nullable=False))
+    created_at: datetime = _ts(default=True)
+
+
+class Delivery(SQLModel, table=True):
+    """One callback POST carrying up to 10 events; ``body`` is the exact bytes signed and sent."""
+
+    __tablename__ = "deliveries"
+    __table_args__ = (
+        Index("ix_deliveries_instance_created", "instance_id", "created_at"),
+        Index(
+            "ix_deliveries_due",
+            "next_attempt_at",
+            postgresql_where=text("status = 'pending'"),
+        ),
+    )
+
+    id: uuid.UUID = Field(sa_column=Column(UUID(as_uuid=True), primary_key=True))
+    instance_id: int = Field(
+        sa_column=Column(BigInteger, ForeignKey("instances.id", ondelete="CASCADE"), nullable=False)
+    )
+    status: str = Field(
+        default=DeliveryStatus.PENDING,
+        sa_column=Column(String(16), nullable=False, server_default="pending"),
+    )
+    body: bytes = Field(sa_column=Column(LargeBinary, nullable=False))
+    event_count: int = Field(sa_column=Column(Integer, nullable=False))
+    next_attempt_at: datetime | None = _ts(nullable=True)
+    created_at: datetime = _ts(default=True)
+    delivered_at: datetime | None = _ts(nullable=True)
+
+
+class DeliveryAttempt(SQLModel, table=True):
+    """One try at a delivery; the attempt count of a delivery is the number of these rows."""
+
+    __tablename__ = "delivery_attempts"
+    __table_args__ = (UniqueConstraint("delivery_id", "attempt"),)
+
+    id: int | None = Field(default=None, sa_column=Column(BigInteger, primary_key=True))
+    delivery_id: uuid.UUID = Field(
+        sa_column=Column(
+            UUID(as_uuid=True), ForeignKey("deliveries.id", ondelete="CASCADE"), nullable=False
+        )
+    )
+    attempt: int = Field(sa_column=Column(Integer, nullable=False))
+    at: datetime = _ts(default=True)
+    status_code: int | None = Field(default=None, sa_column=Column(Integer, nullable=True))
+    duration_ms: int = Field(sa_column=Column(Integer, nullable=False))
+    error: str | None = Field(default=None, sa_column=Column(String(32), nullable=True))
+    error_detail: str | None = Field(default=None, sa_column=Column(Text, nullable=True))
+    response_body: str | None = Field(default=None, sa_column=Column(Text, nullable=True))

@@ -1,0 +1,322 @@
+"""Instance use-cases: create, read, update, delete — with tenant isolation on every query.
+
+Functions take their dependencies as arguments; the caller owns the
+transaction (the API handler commits at the request boundary).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import socket
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import timedelta
+from typing import Any
+from urllib.parse import urlsplit
+
+import aiohttp
+from redis.asyncio import Redis
+from sqlalchemy import delete, func, select, update
+from sqlalchemy.ext.asyncio import AsyncSession
+from sqlmodel import col
+
+from app import keys
+from app.domain.instanceconfig import (
+    CALLBACK_KEY,
+    ELEMENT_KEY,
+    ELEMENT_NAME,
+    InstanceSpec,
+    redacted_configuration,
+    validate_create,
+    validate_patch,
+)
+from app.domain.ssrf import is_forbidden_address, parse_ip_literal
+from app.models import Delivery, DeliveryStatus, Instance, PollState, utcnow
+from app.providers.oauth import GrantRejected, ProviderUnavailable, exchange_code
+from app.security import REDACTED, SecretBox, hash_secret, new_secret
+from app.settings import Settings
+
+log = logging.getLogger(__name__)
+
+PROVIDER_TOKEN_KEYS = ("access_token", "refresh_token", "expires_at")
+SHOWN_TOKEN_KEYS = {"access_token": "oauth.user.token", "refresh_token": "oauth.user.refresh_token"}
+DNS_TIMEOUT_S = 3.0
+
+
+class InstanceInputError(Exception):
+    """Bad input; ``status`` is 400 (or 502 when the provider could not be reached)."""
+
+    def __init__(self, message: str, status: int = 400) -> None:
+        super().__init__(message)
+        self.message = message
+        self.status = status
+
+
+@dataclass(frozen=True)
+class Page:
+    items: list[dict[str, Any]]
+    total: int
+
+
+async def resolve_addresses(host: str) -> list[str]:
+    """All addresses a host name resolves to (empty when it does not resolve)."""
+    loop = asyncio.get_running_loop()
+    try:
+        infos = await asyncio.wait_for(
+            loop.getaddrinfo(host, None, type=socket.SOCK_STREAM), DNS_TIMEOUT_S
+        )
+    except (OSError, TimeoutError):
+        return []
+    return sorted({str(info[4][0]) for info in infos})
+
+
+async def check_callback_dns(url: str | None, allow_private: bool) -> None:
+    """Reject a callback host whose DNS answers include a private address.
+
+    A name that does not resolve yet is accepted: the delivery-time guard checks
+    every connection anyway, and DNS may simply not be published yet.
+    """
+    if url is None or allow_private:
+        return
+    host = urlsplit(url).hostname or ""
+    if parse_ip_literal(host) is not None:
+        return  # literal addresses were checked by the pure validator
+    for address in await resolve_addresses(host):
+        parsed = parse_ip_literal(address)
+        if parsed is not None and is_forbidden_address(parsed):
+            raise InstanceInputError(
+                f"configuration.{CALLBACK_KEY}: resolves to a private or loopback address "
+                f"({address}), which is not allowed"
+            )
+
+
+def instance_view(instance: Instance, box: SecretBox, token: str | None = None) -> dict[str, Any]:
+    """The public JSON of an instance (SPEC §3): secrets redacted, token only on create."""
+    secrets = box.open(instance.secrets)
+    config_secrets = {k: v for k, v in secrets.items() if k not in PROVIDER_TOKEN_KEYS}
+    configuration = redacted_configuration(instance.configuration, config_secrets)
+    for key, shown in SHOWN_TOKEN_KEYS.items():
+        if secrets.get(key):
+            configuration[shown] = REDACTED
+    view: dict[str, Any] = {
+        "id": instance.id,
+        "name": instance.name,
+        "element": {"key": ELEMENT_KEY, "name": ELEMENT_NAME},
+        "tags": [{"name": t} for t in instance.tags],
+        "valid": instance.valid,
+        "disabled": instance.disabled,
+        "eventsEnabled": instance.events_enabled,
+        "configuration": configuration,
+        "createdDate": instance.created_at.isoformat().replace("+00:00", "Z"),
+        "updatedDate": instance.updated_at.isoformat().replace("+00:00", "Z"),
+    }
+    if token is not None:
+        view["token"] = token
+    return view
+
+
+async def create_instance(
+    session: AsyncSession,
+    http: aiohttp.ClientSession,
+    box: SecretBox,
+    settings: Settings,
+    organization_id: int,
+    body: object,
+) -> tuple[Instance, str]:
+    """Validate, exchange the OAuth code, then store; nothing is written on any failure."""
+    from app.domain.instanceconfig import FieldError
+
+    try:
+        spec, code = validate_create(
+            body,
+            min_refresh_minutes=settings.min_refresh_minutes,
+            allow_private_callbacks=settings.allow_private_callbacks,
+        )
+    except FieldError as exc:
+        raise InstanceInputError(exc.message) from exc
+    await check_callback_dns(spec.callback_url, settings.allow_private_callbacks)
+    try:
+        tokens = await exchange_code(
+            http,
+            settings.infusionsoft_token_url,
+            spec.client_id,
+            spec.secrets["oauth.api.secret"],
+            code,
+            spec.oauth_callback_url,
+            timeout=settings.provider_timeout_seconds,
+        )
+    except GrantRejected as exc:
+        raise InstanceInputError(
+            f"providerData.code: provider refused the code: {exc.message}"
+        ) from exc
+    except ProviderUnavailable as exc:
+        raise InstanceInputError(f"providerData.code: {exc.message}", status=502) from exc
+    token = new_secret()
+    now = utcnow()
+    instance = Instance(
+        organization_id=organization_id,
+        name=spec.name,
+        element_key=ELEMENT_KEY,
+        token_hash=hash_secret(token),
+        tags=spec.tags,
+        configuration=spec.public,
+        secrets=box.seal({**spec.secrets, **tokens.to_secrets()}),
+        events_enabled=spec.events_enabled,
+        refresh_interval_s=spec.refresh_interval_s,
+        next_poll_at=now + timedelta(seconds=spec.refresh_interval_s),
+        created_at=now,
+        updated_at=now,
+    )
+    session.add(instance)
+    await session.flush()
+    assert instance.id is not None
+    for resource in spec.resources:
+        session.add(
+            PollState(instance_id=instance.id, resource=resource, watermark_at=now, enabled_at=now)
+        )
+    await session.flush()
+    log.info("instance %s created for organization %s", instance.id, organization_id)
+    return instance, token
+
+
+async def get_instance(session: AsyncSession, organization_id: int, instance_id: int) -> Instance:
+    """The organization's live instance, or :class:`LookupError` (→ 404, never 403)."""
+    stmt = select(Instance).where(
+        col(Instance.id) == instance_id,
+        col(Instance.organization_id) == organization_id,
+        col(Instance.deleted_at).is_(None),
+    )
+    instance = (await session.execute(stmt)).scalar_one_or_none()
+    if instance is None:
+        raise LookupError(f"instance {instance_id} not found")
+    return instance
+
+
+async def list_instances(
+    session: AsyncSession, organization_id: int, page: int, page_size: int
+) -> tuple[Sequence[Instance], int]:
+    """One page of the organization's instances, oldest first, and the total count."""
+    where = (
+        col(Instance.organization_id) == organization_id,
+        col(Instance.deleted_at).is_(None),
+    )
+    total = await session.execute(select(func.count()).select_from(Instance).where(*where))
+    stmt = (
+        select(Instance)
+        .where(*where)
+        .order_by(col(Instance.id))
+        .offset((page - 1) * page_size)
+        .limit(page_size)
+    )
+    rows = (await session.execute(stmt)).scalars().all()
+    return rows, int(total.scalar_one())
+
+
+async def patch_instance(
+    session: AsyncSession,
+    box: SecretBox,
+    settings: Settings,
+    instance: Instance,
+    body: object,
+) -> Instance:
+    """Partial update; re-validated as on create. Watermarks of kept resources are untouched."""
+    from app.domain.instanceconfig import FieldError
+
+    secrets = box.open(instance.secrets)
+    config_secrets = {k: v for k, v in secrets.items() if k not in PROVIDER_TOKEN_KEYS}
+    try:
+        spec = validate_patch(
+            instance.name,
+            instance.tags,
+            instance.configuration,
+            config_secrets,
+            body,
+            min_refresh_minutes=settings.min_refresh_minutes,
+            allow_private_callbacks=settings.allow_private_callbacks,
+        )
+    except FieldError as exc:
+        raise InstanceInputError(exc.message) from exc
+    await check_callback_dns(spec.callback_url, settings.allow_private_callbacks)
+    await _apply_spec(session, box, instance, spec, secrets)
+    return instance
+
+
+async def _apply_spec(
+    session: AsyncSession,
+    box: SecretBox,
+    instance: Instance,
+    spec: InstanceSpec,
+    secrets: dict[str, Any],
+) -> None:
+    assert instance.id is not None
+    now = utcnow()
+    tokens = {k: secrets[k] for k in PROVIDER_TOKEN_KEYS if k in secrets}
+    was_enabled = instance.events_enabled
+    instance.name = spec.name
+    instance.tags = spec.tags
+    instance.configuration = spec.public
+    instance.secrets = box.seal({**spec.secrets, **tokens})
+    instance.events_enabled = spec.events_enabled
+    next_by_interval = now + timedelta(seconds=spec.refresh_interval_s)
+    if spec.events_enabled and (not was_enabled or instance.next_poll_at is None):
+        instance.next_poll_at = next_by_interval
+    elif (
+        instance.next_poll_at is not None and spec.refresh_interval_s != instance.refresh_interval_s
+    ):
+        instance.next_poll_at = min(instance.next_poll_at, next_by_interval)
+    instance.refresh_interval_s = spec.refresh_interval_s
+    instance.updated_at = now
+    session.add(instance)
+    existing = set(
+        (
+            await session.execute(
+                select(col(PollState.resource)).where(col(PollState.instance_id) == instance.id)
+            )
+        ).scalars()
+    )
+    removed = existing - set(spec.resources)
+    if removed:
+        await session.execute(
+            delete(PollState).where(
+                col(PollState.instance_id) == instance.id,
+                col(PollState.resource).in_(removed),
+            )
+        )
+    for resource in spec.resources:
+        if resource not in existing:
+            session.add(
+                PollState(
+                    instance_id=instance.id, resource=resource, watermark_at=now, enabled_at=now
+                )
+            )
+    await session.flush()
+
+
+async def delete_instance(session: AsyncSession, instance: Instance) -> None:
+    """Tombstone the instance: no polling, no tokens, pending deliveries cancelled."""
+    assert instance.id is not None
+    now = utcnow()
+    instance.deleted_at = now
+    instance.updated_at = now
+    instance.secrets = None
+    instance.events_enabled = False
+    instance.next_poll_at = None
+    session.add(instance)
+    await session.execute(delete(PollState).where(col(PollState.instance_id) == instance.id))
+    await session.execute(
+        update(Delivery)
+        .where(
+            col(Delivery.instance_id) == instance.id,
+            col(Delivery.status) == DeliveryStatus.PENDING,
+        )
+        .values(status=DeliveryStatus.CANCELLED, next_attempt_at=None)
+    )
+    await session.flush()
+
+
+async def forget_watermarks(redis: Redis, instance_id: int) -> None:
+    """Drop an instance's hot state from Redis (after its deletion committed)."""
+    keys_found = [key async for key in redis.scan_iter(match=keys.watermark_pattern(instance_id))]
+    if keys_found:
+        await redis.delete(*keys_found)

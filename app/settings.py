@@ -1,0 +1,131 @@
+"""Process settings: one pydantic-settings class, env prefix ``POLLINATOR_``.
+
+Nothing is built at import time: callers ask for :func:`get_settings` (cached)
+or construct :class:`Settings` directly in tests. A bad value stops the process
+with one line naming the variable (:func:`load_settings_or_exit`).
+"""
+
+from __future__ import annotations
+
+import sys
+from functools import lru_cache
+from pathlib import Path
+from typing import Annotated
+
+from pydantic import Field, ValidationError, field_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+DEFAULT_RETRY_SCHEDULE = (5, 300, 1800, 7200, 18000, 36000, 50400, 72000, 86400)
+MIN_SECRET_KEY_LENGTH = 32
+
+
+class SettingsError(ValueError):
+    """A setting is missing or invalid; the message names the variable."""
+
+
+class Settings(BaseSettings):
+    """Everything configurable about a Pollinator process (SPEC §2)."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="POLLINATOR_", env_file=".env", extra="ignore", frozen=True
+    )
+
+    database_url: str | None = None
+    redis_url: str | None = None
+    broker_url: str | None = None
+    secret_key: str | None = None
+    data_dir: Path = Path(".data")
+    api_host: str = "127.0.0.1"
+    api_port: int = Field(default=8080, ge=0, le=65535)
+    flower_port: int = Field(default=5555, ge=0, le=65535)
+    min_refresh_minutes: float = Field(default=1.0, gt=0)
+    allow_private_callbacks: bool = False
+    infusionsoft_api_url: str = "https://api.infusionsoft.com/crm/rest/v1"
+    infusionsoft_token_url: str = "https://api.infusionsoft.com/token"
+    infusionsoft_authorize_url: str = "https://accounts.infusionsoft.com/app/oauth/authorize"
+    delivery_retry_schedule: Annotated[tuple[float, ...], NoDecode] = DEFAULT_RETRY_SCHEDULE
+    provider_timeout_seconds: float = Field(default=30.0, gt=0)
+    log_level: str = "INFO"
+
+    @field_validator("delivery_retry_schedule", mode="before")
+    @classmethod
+    def _parse_schedule(cls, value: object) -> object:
+        if isinstance(value, str):
+            parts = [p.strip() for p in value.split(",") if p.strip()]
+            try:
+                numbers = tuple(float(p) for p in parts)
+            except ValueError as exc:
+                raise ValueError("must be comma-separated seconds, e.g. 5,300,1800") from exc
+            value = numbers
+        if isinstance(value, tuple | list):
+            if not value or any(float(v) <= 0 for v in value):
+                raise ValueError("must be a non-empty list of positive seconds")
+        return value
+
+    @field_validator("secret_key")
+    @classmethod
+    def _strong_secret(cls, value: str | None) -> str | None:
+        if value is not None and len(value) < MIN_SECRET_KEY_LENGTH:
+            raise ValueError(f"must be at least {MIN_SECRET_KEY_LENGTH} characters")
+        return value
+
+    @field_validator("database_url")
+    @classmethod
+    def _postgres_only(cls, value: str | None) -> str | None:
+        if value is not None and not value.startswith(("postgresql", "postgres")):
+            raise ValueError("must be a postgresql:// URL")
+        return value
+
+    @field_validator("redis_url")
+    @classmethod
+    def _redis_only(cls, value: str | None) -> str | None:
+        if value is not None and not value.startswith(("redis://", "rediss://", "unix://")):
+            raise ValueError("must be a redis:// URL")
+        return value
+
+    @property
+    def effective_broker_url(self) -> str:
+        """The Celery broker: explicit, else the Redis URL."""
+        url = self.broker_url or self.redis_url
+        if url is None:
+            raise SettingsError("POLLINATOR_BROKER_URL: no broker (set it or POLLINATOR_REDIS_URL)")
+        return url
+
+    def require(self, name: str) -> str:
+        """Return a setting that must be present in this process, else raise naming it."""
+        value = getattr(self, name)
+        if not value:
+            raise SettingsError(f"POLLINATOR_{name.upper()} is required but not set")
+        return str(value)
+
+
+def format_validation_error(exc: ValidationError) -> str:
+    """One line per bad variable, naming it the way the operator spelled it."""
+    lines = []
+    for err in exc.errors():
+        field = str(err["loc"][0]) if err["loc"] else "?"
+        lines.append(f"POLLINATOR_{field.upper()}: {err['msg']}")
+    return "; ".join(lines)
+
+
+def load_settings(**overrides: object) -> Settings:
+    """Build settings from the environment, raising :class:`SettingsError` on bad values."""
+    try:
+        return Settings(**overrides)  # type: ignore[arg-type]
+    except ValidationError as exc:
+        raise SettingsError(format_validation_error(exc)) from None
+
+
+def load_settings_or_exit() -> Settings:
+    """Entry points call this: a bad setting prints one clear line and exits 2."""
+    try:
+        return get_settings()
+    except SettingsError as exc:
+        print(f"pollinator: invalid setting: {exc}", file=sys.stderr)  # noqa: T201
+        raise SystemExit(2) from None
+
+
+@lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    """Process-wide settings, read once."""
+    return load_settings()

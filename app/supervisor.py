@@ -1,0 +1,248 @@
+"""``pollinator up``: every role on one machine, supervised.
+
+Starts embedded PostgreSQL and Redis when no URLs are given, generates the
+secret key into the data dir once, migrates, then runs each role as a child
+process (restarting one that dies) until Ctrl-C / SIGTERM stops them all.
+With ``--demo`` it also runs the Keap simulator and a callback sink and creates
+a demo organization and instance whose events arrive at the sink.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import secrets
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from app.embedded import EmbeddedError, ensure_services
+from app.settings import load_settings_or_exit
+
+RESTART_BACKOFF_S = (1, 2, 5, 10, 30)
+STOP_GRACE_S = 10.0
+SIMULATOR_PORT = 8090
+SINK_PORT = 8091
+
+
+def _say(message: str) -> None:
+    print(message, flush=True)  # noqa: T201
+
+
+def load_or_create_secret_key(data_dir: Path) -> str:
+    """The key that encrypts secrets at rest, generated once into the data dir (mode 0600)."""
+    path = data_dir / "secret_key"
+    if path.exists():
+        return path.read_text().strip()
+    data_dir.mkdir(parents=True, exist_ok=True)
+    key = secrets.token_urlsafe(48)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "w") as fh:
+        fh.write(key)
+    return key
+
+
+@dataclass
+class Child:
+    """One supervised role."""
+
+    name: str
+    argv: list[str]
+    proc: subprocess.Popen[bytes] | None = None
+    restarts: int = 0
+    next_start: float = 0.0
+    log_path: Path | None = field(default=None, repr=False)
+
+    def start(self, env: dict[str, str], log_dir: Path) -> None:
+        self.log_path = log_dir / f"{self.name}.log"
+        log = open(self.log_path, "ab")
+        self.proc = subprocess.Popen(
+            self.argv,
+            env=env,
+            stdin=subprocess.DEVNULL,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+        log.close()
+
+    def alive(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+    def signal(self, sig: int) -> None:
+        if self.alive():
+            assert self.proc is not None
+            try:
+                os.killpg(self.proc.pid, sig)
+            except ProcessLookupError:
+                pass
+
+
+def _pollinator(*args: str) -> list[str]:
+    return [sys.executable, "-m", "app.cli", *args]
+
+
+def roles(data_dir: Path, demo: bool) -> list[Child]:
+    """Every process ``up`` runs."""
+    children = [
+        Child("api", _pollinator("api")),
+    ]
+    if demo:
+        children += [
+            Child("simulator", _pollinator("simulate", "--port", str(SIMULATOR_PORT))),
+            Child(
+                "sink",
+                _pollinator(
+                    "sink", "--port", str(SINK_PORT), "--out", str(data_dir / "sink.jsonl")
+                ),
+            ),
+        ]
+    return children
+
+
+class Supervisor:
+    """Starts children, restarts the ones that die (with backoff), stops all on a signal."""
+
+    def __init__(self, children: list[Child], env: dict[str, str], log_dir: Path) -> None:
+        self.children = children
+        self.env = env
+        self.log_dir = log_dir
+        self.stopping = False
+
+    def start_all(self) -> None:
+        self.log_dir.mkdir(parents=True, exist_ok=True)
+        for child in self.children:
+            child.start(self.env, self.log_dir)
+
+    def tick(self) -> None:
+        now = time.monotonic()
+        for child in self.children:
+            if child.alive() or self.stopping:
+                continue
+            if child.next_start == 0.0:
+                code = child.proc.returncode if child.proc else None
+                delay = RESTART_BACKOFF_S[min(child.restarts, len(RESTART_BACKOFF_S) - 1)]
+                _say(
+                    f"pollinator: {child.name} exited ({code}); restarting in {delay}s "
+                    f"(log: {child.log_path})"
+                )
+                child.next_start = now + delay
+            elif now >= child.next_start:
+                child.restarts += 1
+                child.next_start = 0.0
+                child.start(self.env, self.log_dir)
+
+    def stop_all(self) -> None:
+        self.stopping = True
+        for child in self.children:
+            child.signal(signal.SIGTERM)
+        deadline = time.monotonic() + STOP_GRACE_S
+        for child in self.children:
+            if child.proc is None:
+                continue
+            try:
+                child.proc.wait(max(0.1, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                child.signal(signal.SIGKILL)
+                child.proc.wait()
+
+
+def _wait_http(url: str, timeout: float) -> bool:
+    import urllib.request
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            with urllib.request.urlopen(url, timeout=2) as resp:
+                if resp.status == 200:
+                    return True
+        except OSError:
+            pass
+        time.sleep(0.3)
+    return False
+
+
+def main(argv: list[str]) -> int:
+    """Entry point of ``pollinator up``."""
+    parser = argparse.ArgumentParser(prog="pollinator up")
+    parser.add_argument(
+        "--demo",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="also run the simulator, a sink and a demo instance (default on)",
+    )
+    args = parser.parse_args(argv)
+    base = load_settings_or_exit()
+    data_dir = base.data_dir.resolve()
+    try:
+        services = ensure_services(base.database_url, base.redis_url, data_dir)
+    except EmbeddedError as exc:
+        _say(f"pollinator: {exc}")
+        return 1
+    overrides: dict[str, Any] = {
+        "POLLINATOR_DATABASE_URL": services.database_url,
+        "POLLINATOR_REDIS_URL": services.redis_url,
+        "POLLINATOR_SECRET_KEY": base.secret_key or load_or_create_secret_key(data_dir),
+        "POLLINATOR_DATA_DIR": str(data_dir),
+        "POLLINATOR_ALLOW_PRIVATE_CALLBACKS": os.environ.get(
+            "POLLINATOR_ALLOW_PRIVATE_CALLBACKS", "true"
+        ),
+    }
+    if args.demo:
+        sim = f"http://127.0.0.1:{SIMULATOR_PORT}"
+        overrides.update(
+            {
+                "POLLINATOR_INFUSIONSOFT_API_URL": f"{sim}/crm/rest/v1",
+                "POLLINATOR_INFUSIONSOFT_TOKEN_URL": f"{sim}/token",
+                "POLLINATOR_INFUSIONSOFT_AUTHORIZE_URL": f"{sim}/app/oauth/authorize",
+            }
+        )
+    env = {**os.environ, **{k: str(v) for k, v in overrides.items()}}
+    write_runtime_env(data_dir, overrides)
+    from app.migrate import upgrade
+
+    upgrade(services.database_url)
+    supervisor = Supervisor(roles(data_dir, args.demo), env, data_dir / "logs")
+    stop = False
+
+    def _stop(*_: object) -> None:
+        nonlocal stop
+        stop = True
+
+    signal.signal(signal.SIGTERM, _stop)
+    signal.signal(signal.SIGINT, _stop)
+    try:
+        supervisor.start_all()
+        api_url = f"http://{base.api_host}:{base.api_port}"
+        _wait_http(f"{api_url}/healthz", 60)
+        _say(
+            f"Pollinator is up.\n  API      {api_url}/elements/api-v2"
+            f"  (docs: {api_url}/openapi.json)"
+            f"\n  health   {api_url}/readyz\n  logs     {data_dir / 'logs'}"
+            f"\n  services export POLLINATOR_DATABASE_URL='{services.database_url}'"
+            f"\n           export POLLINATOR_REDIS_URL='{services.redis_url}'"
+        )
+        if args.demo:
+            from app.demo import setup_demo
+
+            _say(setup_demo(api_url, services.database_url, data_dir, SIMULATOR_PORT, SINK_PORT))
+        _say("Press Ctrl-C to stop.")
+        while not stop:
+            supervisor.tick()
+            time.sleep(0.5)
+    finally:
+        _say("pollinator: stopping...")
+        supervisor.stop_all()
+        services.stop()
+    return 0
+
+
+def write_runtime_env(data_dir: Path, values: dict[str, Any]) -> None:
+    """``.data/runtime.json``: the URLs of the running stack, for CLI commands run beside it."""
+    public = {k: v for k, v in values.items() if k != "POLLINATOR_SECRET_KEY"}
+    (data_dir / "runtime.json").write_text(json.dumps(public, indent=2))

@@ -1,0 +1,1 @@
+"""Celery processes: app, per-process asyncio runtime, beat and tasks."""
