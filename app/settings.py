@@ -45,6 +45,11 @@ class Settings(BaseSettings):
     infusionsoft_authorize_url: str = "https://accounts.infusionsoft.com/app/oauth/authorize"
     delivery_retry_schedule: Annotated[tuple[float, ...], NoDecode] = DEFAULT_RETRY_SCHEDULE
     provider_timeout_seconds: float = Field(default=30.0, gt=0)
+    # Requests per second shared by all instances of one OAuth app (Keap: 25/s burst); 0 = off.
+    provider_app_rate_per_second: int = Field(default=25, ge=0)
+    # Polls one worker process runs at once (each waits on the provider most of the time).
+    poll_concurrency: int = Field(default=64, ge=1, le=1000)
+    delivery_concurrency: int = Field(default=64, ge=1, le=1000)
     log_level: str = "INFO"
 
     @field_validator("delivery_retry_schedule", mode="before")

@@ -87,10 +87,27 @@ def _pollinator(*args: str) -> list[str]:
     return [sys.executable, "-m", "app.cli", *args]
 
 
-def roles(data_dir: Path, demo: bool) -> list[Child]:
+def roles(data_dir: Path, demo: bool, flower_port: int) -> list[Child]:
     """Every process ``up`` runs."""
     children = [
         Child("api", _pollinator("api")),
+        Child("beat", _pollinator("beat")),
+        Child("worker-poll", _pollinator("worker", "--queues", "poll")),
+        Child("worker-delivery", _pollinator("worker", "--queues", "delivery")),
+        Child(
+            "flower",
+            [
+                sys.executable,
+                "-m",
+                "celery",
+                "-A",
+                "workers.celery_entry",
+                "flower",
+                f"--port={flower_port}",
+                "--address=127.0.0.1",
+                "--max_tasks=10000",
+            ],
+        ),
     ]
     if demo:
         children += [
@@ -207,7 +224,7 @@ def main(argv: list[str]) -> int:
     from app.migrate import upgrade
 
     upgrade(services.database_url)
-    supervisor = Supervisor(roles(data_dir, args.demo), env, data_dir / "logs")
+    supervisor = Supervisor(roles(data_dir, args.demo, base.flower_port), env, data_dir / "logs")
     stop = False
 
     def _stop(*_: object) -> None:
@@ -223,7 +240,8 @@ def main(argv: list[str]) -> int:
         _say(
             f"Pollinator is up.\n  API      {api_url}/elements/api-v2"
             f"  (docs: {api_url}/openapi.json)"
-            f"\n  health   {api_url}/readyz\n  logs     {data_dir / 'logs'}"
+            f"\n  health   {api_url}/readyz\n  flower   http://127.0.0.1:{base.flower_port}"
+            f"\n  metrics  {api_url}/metrics\n  logs     {data_dir / 'logs'}"
             f"\n  services export POLLINATOR_DATABASE_URL='{services.database_url}'"
             f"\n           export POLLINATOR_REDIS_URL='{services.redis_url}'"
         )

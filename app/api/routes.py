@@ -3,16 +3,21 @@
 from __future__ import annotations
 
 import json
+import uuid
+from datetime import UTC, datetime
 from typing import Any
 
 from aiohttp import web
+from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.api.auth import parse_authorization
 from app.api.context import ApiContext
 from app.api.errors import AppError, NotFound, Unauthorized
 from app.db import transaction
 from app.domain.instanceconfig import ELEMENT_KEY
+from app.models import DeliveryStatus, Instance
 from app.providers.oauth import authorize_url
+from app.services import activity
 from app.services import instances as svc
 from app.services.orgs import Principal, authenticate
 
@@ -162,6 +167,109 @@ async def delete_instance(request: web.Request) -> web.Response:
     return web.json_response({"id": instance_id, "deleted": True})
 
 
+async def _owned_instance(request: web.Request, session: AsyncSession) -> Instance:
+    principal = await principal_of(request)
+    instance_id = instance_id_of(request, principal)
+    try:
+        return await svc.get_instance(session, principal.organization_id, instance_id)
+    except LookupError as exc:
+        raise NotFound(str(exc)) from exc
+
+
+def _since_param(request: web.Request) -> datetime | None:
+    raw = request.query.get("since")
+    if not raw:
+        return None
+    try:
+        value = datetime.fromisoformat(raw.replace("Z", "+00:00"))
+    except ValueError as exc:
+        raise AppError("since: must be an ISO-8601 date-time") from exc
+    return value if value.tzinfo else value.replace(tzinfo=UTC)
+
+
+def _paged(items: list[dict[str, Any]], total: int) -> web.Response:
+    response = web.json_response(items)
+    response.headers["Elements-Total-Count"] = str(total)
+    return response
+
+
+async def get_polling(request: web.Request) -> web.Response:
+    async with ctx_of(request).sessions() as session:
+        instance = await _owned_instance(request, session)
+        return web.json_response(await activity.polling_state(session, instance))
+
+
+async def run_polling(request: web.Request) -> web.Response:
+    async with transaction(ctx_of(request).sessions) as session:
+        instance = await _owned_instance(request, session)
+        if not instance.events_enabled:
+            raise AppError("configuration.event.notification.enabled: events are not enabled", 409)
+        await activity.poll_now(session, instance)
+    return web.json_response({"id": instance.id, "scheduled": True}, status=202)
+
+
+async def list_events(request: web.Request) -> web.Response:
+    event_type = request.query.get("eventType") or None
+    if event_type and event_type.upper() not in {"CREATED", "UPDATED"}:
+        raise AppError("eventType: must be CREATED or UPDATED")
+    async with ctx_of(request).sessions() as session:
+        instance = await _owned_instance(request, session)
+        items, total = await activity.list_events(
+            session,
+            instance,
+            object_type=request.query.get("objectType") or None,
+            event_type=event_type,
+            since=_since_param(request),
+            page=int_param(request, "page", 1, 1, 1_000_000),
+            page_size=int_param(request, "pageSize", 100, 1, MAX_PAGE_SIZE),
+        )
+    return _paged(items, total)
+
+
+def _status_param(request: web.Request, required: bool = False) -> str | None:
+    status = request.query.get("status") or None
+    if status is None and required:
+        raise AppError("status: is required (pending, delivered, failed or cancelled)")
+    if status is not None and status not in {s.value for s in DeliveryStatus}:
+        raise AppError("status: must be pending, delivered, failed or cancelled")
+    return status
+
+
+async def list_deliveries(request: web.Request) -> web.Response:
+    status = _status_param(request)
+    async with ctx_of(request).sessions() as session:
+        instance = await _owned_instance(request, session)
+        items, total = await activity.list_deliveries(
+            session,
+            instance,
+            status=status,
+            page=int_param(request, "page", 1, 1, 1_000_000),
+            page_size=int_param(request, "pageSize", 100, 1, MAX_PAGE_SIZE),
+        )
+    return _paged(items, total)
+
+
+async def retry_delivery(request: web.Request) -> web.Response:
+    try:
+        delivery_id = uuid.UUID(request.match_info["deliveryId"])
+    except ValueError as exc:
+        raise NotFound("delivery not found") from exc
+    async with transaction(ctx_of(request).sessions) as session:
+        instance = await _owned_instance(request, session)
+        if not await activity.retry_delivery(session, instance, delivery_id):
+            raise NotFound(f"delivery {delivery_id} not found")
+    return web.json_response({"id": str(delivery_id), "status": "pending"}, status=202)
+
+
+async def retry_deliveries(request: web.Request) -> web.Response:
+    status = _status_param(request, required=True)
+    assert status is not None
+    async with transaction(ctx_of(request).sessions) as session:
+        instance = await _owned_instance(request, session)
+        count = await activity.retry_deliveries(session, instance, status)
+    return web.json_response({"count": count}, status=202)
+
+
 def add_routes(app: web.Application) -> None:
     app.router.add_get(BASE + "/elements/{key}/oauth/url", oauth_url)
     app.router.add_post(BASE + "/instances", create_instance)
@@ -169,3 +277,9 @@ def add_routes(app: web.Application) -> None:
     app.router.add_get(BASE + "/instances/{id}", get_instance)
     app.router.add_patch(BASE + "/instances/{id}", patch_instance)
     app.router.add_delete(BASE + "/instances/{id}", delete_instance)
+    app.router.add_get(BASE + "/instances/{id}/polling", get_polling)
+    app.router.add_post(BASE + "/instances/{id}/polling/run", run_polling)
+    app.router.add_get(BASE + "/instances/{id}/events", list_events)
+    app.router.add_get(BASE + "/instances/{id}/deliveries", list_deliveries)
+    app.router.add_post(BASE + "/instances/{id}/deliveries/retry", retry_deliveries)
+    app.router.add_post(BASE + "/instances/{id}/deliveries/{deliveryId}/retry", retry_delivery)

@@ -11,7 +11,7 @@ import logging
 import socket
 from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -31,6 +31,8 @@ from app.domain.instanceconfig import (
     validate_create,
     validate_patch,
 )
+from app.domain.pollconfig import ResourceConfig
+from app.domain.schedule import first_poll_at
 from app.domain.ssrf import is_forbidden_address, parse_ip_literal
 from app.models import Delivery, DeliveryStatus, Instance, PollState, utcnow
 from app.providers.oauth import GrantRejected, ProviderUnavailable, exchange_code
@@ -57,6 +59,18 @@ class InstanceInputError(Exception):
 class Page:
     items: list[dict[str, Any]]
     total: int
+
+
+def starting_watermark(enabled_at: datetime, resource: ResourceConfig) -> datetime:
+    """Where a resource's watermark starts when polling is enabled for it.
+
+    Keap renders most dates to the second, so a record written in the same second
+    as ``enabled_at`` carries an earlier date than ``enabled_at`` itself; and a
+    provider clock that lags (what ``pollDelay`` is for) dates records before our
+    clock. Starting at the whole second, less ``pollDelay``, reports those records
+    (at worst a few changes from just before enabling) instead of missing them.
+    """
+    return enabled_at.replace(microsecond=0) - timedelta(seconds=resource.poll_delay)
 
 
 async def resolve_addresses(host: str) -> list[str]:
@@ -164,16 +178,22 @@ async def create_instance(
         secrets=box.seal({**spec.secrets, **tokens.to_secrets()}),
         events_enabled=spec.events_enabled,
         refresh_interval_s=spec.refresh_interval_s,
-        next_poll_at=now + timedelta(seconds=spec.refresh_interval_s),
         created_at=now,
         updated_at=now,
     )
     session.add(instance)
     await session.flush()
     assert instance.id is not None
-    for resource in spec.resources:
+    if spec.events_enabled:
+        instance.next_poll_at = first_poll_at(now, instance.id, spec.refresh_interval_s)
+    for name, resource in spec.resources.items():
         session.add(
-            PollState(instance_id=instance.id, resource=resource, watermark_at=now, enabled_at=now)
+            PollState(
+                instance_id=instance.id,
+                resource=name,
+                watermark_at=starting_watermark(now, resource),
+                enabled_at=now,
+            )
         )
     await session.flush()
     log.info("instance %s created for organization %s", instance.id, organization_id)
@@ -260,7 +280,8 @@ async def _apply_spec(
     instance.events_enabled = spec.events_enabled
     next_by_interval = now + timedelta(seconds=spec.refresh_interval_s)
     if spec.events_enabled and (not was_enabled or instance.next_poll_at is None):
-        instance.next_poll_at = next_by_interval
+        assert instance.id is not None
+        instance.next_poll_at = first_poll_at(now, instance.id, spec.refresh_interval_s)
     elif (
         instance.next_poll_at is not None and spec.refresh_interval_s != instance.refresh_interval_s
     ):
@@ -283,11 +304,14 @@ async def _apply_spec(
                 col(PollState.resource).in_(removed),
             )
         )
-    for resource in spec.resources:
-        if resource not in existing:
+    for name, resource in spec.resources.items():
+        if name not in existing:
             session.add(
                 PollState(
-                    instance_id=instance.id, resource=resource, watermark_at=now, enabled_at=now
+                    instance_id=instance.id,
+                    resource=name,
+                    watermark_at=starting_watermark(now, resource),
+                    enabled_at=now,
                 )
             )
     await session.flush()

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import logging
 from collections.abc import Callable
+from datetime import timedelta
 from typing import Any
 
 import psycopg
@@ -386,7 +387,10 @@ async def test_patch_adding_resource_keeps_existing_watermarks(
     assert resp.status == 200, await resp.text()
     after = _poll_states(service_urls.database_url, created["id"])
     assert after["contacts"] == before["contacts"]
-    assert after["orders"] > before["contacts"]
+    # The new resource starts at the (whole second of the) moment it was added.
+    added_at = _enabled_at(service_urls.database_url, created["id"], "orders")
+    assert added_at > _enabled_at(service_urls.database_url, created["id"], "contacts")
+    assert timedelta(0) <= added_at - after["orders"] < timedelta(seconds=1)
 
 
 async def test_delete_then_404(api: Client, org: dict[str, str], service_urls: ServiceUrls) -> None:
@@ -456,6 +460,16 @@ def _instance_row(database_url: str, instance_id: int) -> dict[str, Any]:
         return {d.name: v for d, v in zip(cur.description, row, strict=True)}
 
 
+def _enabled_at(database_url: str, instance_id: int, resource: str) -> Any:
+    with psycopg.connect(database_url) as conn:
+        row = conn.execute(
+            "SELECT enabled_at FROM poll_states WHERE instance_id = %s AND resource = %s",
+            (instance_id, resource),
+        ).fetchone()
+    assert row is not None
+    return row[0]
+
+
 def _poll_states(database_url: str, instance_id: int) -> dict[str, Any]:
     with psycopg.connect(database_url) as conn:
         rows = conn.execute(
@@ -463,3 +477,15 @@ def _poll_states(database_url: str, instance_id: int) -> dict[str, Any]:
             (instance_id,),
         ).fetchall()
     return {r[0]: r[1] for r in rows}
+
+
+async def test_created_instance_is_scheduled_within_one_interval(
+    api: Client, org: dict[str, str], service_urls: ServiceUrls
+) -> None:
+    created = await _create(api, org, create_body())
+    row = _instance_row(service_urls.database_url, created["id"])
+    assert row["next_poll_at"] is not None
+    delay = (row["next_poll_at"] - row["created_at"]).total_seconds()
+    assert 0 < delay <= 15 * 60
+    disabled = await _create(api, org, create_body(**{"event.notification.enabled": False}))
+    assert _instance_row(service_urls.database_url, disabled["id"])["next_poll_at"] is None

@@ -1,0 +1,171 @@
+"""Provider tokens of one instance, with single-flight refresh across every worker.
+
+Keap rotates refresh tokens: the old one stops working once used. Two workers
+refreshing at once would make one of them fail with ``invalid_grant`` and could
+lose the new token. So a refresh takes a Redis lock per instance; whoever gets
+it re-reads the stored tokens first (another worker may have refreshed
+already), refreshes only if the stored access token is still the rejected one,
+and stores the rotated pair with an optimistic ``token_version`` check. A loser
+waits for the lock and re-reads instead of failing.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import secrets as pysecrets
+import time
+from dataclasses import dataclass
+
+import aiohttp
+from redis.asyncio import Redis
+from sqlalchemy import select, update
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+from sqlmodel import col
+
+from app import keys
+from app.models import Instance
+from app.providers.infusionsoft import ProviderError
+from app.providers.oauth import GrantRejected, ProviderUnavailable, refresh_tokens
+from app.security import SecretBox
+
+log = logging.getLogger(__name__)
+
+REFRESH_LOCK_TTL_MS = 30_000
+LOCK_WAIT_S = 35.0
+
+_RELEASE = """
+if redis.call('get', KEYS[1]) == ARGV[1] then return redis.call('del', KEYS[1]) end
+return 0
+"""
+
+
+async def release_lock(redis: Redis, key: str, token: str) -> None:
+    """Delete a lock only if we still hold it."""
+    await redis.eval(_RELEASE, 1, key, token)
+
+
+@dataclass
+class RefreshConfig:
+    token_url: str
+    client_id: str
+    client_secret: str
+    timeout_s: float
+
+
+class InstanceTokens:
+    """A :class:`~app.providers.infusionsoft.TokenSource` backed by PostgreSQL + Redis."""
+
+    def __init__(
+        self,
+        instance_id: int,
+        access_token: str,
+        sessions: async_sessionmaker[AsyncSession],
+        redis: Redis,
+        http: aiohttp.ClientSession,
+        box: SecretBox,
+        refresh: RefreshConfig,
+    ) -> None:
+        self.instance_id = instance_id
+        self._access = access_token
+        self.sessions = sessions
+        self.redis = redis
+        self.http = http
+        self.box = box
+        self.refresh_config = refresh
+
+    async def access_token(self) -> str:
+        return self._access
+
+    async def refresh(self, rejected_token: str) -> str:
+        """A working access token after ``rejected_token`` got a 401."""
+        key = keys.refresh_lock(self.instance_id)
+        holder = pysecrets.token_hex(8)
+        deadline = asyncio.get_running_loop().time() + LOCK_WAIT_S
+        while not await self.redis.set(key, holder, nx=True, px=REFRESH_LOCK_TTL_MS):
+            if asyncio.get_running_loop().time() > deadline:
+                raise ProviderError("auth", "timed out waiting for another worker's refresh")
+            await asyncio.sleep(0.1)
+        try:
+            self._access = await self._refresh_locked(rejected_token)
+            return self._access
+        finally:
+            await release_lock(self.redis, key, holder)
+
+    async def _refresh_locked(self, rejected_token: str) -> str:
+        async with self.sessions() as session:
+            row = (
+                await session.execute(
+                    select(col(Instance.secrets), col(Instance.token_version)).where(
+                        col(Instance.id) == self.instance_id
+                    )
+                )
+            ).one_or_none()
+        if row is None or row[0] is None:
+            raise ProviderError("auth", "instance has no tokens (deleted?)")
+        stored = self.box.open(row[0])
+        version = int(row[1])
+        if stored.get("access_token") and stored["access_token"] != rejected_token:
+            return str(stored["access_token"])  # another worker refreshed already
+        refresh_token = stored.get("refresh_token")
+        if not refresh_token:
+            raise ProviderError("auth", "access token expired and no refresh token is stored")
+        cfg = self.refresh_config
+        try:
+            tokens = await refresh_tokens(
+                self.http,
+                cfg.token_url,
+                cfg.client_id,
+                cfg.client_secret,
+                refresh_token,
+                cfg.timeout_s,
+            )
+        except GrantRejected as exc:
+            await self._mark_invalid()
+            raise ProviderError("auth", f"refresh rejected: {exc.message}") from exc
+        except ProviderUnavailable as exc:
+            raise ProviderError("auth", f"refresh failed: {exc.message}") from exc
+        new_secrets = {**stored, **tokens.to_secrets()}
+        if tokens.refresh_token is None:
+            new_secrets["refresh_token"] = refresh_token
+        async with self.sessions() as session, session.begin():
+            result = await session.execute(
+                update(Instance)
+                .where(col(Instance.id) == self.instance_id, col(Instance.token_version) == version)
+                .values(secrets=self.box.seal(new_secrets), token_version=version + 1, valid=True)
+            )
+        if result.rowcount != 1:  # type: ignore[attr-defined]
+            log.warning("instance %s: tokens changed during refresh", self.instance_id)
+        log.info("instance %s: access token refreshed", self.instance_id)
+        return tokens.access_token
+
+    async def _mark_invalid(self) -> None:
+        async with self.sessions() as session, session.begin():
+            await session.execute(
+                update(Instance).where(col(Instance.id) == self.instance_id).values(valid=False)
+            )
+
+
+class RedisBudget:
+    """A fixed one-second window per OAuth app, shared by every worker through Redis.
+
+    Keap's spike arrest counts per app; without a shared budget a few hundred
+    instances of one app would all be throttled at once.
+    """
+
+    def __init__(self, redis: Redis, client_id: str, per_second: int) -> None:
+        self.redis = redis
+        self.client_id = client_id
+        self.per_second = per_second
+
+    async def acquire(self) -> None:
+        while True:
+            second = int(time.time())
+            key = f"{keys.app_budget(self.client_id)}:{second}"
+            async with self.redis.pipeline(transaction=False) as pipe:
+                pipe.incr(key)
+                pipe.expire(key, 2)
+                count, _ = await pipe.execute()
+            if int(count) <= self.per_second:
+                return
+            await asyncio.sleep(max(0.01, (second + 1) - time.time()))

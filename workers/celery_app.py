@@ -1,0 +1,58 @@
+"""The Celery application. Built by a factory from settings; nothing connects at import."""
+
+from __future__ import annotations
+
+from functools import lru_cache
+
+from celery import Celery
+from kombu import Queue as KombuQueue
+
+from app.settings import Settings, get_settings
+from workers.queues import DELIVERY_SEND, DELIVERY_SWEEP, POLL_INSTANCE, Queue
+
+SWEEP_EVERY_S = 2.0
+
+
+def create_celery(settings: Settings) -> Celery:
+    """Broker from settings; no result backend (the truth lives in PostgreSQL)."""
+    app = Celery("pollinator", broker=settings.effective_broker_url, set_as_current=True)
+    app.conf.update(
+        task_ignore_result=True,
+        task_default_queue=Queue.POLL.value,
+        task_queues=[KombuQueue(Queue.POLL.value), KombuQueue(Queue.DELIVERY.value)],
+        task_routes={
+            POLL_INSTANCE: {"queue": Queue.POLL.value},
+            DELIVERY_SEND: {"queue": Queue.DELIVERY.value},
+            DELIVERY_SWEEP: {"queue": Queue.DELIVERY.value},
+        },
+        # Polls are re-scheduled by beat and deliveries re-enqueued by the sweeper
+        # from PostgreSQL, so a message lost with a dead worker loses no work; late
+        # acks would only add re-runs after the visibility timeout.
+        task_acks_late=False,
+        worker_prefetch_multiplier=4,
+        worker_max_tasks_per_child=None,
+        broker_connection_retry_on_startup=True,
+        broker_transport_options={"visibility_timeout": 3600},
+        task_serializer="json",
+        accept_content=["json"],
+        timezone="UTC",
+        enable_utc=True,
+        beat_schedule={
+            "delivery-sweep": {
+                "task": DELIVERY_SWEEP,
+                "schedule": SWEEP_EVERY_S,
+                "options": {"expires": 30},
+            },
+        },
+        worker_send_task_events=True,
+        task_send_sent_event=True,
+        worker_hijack_root_logger=False,
+    )
+    app.conf.imports = ["workers.tasks.poll", "workers.tasks.delivery"]
+    return app
+
+
+@lru_cache(maxsize=1)
+def get_celery() -> Celery:
+    """The process-wide Celery app."""
+    return create_celery(get_settings())

@@ -1,0 +1,15 @@
+"""Queue and task names (dotted task names keep Flower readable)."""
+
+from __future__ import annotations
+
+import enum
+
+
+class Queue(enum.StrEnum):
+    POLL = "poll"
+    DELIVERY = "delivery"
+
+
+POLL_INSTANCE = "poll.instance"
+DELIVERY_SEND = "delivery.send"
+DELIVERY_SWEEP = "delivery.sweep"
