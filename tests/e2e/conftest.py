@@ -55,6 +55,13 @@ def http_json(
         return exc.code, json.loads(raw) if raw else None
 
 
+def is_up(url: str) -> bool:
+    try:
+        return http_json("GET", url, timeout=2)[0] == 200
+    except OSError:
+        return False
+
+
 def wait_for(predicate: Any, timeout: float, interval: float = 0.25, what: str = "") -> Any:
     deadline = time.monotonic() + timeout
     while True:
@@ -331,14 +338,18 @@ def start_stack(
     stack.start("beat", "beat")
     stack.start("worker-poll", "worker", "--queues", "poll")
     stack.start("worker-delivery", "worker", "--queues", "delivery")
-    for url in (
-        f"{sim_url}/_sim/stats",
-        f"{stack.sink_url}/_sink/requests",
-        f"{stack.api_url}/readyz",
-    ):
-        wait_for(lambda u=url: http_json("GET", u)[0] == 200, 60, what=url)
-    wait_for(lambda: "ready" in stack.log("worker-poll"), 60, what="poll worker")
-    wait_for(lambda: "ready" in stack.log("worker-delivery"), 60, what="delivery worker")
+    try:
+        for url in (
+            f"{sim_url}/_sim/stats",
+            f"{stack.sink_url}/_sink/requests",
+            f"{stack.api_url}/readyz",
+        ):
+            wait_for(lambda u=url: is_up(u), 60, what=url)
+        wait_for(lambda: "ready" in stack.log("worker-poll"), 60, what="poll worker")
+        wait_for(lambda: "ready" in stack.log("worker-delivery"), 60, what="delivery worker")
+    except BaseException:
+        stack.stop_all()
+        raise
     return stack
 
 
