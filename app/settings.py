@@ -50,6 +50,10 @@ class Settings(BaseSettings):
     # Polls one worker process runs at once (each waits on the provider most of the time).
     poll_concurrency: int = Field(default=64, ge=1, le=1000)
     delivery_concurrency: int = Field(default=64, ge=1, le=1000)
+    # How long a delivery being POSTed is hidden from the sweeper; longer than the 15 s
+    # callback timeout, so a live POST is never sent twice. A worker killed mid-POST
+    # has its delivery re-sent after this.
+    delivery_lease_seconds: float = Field(default=60.0, ge=16.0)
     log_level: str = "INFO"
 
     @field_validator("delivery_retry_schedule", mode="before")

@@ -56,8 +56,13 @@ _RESCHEDULE = text("""
 """)
 
 
-def claim_due(engine: Engine, now: datetime, batch: int = CLAIM_BATCH) -> list[tuple[int, float]]:
-    """Claim up to ``batch`` due instances and move them to their next slot; (id, interval)."""
+def claim_due(
+    engine: Engine, now: datetime, batch: int = CLAIM_BATCH
+) -> list[tuple[int, float, datetime]]:
+    """Claim up to ``batch`` due instances and move them to their next slot.
+
+    Returns (id, interval, the slot that was due) per claimed instance.
+    """
     with engine.begin() as conn:
         rows = conn.execute(_CLAIM, {"now": now, "batch": batch}).all()
         if not rows:
@@ -65,7 +70,7 @@ def claim_due(engine: Engine, now: datetime, batch: int = CLAIM_BATCH) -> list[t
         ids = [int(r[0]) for r in rows]
         nexts = [next_poll_at(r[1], float(r[2]), now) for r in rows]
         conn.execute(_RESCHEDULE, {"ids": ids, "nexts": nexts})
-    return [(int(r[0]), float(r[2])) for r in rows]
+    return [(int(r[0]), float(r[2]), r[1]) for r in rows]
 
 
 class LeaderLock:
@@ -123,10 +128,10 @@ class DueInstanceScheduler(Scheduler):
             if not claimed:
                 break
             with self.app.producer_or_acquire() as producer:
-                for instance_id, interval in claimed:
+                for instance_id, interval, due in claimed:
                     self.app.send_task(
                         POLL_INSTANCE,
-                        args=[instance_id],
+                        args=[instance_id, due.isoformat()],
                         queue=Queue.POLL.value,
                         expires=max(interval, MIN_TASK_EXPIRY_S),
                         producer=producer,

@@ -23,6 +23,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
 from app.db import create_engine, session_factory
 from app.security import SecretBox
+from app.services.breaker import OriginSlots
 from app.services.guarded_http import callback_session
 from app.settings import Settings, get_settings
 
@@ -41,6 +42,7 @@ class Clients:
     http: aiohttp.ClientSession
     callback_http: aiohttp.ClientSession
     box: SecretBox
+    slots: OriginSlots
 
     @classmethod
     async def create(cls, settings: Settings, pool_size: int = 20) -> Clients:
@@ -56,6 +58,7 @@ class Clients:
             http=aiohttp.ClientSession(connector=connector),
             callback_http=callback_session(settings.allow_private_callbacks),
             box=SecretBox(settings.require("secret_key")),
+            slots=OriginSlots(),
         )
 
     async def close(self) -> None:

@@ -10,6 +10,7 @@ from sqlalchemy import text
 
 from app.api.openapi import build_openapi
 from app.api.routes import CTX
+from app.metrics import gauge_lines, render_all
 
 PROBE_TIMEOUT_S = 3.0
 
@@ -52,8 +53,48 @@ async def readyz(request: web.Request) -> web.Response:
     return web.json_response({"status": "ready"})
 
 
-async def metrics(_: web.Request) -> web.Response:
-    body = await asyncio.to_thread(generate_latest)
+_GAUGES = text("""
+    SELECT
+      (SELECT count(*) FROM deliveries WHERE status = 'pending'),
+      (SELECT coalesce(extract(epoch FROM now() - min(next_attempt_at)), 0)
+         FROM deliveries WHERE status = 'pending' AND next_attempt_at <= now()),
+      (SELECT count(*) FROM instances
+         WHERE events_enabled AND NOT disabled AND deleted_at IS NULL),
+      (SELECT count(*) FROM instances
+         WHERE events_enabled AND NOT disabled AND deleted_at IS NULL
+           AND next_poll_at < now() - interval '10 seconds'),
+      (SELECT coalesce(extract(epoch FROM now() - min(next_poll_at)), 0) FROM instances
+         WHERE events_enabled AND NOT disabled AND deleted_at IS NULL
+           AND next_poll_at <= now())
+""")
+
+
+async def metrics(request: web.Request) -> web.Response:
+    """This process's metrics, the workers' (from Redis) and backlog gauges (PostgreSQL)."""
+    ctx = request.app[CTX]
+    lines = await render_all(ctx.redis)
+    async with ctx.engine.connect() as conn:
+        row = (await conn.execute(_GAUGES)).one()
+    pending, overdue_s, polling, late, late_s = (float(v or 0) for v in row)
+    lines += gauge_lines(
+        "pollinator_deliveries_pending", "Deliveries not yet delivered or failed", [({}, pending)]
+    )
+    lines += gauge_lines(
+        "pollinator_delivery_backlog_seconds",
+        "How overdue the oldest due pending delivery is",
+        [({}, overdue_s)],
+    )
+    lines += gauge_lines(
+        "pollinator_instances_polling", "Instances with events enabled", [({}, polling)]
+    )
+    lines += gauge_lines(
+        "pollinator_polls_overdue", "Instances more than 10 s past their poll time", [({}, late)]
+    )
+    lines += gauge_lines(
+        "pollinator_poll_overdue_seconds", "How late the most overdue instance is", [({}, late_s)]
+    )
+    process = await asyncio.to_thread(generate_latest)
+    body = process + ("\n".join(lines) + "\n").encode()
     return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
 
 

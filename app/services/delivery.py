@@ -10,6 +10,7 @@ delivery ``pending`` with an expiring lease, so it is sent again (same
 from __future__ import annotations
 
 import logging
+import random
 import time
 import uuid
 from dataclasses import dataclass
@@ -18,22 +19,24 @@ from typing import Any
 from urllib.parse import urlsplit
 
 import aiohttp
+from redis.asyncio import Redis
 from sqlalchemy import func, select, update
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from sqlmodel import col
 
+from app import metrics
 from app.domain.backoff import next_attempt_delay, parse_retry_after
 from app.domain.signing import signed_headers
+from app.metrics import MetricsBatch
 from app.models import Delivery, DeliveryAttempt, DeliveryStatus, Instance, utcnow
 from app.security import SecretBox
+from app.services.breaker import SATURATED_DEFER_S, CircuitBreakers, OriginSlots, origin_of
 from app.services.guarded_http import BlockedAddress, check_literal_host
 from app.settings import Settings
 
 log = logging.getLogger(__name__)
 
 TIMEOUT_S = 15.0
-# How long a claimed delivery is hidden from the sweeper: longer than one POST can take.
-CLAIM_LEASE_S = 60.0
 MAX_RESPONSE_CHARS = 1024
 SWEEP_BATCH = 500
 
@@ -44,6 +47,9 @@ class DeliveryDeps:
     sessions: async_sessionmaker[AsyncSession]
     http: aiohttp.ClientSession  # from guarded_http.callback_session
     box: SecretBox
+    redis: Redis
+    breakers: CircuitBreakers
+    slots: OriginSlots  # one per process
 
 
 @dataclass(frozen=True)
@@ -114,27 +120,42 @@ def _ms(started: float) -> int:
     return int((time.monotonic() - started) * 1000)
 
 
-async def claim(session: AsyncSession, delivery_id: uuid.UUID, now: datetime) -> Delivery | None:
-    """Lease a pending delivery so the sweeper leaves it alone while we POST."""
-    row = (
-        await session.execute(
-            select(Delivery)
-            .where(col(Delivery.id) == delivery_id, col(Delivery.status) == DeliveryStatus.PENDING)
-            .with_for_update(skip_locked=True)
-        )
-    ).scalar_one_or_none()
+async def claim(
+    session: AsyncSession,
+    delivery_id: uuid.UUID,
+    now: datetime,
+    lease_s: float,
+    ticket: datetime | None,
+) -> Delivery | None:
+    """Lease a pending delivery so the sweeper leaves it alone while we POST.
+
+    ``ticket`` is the ``next_attempt_at`` the delivery had when it was enqueued: a
+    message whose ticket no longer matches is stale (the delivery was already sent,
+    rescheduled or re-enqueued since) and claims nothing, so duplicates in the queue
+    never become duplicate POSTs. ``None`` claims any pending delivery.
+    """
+    stmt = select(Delivery).where(
+        col(Delivery.id) == delivery_id, col(Delivery.status) == DeliveryStatus.PENDING
+    )
+    if ticket is not None:
+        stmt = stmt.where(col(Delivery.next_attempt_at) == ticket)
+    row = (await session.execute(stmt.with_for_update(skip_locked=True))).scalar_one_or_none()
     if row is None:
         return None
-    row.next_attempt_at = now + timedelta(seconds=CLAIM_LEASE_S)
+    row.next_attempt_at = now + timedelta(seconds=lease_s)
     session.add(row)
     return row
 
 
-async def deliver(deps: DeliveryDeps, delivery_id: uuid.UUID) -> str:
-    """Attempt one delivery now; returns its status afterwards."""
+async def deliver(
+    deps: DeliveryDeps, delivery_id: uuid.UUID, ticket: datetime | None = None
+) -> str:
+    """Attempt one delivery now; returns its status afterwards (see :func:`claim`)."""
     now = utcnow()
     async with deps.sessions() as session, session.begin():
-        delivery = await claim(session, delivery_id, now)
+        delivery = await claim(
+            session, delivery_id, now, deps.settings.delivery_lease_seconds, ticket
+        )
         if delivery is None:
             return "not-pending"
         instance = await session.get(Instance, delivery.instance_id)
@@ -152,12 +173,56 @@ async def deliver(deps: DeliveryDeps, delivery_id: uuid.UUID) -> str:
             ).scalar_one()
         )
     url = str(instance.configuration.get("event.notification.callback.url") or "")
-    key = deps.box.open(instance.secrets).get("event.notification.signature.key")
-    headers = signed_headers(delivery.body, str(delivery.id), int(time.time()), key)
-    result = await post_callback(
-        deps.http, url, delivery.body, headers, deps.settings.allow_private_callbacks
+    origin = origin_of(url)
+    admission = await deps.breakers.admit(origin)
+    if not admission.allowed:
+        await defer(deps, delivery.id, admission.retry_in_s)
+        return "deferred"
+    if not deps.slots.try_acquire(origin):
+        await defer(deps, delivery.id, SATURATED_DEFER_S)
+        return "deferred"
+    try:
+        key = deps.box.open(instance.secrets).get("event.notification.signature.key")
+        headers = signed_headers(delivery.body, str(delivery.id), int(time.time()), key)
+        result = await post_callback(
+            deps.http, url, delivery.body, headers, deps.settings.allow_private_callbacks
+        )
+    finally:
+        deps.slots.release(origin)
+    await deps.breakers.record(origin, receiver_is_up(result))
+    status = await record_attempt(deps, delivery, attempts + 1, result)
+    await _record_metrics(deps.redis, result, status)
+    return status
+
+
+def receiver_is_up(result: AttemptResult) -> bool:
+    """For the breaker: the receiver answered something other than overload or an error."""
+    code = result.status_code
+    return result.error is None or (
+        code is not None and 400 <= code < 500 and code not in (408, 429)
     )
-    return await record_attempt(deps, delivery, attempts + 1, result)
+
+
+async def defer(deps: DeliveryDeps, delivery_id: uuid.UUID, seconds: float) -> None:
+    """Push a delivery back without spending an attempt (its URL is saturated or tripped)."""
+    at = utcnow() + timedelta(seconds=seconds * random.uniform(1.0, 1.2))
+    async with deps.sessions() as session, session.begin():
+        await session.execute(
+            update(Delivery)
+            .where(col(Delivery.id) == delivery_id, col(Delivery.status) == DeliveryStatus.PENDING)
+            .values(next_attempt_at=at)
+        )
+
+
+async def _record_metrics(redis: Redis, result: AttemptResult, status: str) -> None:
+    batch = MetricsBatch()
+    outcome = status if status != DeliveryStatus.PENDING else f"retry_{result.error or 'http'}"
+    batch.inc(metrics.DELIVERY_ATTEMPTS, {"outcome": outcome})
+    batch.observe(metrics.DELIVERY_LATENCY, result.duration_ms / 1000.0)
+    try:
+        await batch.flush(redis)
+    except Exception:  # best effort
+        log.warning("recording delivery metrics failed", exc_info=True)
 
 
 async def record_attempt(
@@ -207,10 +272,11 @@ async def record_attempt(
 
 
 async def due_deliveries(
-    sessions: async_sessionmaker[AsyncSession], limit: int = SWEEP_BATCH
-) -> list[uuid.UUID]:
-    """Claim pending deliveries whose time has come (the sweeper enqueues them)."""
+    sessions: async_sessionmaker[AsyncSession], lease_s: float, limit: int = SWEEP_BATCH
+) -> list[tuple[uuid.UUID, datetime]]:
+    """Lease pending deliveries whose time has come; (id, ticket) for the sweeper to enqueue."""
     now = utcnow()
+    lease_until = now + timedelta(seconds=lease_s)
     async with sessions() as session, session.begin():
         ids = list(
             (
@@ -230,6 +296,6 @@ async def due_deliveries(
             await session.execute(
                 update(Delivery)
                 .where(col(Delivery.id).in_(ids))
-                .values(next_attempt_at=now + timedelta(seconds=CLAIM_LEASE_S))
+                .values(next_attempt_at=lease_until)
             )
-    return ids
+    return [(delivery_id, lease_until) for delivery_id in ids]

@@ -21,12 +21,12 @@ from functools import lru_cache
 from typing import Any
 
 from redis.asyncio import Redis
-from sqlalchemy import select, update
+from sqlalchemy import select, text, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlmodel import col
 
-from app import keys
+from app import keys, metrics
 from app.domain.delta import (
     DeltaResult,
     Watermark,
@@ -44,6 +44,7 @@ from app.domain.pollconfig import (
     parse_poller_configuration,
 )
 from app.domain.schedule import failure_backoff_s
+from app.metrics import MetricsBatch
 from app.models import Delivery, DeliveryStatus, Event, Instance, PollState, utcnow
 from app.providers.infusionsoft import InfusionsoftClient, ProviderError
 from app.services.tokens import InstanceTokens, RedisBudget, RefreshConfig, release_lock
@@ -52,9 +53,6 @@ from app.settings import Settings
 log = logging.getLogger(__name__)
 
 POLL_LOCK_TTL_MS = 15 * 60 * 1000
-# A delivery enqueued right after the poll is leased this long before the sweeper
-# may enqueue it again (covers a lost message or a dead worker).
-ENQUEUE_LEASE_S = 60.0
 MAX_ERROR_LENGTH = 500
 
 
@@ -75,7 +73,16 @@ class PollOutcome:
     skipped: bool = False
     resources: list[ResourceOutcome] = field(default_factory=list)
     events: int = 0
-    delivery_ids: list[uuid.UUID] = field(default_factory=list)
+    # (delivery id, ticket): the ticket is the lease the delivery was created with; the
+    # delivery task claims the delivery only while that lease still stands.
+    deliveries: list[tuple[uuid.UUID, datetime]] = field(default_factory=list)
+
+    @property
+    def delivery_ids(self) -> list[uuid.UUID]:
+        return [delivery_id for delivery_id, _ in self.deliveries]
+
+    started_at: datetime | None = None
+    finished_at: datetime | None = None
 
     @property
     def failed(self) -> bool:
@@ -211,7 +218,7 @@ async def _poll_locked(deps: PollDeps, instance_id: int) -> PollOutcome:
     states = [s for s in states if s.resource in configs]
     watermarks = await _load_watermarks(deps.redis, instance_id, states)
     client = _client_for(deps, instance, deps.box.open(instance.secrets))
-    started = utcnow()
+    started = outcome.started_at = utcnow()
     outcome.resources = list(
         await asyncio.gather(
             *(
@@ -221,6 +228,51 @@ async def _poll_locked(deps: PollDeps, instance_id: int) -> PollOutcome:
         )
     )
     await _store(deps, instance, outcome, started)
+    outcome.finished_at = utcnow()
+    return outcome
+
+
+def poll_metrics(outcome: PollOutcome, scheduled_at: datetime | None) -> MetricsBatch:
+    """Counters, histograms and the journal line for one poll."""
+    batch = MetricsBatch()
+    state = "skipped" if outcome.skipped else "failed" if outcome.failed else "ok"
+    batch.inc(metrics.POLLS, {"outcome": state})
+    if outcome.skipped or outcome.started_at is None or outcome.finished_at is None:
+        return batch
+    lag = (outcome.started_at - scheduled_at).total_seconds() if scheduled_at else None
+    if lag is not None:
+        batch.observe(metrics.POLL_LAG, max(lag, 0.0))
+    batch.observe(metrics.POLL_DURATION, (outcome.finished_at - outcome.started_at).total_seconds())
+    requests = 0
+    for res in outcome.resources:
+        requests += res.requests
+        if res.error:
+            batch.inc(metrics.POLL_ERRORS, {"kind": res.error.split(":", 1)[0]})
+        elif res.delta is not None and res.delta.changes:
+            batch.inc(metrics.POLL_EVENTS, {"resource": res.resource}, len(res.delta.changes))
+    batch.inc(metrics.POLL_REQUESTS, None, requests)
+    batch.journal(
+        {
+            "instance": outcome.instance_id,
+            "scheduled": scheduled_at.isoformat() if scheduled_at else "",
+            "started": outcome.started_at.isoformat(),
+            "finished": outcome.finished_at.isoformat(),
+            "events": outcome.events,
+            "deliveries": len(outcome.delivery_ids),
+            "requests": requests,
+            "failed": int(outcome.failed),
+        }
+    )
+    return batch
+
+
+async def run_poll(deps: PollDeps, instance_id: int, scheduled_at: datetime | None) -> PollOutcome:
+    """One poll plus its metrics (the Celery task's whole body)."""
+    outcome = await poll_instance(deps, instance_id)
+    try:
+        await poll_metrics(outcome, scheduled_at).flush(deps.redis)
+    except Exception:  # metrics are best effort; the poll itself is already committed
+        log.warning("instance %s: recording poll metrics failed", instance_id, exc_info=True)
     return outcome
 
 
@@ -275,6 +327,7 @@ async def _store(
 ) -> None:
     """The outbox transaction, then Redis watermarks."""
     assert instance.id is not None
+    lease_s = deps.settings.delivery_lease_seconds
     info = InstanceInfo(
         instance.id, instance.name, list(instance.tags), instance.organization_id, ELEMENT_KEY
     )
@@ -296,7 +349,9 @@ async def _store(
                     started,
                 )
                 outcome.events += len(new)
-                outcome.delivery_ids += await _create_deliveries(session, info, new, started, now)
+                outcome.deliveries += await _create_deliveries(
+                    session, info, new, started, now + timedelta(seconds=lease_s)
+                )
                 wm = res.delta.watermark
                 advanced[res.resource] = wm
                 values.update(
@@ -354,29 +409,38 @@ async def _create_deliveries(
     info: InstanceInfo,
     events: list[EventRecord],
     poll_date: datetime,
-    now: datetime,
-) -> list[uuid.UUID]:
-    """Chunk new events into deliveries of ≤ 10 and link them."""
-    ids: list[uuid.UUID] = []
+    lease_until: datetime,
+) -> list[tuple[uuid.UUID, datetime]]:
+    """Chunk new events into deliveries of ≤ 10, insert them and link their events."""
+    if not events:
+        return []
+    now = utcnow()
+    rows: list[dict[str, Any]] = []
+    links: list[tuple[uuid.UUID, uuid.UUID]] = []
     ordered = sorted(events, key=lambda e: (e.date, e.object_id))
     for chunk in chunk_events(ordered):
         delivery_id, body = build_payload(info, chunk, poll_date)
-        session.add(
-            Delivery(
-                id=delivery_id,
-                instance_id=info.id,
-                status=DeliveryStatus.PENDING,
-                body=body,
-                event_count=len(chunk),
-                next_attempt_at=now + timedelta(seconds=ENQUEUE_LEASE_S),
-                created_at=now,
-            )
+        rows.append(
+            {
+                "id": delivery_id,
+                "instance_id": info.id,
+                "status": DeliveryStatus.PENDING.value,
+                "body": body,
+                "event_count": len(chunk),
+                "next_attempt_at": lease_until,
+                "created_at": now,
+            }
         )
-        await session.flush()
-        await session.execute(
-            update(Event)
-            .where(col(Event.id).in_([e.id for e in chunk]))
-            .values(delivery_id=delivery_id)
-        )
-        ids.append(delivery_id)
-    return ids
+        links += [(e.id, delivery_id) for e in chunk]
+    await session.execute(pg_insert(Delivery.__table__).values(rows))  # type: ignore[attr-defined]
+    await session.execute(
+        _LINK_EVENTS, {"events": [e for e, _ in links], "deliveries": [d for _, d in links]}
+    )
+    return [(row["id"], lease_until) for row in rows]
+
+
+_LINK_EVENTS = text("""
+    UPDATE events AS e SET delivery_id = u.delivery_id
+    FROM unnest(CAST(:events AS uuid[]), CAST(:deliveries AS uuid[])) AS u(event_id, delivery_id)
+    WHERE e.id = u.event_id
+""")

@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import logging
+from datetime import datetime
 
 from celery import shared_task
 
-from app.services.polling import PollDeps, poll_instance
+from app.services.polling import PollDeps, run_poll
 from workers.queues import DELIVERY_SEND, POLL_INSTANCE, Queue
 from workers.runtime import get_runtime
 
@@ -15,18 +16,22 @@ POLL_TIMEOUT_S = 14 * 60.0
 
 
 @shared_task(name=POLL_INSTANCE, ignore_result=True)
-def poll_instance_task(instance_id: int) -> None:
-    """Run the poll on this process's loop, then hand its deliveries to the delivery queue."""
+def poll_instance_task(instance_id: int, scheduled_at: str | None = None) -> None:
+    """Run the poll on this process's loop, then hand its deliveries to the delivery queue.
+
+    ``scheduled_at`` (ISO, from beat) is when the poll was due; it measures schedule lag.
+    """
     runtime = get_runtime()
     c = runtime.clients
     deps = PollDeps(c.settings, c.sessions, c.redis, c.http, c.box)
-    outcome = runtime.submit(poll_instance(deps, instance_id), timeout=POLL_TIMEOUT_S)
+    due = datetime.fromisoformat(scheduled_at) if scheduled_at else None
+    outcome = runtime.submit(run_poll(deps, instance_id, due), timeout=POLL_TIMEOUT_S)
     if outcome.skipped:
         return
-    for delivery_id in outcome.delivery_ids:
+    for delivery_id, ticket in outcome.deliveries:
         # A lost message is fine: the sweeper enqueues pending deliveries whose lease expired.
         poll_instance_task.app.send_task(
-            DELIVERY_SEND, args=[str(delivery_id)], queue=Queue.DELIVERY.value
+            DELIVERY_SEND, args=[str(delivery_id), ticket.isoformat()], queue=Queue.DELIVERY.value
         )
     errors = [f"{r.resource}: {r.error}" for r in outcome.resources if r.error]
     log.info(

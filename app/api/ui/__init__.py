@@ -1,0 +1,131 @@
+"""The web console at ``/ui/`` (SPEC §3 "Web console").
+
+A thin client over the public JSON API: the server only serves static pages, scripts and
+``/ui/defaults.json``. The browser keeps the organization and user secrets in
+``sessionStorage`` and sends them in the ``Authorization`` header of its ``fetch`` calls, so
+they never appear in a URL, a server log or a server-side session. Every response under
+``/ui/`` carries a strict Content-Security-Policy (no inline script, nothing but this
+origin), ``X-Frame-Options: DENY`` and ``Referrer-Policy: no-referrer``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from functools import cache
+from pathlib import Path
+
+from aiohttp import web
+
+from app.api.routes import BASE, CTX
+from app.domain.instanceconfig import DEFAULT_REFRESH_MINUTES
+from app.domain.pollconfig import CONFIGURATION_KEY, DEFAULT_POLLER_CONFIGURATION
+
+__all__ = ["PAGES", "SECURITY_HEADERS", "STATIC_FILES", "add_ui_routes"]
+
+PREFIX = "/ui"
+STATIC_DIR = Path(__file__).resolve().parent / "static"
+
+CSP = "; ".join(
+    [
+        "default-src 'self'",
+        "script-src 'self'",
+        "style-src 'self'",
+        "img-src 'self'",
+        "connect-src 'self'",
+        "object-src 'none'",
+        "base-uri 'none'",
+        "form-action 'self'",
+        "frame-ancestors 'none'",
+    ]
+)
+
+SECURITY_HEADERS: dict[str, str] = {
+    "Content-Security-Policy": CSP,
+    "X-Frame-Options": "DENY",
+    "Referrer-Policy": "no-referrer",
+    "X-Content-Type-Options": "nosniff",
+    "Cross-Origin-Opener-Policy": "same-origin",
+}
+
+# Path under /ui -> page file in static/.
+PAGES: dict[str, str] = {
+    "/": "index.html",
+    "/instances": "instances.html",
+    "/instances/new": "new.html",
+    "/oauth/callback": "callback.html",
+    "/instance": "instance.html",
+}
+
+# The only files served from /ui/static/ (a fixed list: nothing else in the package leaks).
+STATIC_FILES: dict[str, str] = {
+    "console.css": "text/css",
+    "console.js": "text/javascript",
+    "signin.js": "text/javascript",
+    "instances.js": "text/javascript",
+    "new.js": "text/javascript",
+    "callback.js": "text/javascript",
+    "instance.js": "text/javascript",
+    "favicon.svg": "image/svg+xml",
+}
+
+
+@cache
+def _read(name: str) -> bytes:
+    return (STATIC_DIR / name).read_bytes()
+
+
+def _respond(
+    body: bytes, content_type: str, *, status: int = 200, cache_control: str = "no-store"
+) -> web.Response:
+    response = web.Response(body=body, status=status, content_type=content_type, charset="utf-8")
+    response.headers.update(SECURITY_HEADERS)
+    response.headers["Cache-Control"] = cache_control
+    return response
+
+
+def _page_handler(name: str) -> Callable[[web.Request], Awaitable[web.Response]]:
+    async def page(_: web.Request) -> web.Response:
+        return _respond(_read(name), "text/html")
+
+    return page
+
+
+async def static_file(request: web.Request) -> web.Response:
+    name = request.match_info["name"]
+    content_type = STATIC_FILES.get(name)
+    if content_type is None:
+        return await not_found(request)
+    return _respond(_read(name), content_type, cache_control="no-cache")
+
+
+async def defaults(request: web.Request) -> web.Response:
+    """What the create form offers: the Keap resources (as the poller would use them)."""
+    minimum = request.app[CTX].settings.min_refresh_minutes
+    body = {
+        "apiBase": BASE,
+        "refreshInterval": max(DEFAULT_REFRESH_MINUTES, minimum),
+        "minRefreshInterval": minimum,
+        CONFIGURATION_KEY: DEFAULT_POLLER_CONFIGURATION,
+    }
+    response = web.json_response(body)
+    response.headers.update(SECURITY_HEADERS)
+    response.headers["Cache-Control"] = "no-cache"
+    return response
+
+
+async def not_found(_: web.Request) -> web.Response:
+    return _respond(_read("404.html"), "text/html", status=404)
+
+
+async def to_index(_: web.Request) -> web.Response:
+    raise web.HTTPFound(PREFIX + "/")
+
+
+def add_ui_routes(app: web.Application) -> None:
+    """Mount the console under ``/ui/``; unknown ``/ui/...`` paths answer an HTML 404."""
+    app.router.add_get(PREFIX, to_index)
+    for path, name in PAGES.items():
+        app.router.add_get(PREFIX + path, _page_handler(name))
+    app.router.add_get(PREFIX + "/defaults.json", defaults)
+    app.router.add_get(PREFIX + "/static/{name}", static_file)
+    app.router.add_get(PREFIX + "/{tail:.*}", not_found)

@@ -1,0 +1,176 @@
+"""Metrics shared by every process through Redis, exposed by the API at ``/metrics``.
+
+Poll and delivery workers are separate processes (often on separate hosts), so
+in-process Prometheus counters would each need scraping. Instead workers add
+to counters and histogram buckets in Redis (one pipelined round trip per poll
+or delivery) and the API renders them, plus gauges read from PostgreSQL at
+scrape time (backlog, overdue polls). Workers also append one line per poll to
+a bounded Redis stream, the *poll journal*, that load tests and operators read
+for exact schedule lag.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from redis.asyncio import Redis
+
+from app.keys import PREFIX
+
+POLL_JOURNAL = f"{PREFIX}:journal:polls"
+JOURNAL_MAXLEN = 500_000
+
+LAG_BUCKETS = (0.1, 0.25, 0.5, 1.0, 2.0, 5.0, 10.0, 30.0, 60.0, 300.0)
+DURATION_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 120.0)
+
+
+@dataclass(frozen=True)
+class Metric:
+    name: str
+    kind: str  # counter | histogram
+    help: str
+    buckets: tuple[float, ...] = ()
+
+    @property
+    def key(self) -> str:
+        return f"{PREFIX}:m:{self.name}"
+
+
+POLLS = Metric("pollinator_polls_total", "counter", "Polls by outcome (ok, failed, skipped)")
+POLL_EVENTS = Metric("pollinator_poll_events_total", "counter", "Events found, by resource")
+POLL_REQUESTS = Metric("pollinator_provider_requests_total", "counter", "Provider page requests")
+POLL_ERRORS = Metric("pollinator_poll_errors_total", "counter", "Failed resource polls, by kind")
+POLL_LAG = Metric(
+    "pollinator_poll_schedule_lag_seconds",
+    "histogram",
+    "Poll start minus its scheduled time",
+    LAG_BUCKETS,
+)
+POLL_DURATION = Metric(
+    "pollinator_poll_duration_seconds",
+    "histogram",
+    "Wall time of one poll of one instance",
+    DURATION_BUCKETS,
+)
+DELIVERY_ATTEMPTS = Metric(
+    "pollinator_delivery_attempts_total",
+    "counter",
+    "Callback attempts by outcome (delivered, retry, failed, error class)",
+)
+DELIVERY_LATENCY = Metric(
+    "pollinator_delivery_duration_seconds", "histogram", "Callback POST duration", DURATION_BUCKETS
+)
+ALL_METRICS = (
+    POLLS,
+    POLL_EVENTS,
+    POLL_REQUESTS,
+    POLL_ERRORS,
+    POLL_LAG,
+    POLL_DURATION,
+    DELIVERY_ATTEMPTS,
+    DELIVERY_LATENCY,
+)
+
+
+def _labels(labels: Mapping[str, str] | None) -> str:
+    return json.dumps(dict(sorted((labels or {}).items())), separators=(",", ":"))
+
+
+class MetricsBatch:
+    """Collects increments and applies them in one pipelined round trip."""
+
+    def __init__(self) -> None:
+        self._ops: list[tuple[str, str, float]] = []
+        self._journal: list[dict[Any, Any]] = []
+
+    def inc(
+        self, metric: Metric, labels: Mapping[str, str] | None = None, amount: float = 1.0
+    ) -> None:
+        self._ops.append((metric.key, _labels(labels), amount))
+
+    def observe(
+        self, metric: Metric, value: float, labels: Mapping[str, str] | None = None
+    ) -> None:
+        base = _labels(labels)
+        for bound in metric.buckets:
+            if value <= bound:
+                self._ops.append((metric.key, f"{base}|{bound}", 1))
+        self._ops.append((metric.key, f"{base}|+Inf", 1))
+        self._ops.append((metric.key, f"{base}|sum", value))
+
+    def journal(self, entry: Mapping[str, Any]) -> None:
+        self._journal.append({str(k): str(v) for k, v in entry.items()})
+
+    async def flush(self, redis: Redis) -> None:
+        if not self._ops and not self._journal:
+            return
+        async with redis.pipeline(transaction=False) as pipe:
+            for key, field, amount in self._ops:
+                pipe.hincrbyfloat(key, field, amount)
+            for entry in self._journal:
+                pipe.xadd(POLL_JOURNAL, entry, maxlen=JOURNAL_MAXLEN, approximate=True)
+            await pipe.execute()
+        self._ops.clear()
+        self._journal.clear()
+
+
+def _escape(value: str) -> str:
+    return value.replace("\\", "\\\\").replace("\n", "\\n").replace('"', '\\"')
+
+
+def _label_text(labels: Mapping[str, Any], extra: Mapping[str, str] | None = None) -> str:
+    merged = {**{k: str(v) for k, v in labels.items()}, **(extra or {})}
+    if not merged:
+        return ""
+    return "{" + ",".join(f'{k}="{_escape(v)}"' for k, v in merged.items()) + "}"
+
+
+def render_metric(metric: Metric, raw: Mapping[bytes | str, bytes | str]) -> list[str]:
+    """Prometheus text lines for one metric from its Redis hash."""
+    lines = [f"# HELP {metric.name} {metric.help}", f"# TYPE {metric.name} {metric.kind}"]
+    values = {(k.decode() if isinstance(k, bytes) else k): float(v) for k, v in raw.items()}
+    if metric.kind == "counter":
+        for field, value in sorted(values.items()):
+            lines.append(f"{metric.name}{_label_text(json.loads(field))} {value:g}")
+        return lines
+    series: dict[str, dict[str, float]] = {}
+    for field, value in values.items():
+        base, _, part = field.rpartition("|")
+        series.setdefault(base, {})[part] = value
+    for base, parts in sorted(series.items()):
+        labels = json.loads(base)
+        for bound in (*[str(b) for b in metric.buckets], "+Inf"):
+            lines.append(
+                f"{metric.name}_bucket{_label_text(labels, {'le': bound})} "
+                f"{parts.get(bound, 0.0):g}"
+            )
+        lines.append(f"{metric.name}_sum{_label_text(labels)} {parts.get('sum', 0.0):g}")
+        lines.append(f"{metric.name}_count{_label_text(labels)} {parts.get('+Inf', 0.0):g}")
+    return lines
+
+
+async def render_all(redis: Redis, metrics: Sequence[Metric] = ALL_METRICS) -> list[str]:
+    async with redis.pipeline(transaction=False) as pipe:
+        for metric in metrics:
+            pipe.hgetall(metric.key)
+        results = await pipe.execute()
+    lines: list[str] = []
+    for metric, raw in zip(metrics, results, strict=True):
+        lines += render_metric(metric, raw)
+    return lines
+
+
+def gauge_lines(
+    name: str, help_: str, samples: Iterable[tuple[Mapping[str, str], float]]
+) -> list[str]:
+    lines = [f"# HELP {name} {help_}", f"# TYPE {name} gauge"]
+    lines += [f"{name}{_label_text(labels)} {value:g}" for labels, value in samples]
+    return lines
+
+
+def iso(dt: datetime) -> str:
+    return dt.isoformat(timespec="milliseconds")

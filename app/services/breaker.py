@@ -1,0 +1,116 @@
+"""Per-callback-URL protection: a concurrency cap and a circuit breaker.
+
+A callback URL that hangs or keeps failing must not hold back deliveries to
+other URLs. Two guards, both keyed by the URL's origin:
+
+* at most ``PER_ORIGIN_CONCURRENCY`` POSTs in flight per worker process; a
+  delivery that finds its origin saturated is deferred for a moment instead of
+  occupying a worker slot while it waits;
+* a circuit breaker shared by all workers through Redis: after
+  ``FAILURE_THRESHOLD`` consecutive failures the origin is *open* for a
+  cooldown that doubles on each re-open (capped); while open, its deliveries
+  are deferred without spending an attempt; when the cooldown ends a single
+  probe delivery goes through (*half-open*) and its outcome closes or re-opens
+  the circuit. Deliveries are never failed early or dropped by the breaker.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from urllib.parse import urlsplit
+
+from redis.asyncio import Redis
+
+from app.keys import PREFIX
+
+PER_ORIGIN_CONCURRENCY = 8
+FAILURE_THRESHOLD = 5
+BASE_COOLDOWN_S = 10.0
+MAX_COOLDOWN_S = 600.0
+SATURATED_DEFER_S = 1.0
+
+
+def origin_of(url: str) -> str:
+    """``scheme://host:port`` — the unit a breaker and a concurrency cap apply to."""
+    parts = urlsplit(url)
+    port = parts.port or (443 if parts.scheme == "https" else 80)
+    return f"{parts.scheme}://{(parts.hostname or '').lower()}:{port}"
+
+
+def cooldown_s(opens: int) -> float:
+    """Cooldown after the ``opens``-th consecutive opening: 10 s, 20 s, 40 s … 10 min."""
+    return float(min(BASE_COOLDOWN_S * 2 ** max(opens - 1, 0), MAX_COOLDOWN_S))
+
+
+@dataclass(frozen=True)
+class Admission:
+    allowed: bool
+    retry_in_s: float = 0.0
+    probe: bool = False
+
+
+class CircuitBreakers:
+    """Breaker state in Redis: hash ``{failures, opens, open_until}`` per origin."""
+
+    def __init__(self, redis: Redis, threshold: int = FAILURE_THRESHOLD) -> None:
+        self.redis = redis
+        self.threshold = threshold
+
+    @staticmethod
+    def _key(origin: str) -> str:
+        return f"{PREFIX}:cb:{origin}"
+
+    async def admit(self, origin: str) -> Admission:
+        raw = await self.redis.hmget(self._key(origin), ["open_until"])
+        open_until = float(raw[0] or 0)
+        now = time.time()
+        if open_until == 0:
+            return Admission(True)
+        if now < open_until:
+            return Admission(False, open_until - now)
+        # Cooldown over: exactly one probe at a time gets through.
+        if await self.redis.set(f"{self._key(origin)}:probe", "1", nx=True, ex=30):
+            return Admission(True, probe=True)
+        return Admission(False, SATURATED_DEFER_S * 5)
+
+    async def record(self, origin: str, success: bool) -> None:
+        """Count one attempt's outcome; ``success`` means the receiver is up (any 2xx/4xx)."""
+        key = self._key(origin)
+        if success:
+            await self.redis.delete(key, f"{key}:probe")
+            return
+        open_until = float((await self.redis.hmget(key, ["open_until"]))[0] or 0)
+        if time.time() < open_until:
+            return  # already open: stragglers that were in flight don't extend it
+        failures = int(await self.redis.hincrby(key, "failures", 1))
+        if failures < self.threshold:
+            await self.redis.expire(key, int(MAX_COOLDOWN_S * 2))
+            return
+        opens = int(await self.redis.hincrby(key, "opens", 1))
+        async with self.redis.pipeline(transaction=True) as pipe:
+            pipe.hset(key, mapping={"open_until": time.time() + cooldown_s(opens)})
+            pipe.expire(key, int(MAX_COOLDOWN_S * 4))
+            pipe.delete(f"{key}:probe")
+            await pipe.execute()
+
+
+class OriginSlots:
+    """In-process cap on concurrent POSTs per origin, without waiting for a slot."""
+
+    def __init__(self, limit: int = PER_ORIGIN_CONCURRENCY) -> None:
+        self.limit = limit
+        self._in_flight: dict[str, int] = {}
+
+    def try_acquire(self, origin: str) -> bool:
+        if self._in_flight.get(origin, 0) >= self.limit:
+            return False
+        self._in_flight[origin] = self._in_flight.get(origin, 0) + 1
+        return True
+
+    def release(self, origin: str) -> None:
+        left = self._in_flight.get(origin, 1) - 1
+        if left <= 0:
+            self._in_flight.pop(origin, None)
+        else:
+            self._in_flight[origin] = left

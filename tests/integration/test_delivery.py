@@ -1,0 +1,314 @@
+"""The delivery service against a local receiver, real PostgreSQL and Redis (SPEC §5)."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import hashlib
+import hmac
+import json
+import time
+import uuid
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from datetime import timedelta
+from typing import Any
+
+import psycopg
+import pytest
+from aiohttp import web
+from aiohttp.test_utils import TestServer
+from redis.asyncio import Redis
+from standardwebhooks.webhooks import Webhook
+
+from app.db import create_engine, session_factory
+from app.domain.events import EventRecord, InstanceInfo, build_payload
+from app.models import Delivery, Instance, utcnow
+from app.security import SecretBox, hash_secret
+from app.services.breaker import CircuitBreakers, OriginSlots
+from app.services.delivery import DeliveryDeps, deliver, due_deliveries
+from app.services.guarded_http import callback_session
+from app.settings import Settings
+from tests.conftest import SECRET_KEY, ServiceUrls
+from tests.integration.conftest import new_org_headers
+
+SIGNING_KEY = "whsec_" + base64.b64encode(b"a-very-secret-signing-key").decode()
+
+
+@dataclass
+class Receiver:
+    """A callback endpoint whose answers the test scripts."""
+
+    statuses: list[int] = field(default_factory=list)  # consumed first; then 200
+    headers: dict[str, str] = field(default_factory=dict)
+    hang_s: float = 0.0
+    received: list[tuple[dict[str, str], bytes]] = field(default_factory=list)
+    url: str = ""
+
+    async def handle(self, request: web.Request) -> web.Response:
+        body = await request.read()
+        self.received.append((dict(request.headers), body))
+        if self.hang_s:
+            await asyncio.sleep(self.hang_s)
+        status = self.statuses.pop(0) if self.statuses else 200
+        return web.Response(status=status, text=f"answer {status}", headers=self.headers)
+
+
+@dataclass
+class World:
+    deps: DeliveryDeps
+    database_url: str
+    org_id: int
+    receiver: Receiver
+
+    async def instance(self, url: str, key: str | None = SIGNING_KEY) -> int:
+        async with self.deps.sessions() as session, session.begin():
+            instance = Instance(
+                organization_id=self.org_id,
+                name="delivery test",
+                element_key="infusionsoftrest",
+                token_hash=hash_secret(uuid.uuid4().hex),
+                tags=["t"],
+                configuration={"event.notification.callback.url": url},
+                secrets=self.deps.box.seal(
+                    {"event.notification.signature.key": key} if key else {}
+                ),
+                events_enabled=True,
+            )
+            session.add(instance)
+            await session.flush()
+            assert instance.id is not None
+            return instance.id
+
+    async def delivery(self, instance_id: int) -> uuid.UUID:
+        event = EventRecord(
+            uuid.uuid4(), "contacts", "42", "CREATED", utcnow(), {"id": 42, "given_name": "Ada"}
+        )
+        delivery_id, body = build_payload(
+            InstanceInfo(instance_id, "delivery test", ["t"], self.org_id), [event], utcnow()
+        )
+        async with self.deps.sessions() as session, session.begin():
+            session.add(
+                Delivery(
+                    id=delivery_id,
+                    instance_id=instance_id,
+                    body=body,
+                    event_count=1,
+                    next_attempt_at=utcnow(),
+                )
+            )
+        return delivery_id
+
+    def row(self, delivery_id: uuid.UUID) -> dict[str, Any]:
+        with psycopg.connect(self.database_url) as conn:
+            cur = conn.execute("SELECT * FROM deliveries WHERE id = %s", (delivery_id,))
+            row = cur.fetchone()
+            assert row is not None
+            assert cur.description is not None
+            return {d.name: v for d, v in zip(cur.description, row, strict=True)}
+
+    def attempts(self, delivery_id: uuid.UUID) -> list[dict[str, Any]]:
+        with psycopg.connect(self.database_url) as conn:
+            cur = conn.execute(
+                "SELECT * FROM delivery_attempts WHERE delivery_id = %s ORDER BY attempt",
+                (delivery_id,),
+            )
+            assert cur.description is not None
+            names = [d.name for d in cur.description]
+            return [dict(zip(names, r, strict=True)) for r in cur.fetchall()]
+
+    def make_due(self, delivery_id: uuid.UUID) -> None:
+        with psycopg.connect(self.database_url) as conn:
+            conn.execute(
+                "UPDATE deliveries SET next_attempt_at = now() WHERE id = %s", (delivery_id,)
+            )
+
+
+async def _world(
+    service_urls: ServiceUrls, allow_private: bool, schedule: str = "1,2,3"
+) -> AsyncIterator[World]:
+    receiver = Receiver()
+    app = web.Application()
+    app.router.add_post("/{tail:.*}", receiver.handle)
+    server = TestServer(app)
+    await server.start_server()
+    receiver.url = str(server.make_url("/events"))
+    settings = Settings(
+        database_url=service_urls.database_url,
+        redis_url=service_urls.redis_url,
+        secret_key=SECRET_KEY,
+        allow_private_callbacks=allow_private,
+        delivery_retry_schedule=schedule,
+    )  # type: ignore[arg-type]
+    engine = create_engine(service_urls.database_url)
+    redis = Redis.from_url(service_urls.redis_url)
+    http = callback_session(allow_private)
+    deps = DeliveryDeps(
+        settings,
+        session_factory(engine),
+        http,
+        SecretBox(SECRET_KEY),
+        redis,
+        CircuitBreakers(redis),
+        OriginSlots(),
+    )
+    headers = await new_org_headers(service_urls.database_url, "deliveries")
+    yield World(deps, service_urls.database_url, int(headers["X-Org-Id"]), receiver)
+    await http.close()
+    await redis.aclose()
+    await engine.dispose()
+    await server.close()
+
+
+@pytest.fixture
+async def world(service_urls: ServiceUrls) -> AsyncIterator[World]:
+    async for w in _world(service_urls, allow_private=True):
+        yield w
+
+
+@pytest.fixture
+async def guarded_world(service_urls: ServiceUrls) -> AsyncIterator[World]:
+    async for w in _world(service_urls, allow_private=False):
+        yield w
+
+
+async def test_exact_bytes_signed_both_ways(world: World) -> None:
+    instance_id = await world.instance(world.receiver.url)
+    delivery_id = await world.delivery(instance_id)
+    assert await deliver(world.deps, delivery_id) == "delivered"
+    headers, body = world.receiver.received[0]
+    assert body == world.row(delivery_id)["body"]
+    assert headers["webhook-id"] == str(delivery_id)
+    assert abs(int(headers["webhook-timestamp"]) - time.time()) < 60
+    # Standard Webhooks, verified by the reference library (not our code).
+    Webhook(SIGNING_KEY).verify(body, {k.lower(): v for k, v in headers.items()})
+    # Open Connectors: an independent HMAC of the raw body.
+    expected = base64.b64encode(
+        hmac.new(SIGNING_KEY.encode(), body, hashlib.sha256).digest()
+    ).decode()
+    assert headers["Elements-Webhook-Signature"] == f"sha256={expected}"
+    message = json.loads(body)["message"]
+    assert message["eventId"] == str(delivery_id)
+    assert message["raw"] == {"contacts": [{"id": 42, "given_name": "Ada"}]}
+    [attempt] = world.attempts(delivery_id)
+    assert attempt["status_code"] == 200
+    assert attempt["error"] is None
+    assert world.row(delivery_id)["status"] == "delivered"
+
+
+async def test_plain_key_verifies_as_its_whsec_form(world: World) -> None:
+    instance_id = await world.instance(world.receiver.url, key="plain-signing-key")
+    delivery_id = await world.delivery(instance_id)
+    await deliver(world.deps, delivery_id)
+    headers, body = world.receiver.received[0]
+    whsec = "whsec_" + base64.b64encode(b"plain-signing-key").decode()
+    Webhook(whsec).verify(body, {k.lower(): v for k, v in headers.items()})
+
+
+async def test_failures_are_recorded_and_retried_on_schedule_then_failed(world: World) -> None:
+    instance_id = await world.instance(world.receiver.url)
+    delivery_id = await world.delivery(instance_id)
+    world.receiver.statuses = [500, 503, 302, 500]
+    before = utcnow()
+    assert await deliver(world.deps, delivery_id) == "pending"
+    row = world.row(delivery_id)
+    # Retry 1 after ~1 s (±10 %), from the schedule 1,2,3.
+    assert timedelta(seconds=0.85) <= row["next_attempt_at"] - before <= timedelta(seconds=1.3)
+    for _ in range(2):
+        world.make_due(delivery_id)
+        assert await deliver(world.deps, delivery_id) == "pending"
+    world.make_due(delivery_id)
+    assert await deliver(world.deps, delivery_id) == "failed"  # schedule exhausted
+    attempts = world.attempts(delivery_id)
+    assert [a["status_code"] for a in attempts] == [500, 503, 302, 500]
+    assert [a["attempt"] for a in attempts] == [1, 2, 3, 4]
+    assert all(a["error"] == "http" for a in attempts)
+    assert attempts[0]["response_body"] == "answer 500"
+    row = world.row(delivery_id)
+    assert row["status"] == "failed"
+    assert row["next_attempt_at"] is None
+    assert len(world.receiver.received) == 4  # 3xx is a failure; redirects are not followed
+
+
+async def test_retry_after_is_honoured_when_longer(world: World) -> None:
+    instance_id = await world.instance(world.receiver.url)
+    delivery_id = await world.delivery(instance_id)
+    world.receiver.statuses = [429]
+    world.receiver.headers = {"Retry-After": "120"}
+    before = utcnow()
+    await deliver(world.deps, delivery_id)
+    wait = world.row(delivery_id)["next_attempt_at"] - before
+    assert timedelta(seconds=119) <= wait <= timedelta(seconds=122)
+
+
+async def test_gone_disables_events_and_keeps_the_delivery(world: World) -> None:
+    instance_id = await world.instance(world.receiver.url)
+    delivery_id = await world.delivery(instance_id)
+    world.receiver.statuses = [410]
+    assert await deliver(world.deps, delivery_id) == "failed"
+    with psycopg.connect(world.database_url) as conn:
+        row = conn.execute(
+            "SELECT events_enabled FROM instances WHERE id = %s", (instance_id,)
+        ).fetchone()
+    assert row == (False,)
+    assert world.row(delivery_id)["status"] == "failed"
+
+
+async def test_timeout_and_connection_errors_are_classified(world: World) -> None:
+    instance_id = await world.instance("http://127.0.0.1:9/unreachable")
+    delivery_id = await world.delivery(instance_id)
+    await deliver(world.deps, delivery_id)
+    [attempt] = world.attempts(delivery_id)
+    assert attempt["error"] == "connection"
+    assert attempt["status_code"] is None
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "http://127.0.0.1:{port}/e",
+        "http://[::1]:{port}/e",
+        "http://0x7f000001:{port}/e",
+        "http://2130706433:{port}/e",
+        "http://169.254.169.254/latest/meta-data",
+        "http://localhost:{port}/e",
+        "http://[::ffff:127.0.0.1]:{port}/e",
+    ],
+)
+async def test_private_callbacks_blocked_at_delivery_time(guarded_world: World, url: str) -> None:
+    port = guarded_world.receiver.url.split(":")[2].split("/")[0]
+    instance_id = await guarded_world.instance(url.format(port=port))
+    delivery_id = await guarded_world.delivery(instance_id)
+    assert await deliver(guarded_world.deps, delivery_id) == "pending"
+    [attempt] = guarded_world.attempts(delivery_id)
+    assert attempt["error"] == "ssrf_blocked", attempt
+    assert guarded_world.receiver.received == []
+
+
+async def test_breaker_opens_and_defers_without_spending_attempts(world: World) -> None:
+    instance_id = await world.instance(world.receiver.url)
+    world.receiver.statuses = [500] * 20
+    ids = [await world.delivery(instance_id) for _ in range(8)]
+    for delivery_id in ids[:5]:
+        await deliver(world.deps, delivery_id)
+    # Five consecutive failures opened the circuit: the rest wait, unspent.
+    for delivery_id in ids[5:]:
+        assert await deliver(world.deps, delivery_id) == "deferred"
+        assert world.attempts(delivery_id) == []
+        assert world.row(delivery_id)["status"] == "pending"
+    assert len(world.receiver.received) == 5
+
+
+async def test_sweeper_claims_due_deliveries_once(world: World) -> None:
+    instance_id = await world.instance(world.receiver.url)
+    ids = {await world.delivery(instance_id) for _ in range(3)}
+    first = dict(await due_deliveries(world.deps.sessions, 60))
+    assert ids <= set(first)
+    second = dict(await due_deliveries(world.deps.sessions, 60))
+    assert not (ids & set(second))  # leased: not enqueued twice
+    # A stale message (wrong ticket) claims nothing; the right ticket delivers once.
+    some = next(iter(ids))
+    assert await deliver(world.deps, some, first[some] - timedelta(seconds=1)) == "not-pending"
+    assert await deliver(world.deps, some, first[some]) == "delivered"
+    assert await deliver(world.deps, some, first[some]) == "not-pending"
+    assert len(world.receiver.received) == 1
