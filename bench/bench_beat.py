@@ -17,7 +17,6 @@ from __future__ import annotations
 import argparse
 import os
 import statistics
-import sys
 import time
 import uuid
 from pathlib import Path
@@ -25,13 +24,11 @@ from pathlib import Path
 import psycopg
 from sqlalchemy import create_engine, text
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
-from app.db import sync_url  # noqa: E402
-from app.embedded import ensure_services  # noqa: E402
-from app.migrate import upgrade  # noqa: E402
-from app.models import utcnow  # noqa: E402
-from workers.beat import claim_due  # noqa: E402
+from app.db import sync_url
+from app.embedded import ensure_services
+from app.migrate import upgrade
+from app.models import utcnow
+from workers.beat import claim_due
 
 DUE = 100
 TICKS = 20
