@@ -70,7 +70,8 @@ def measure(base: str, size: int, ticks: int) -> tuple[float, float, int]:
         with engine.begin() as conn:
             org = conn.execute(
                 text(
-                    "INSERT INTO organizations (name, secret_hash) VALUES ('b', md5(random()::text))"
+                    "INSERT INTO organizations (name, secret_hash)"
+                    " VALUES ('b', md5(random()::text))"
                     " RETURNING id"
                 )
             ).scalar_one()
