@@ -13,6 +13,7 @@ from redis.asyncio import Redis
 from app.api import health, routes
 from app.api.context import ApiContext
 from app.api.errors import error_middleware
+from app.api.ui import add_ui_routes
 from app.db import create_engine, session_factory
 from app.logging import setup_logging
 from app.security import SecretBox
@@ -48,6 +49,7 @@ def create_app(settings: Settings) -> web.Application:
     app.cleanup_ctx.append(lifecycle)
     routes.add_routes(app)
     health.add_routes(app)
+    add_ui_routes(app)
     return app
 
 

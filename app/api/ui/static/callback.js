@@ -9,7 +9,9 @@
   const { $, api, el, clear, notify, errorText, readJson, writeJson, PENDING_KEY } = window.PC;
 
   window.PC.setupNav("new");
-  window.PC.requireAuth();
+  if (!window.PC.requireAuth()) {
+    return;
+  }
 
   const params = new URLSearchParams(window.location.search);
   if (window.location.search) {

@@ -58,12 +58,11 @@
     window.location.assign("/ui/");
   }
 
-  /** Sends the user to the sign-in page when this tab holds no secrets. */
+  /** The tab's secrets; null (and off to the sign-in page) when it holds none. */
   function requireAuth() {
     const auth = getAuth();
     if (!auth) {
       signOut("Please sign in.");
-      throw new Error("not signed in");
     }
     return auth;
   }
@@ -82,6 +81,9 @@
   async function api(method, path, options) {
     const opts = options || {};
     const auth = opts.auth || requireAuth();
+    if (!auth) {
+      throw new ApiError(401, "not signed in");
+    }
     let url = API + path;
     if (opts.query) {
       const params = new URLSearchParams();

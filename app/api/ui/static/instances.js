@@ -6,7 +6,9 @@
   const PAGE_SIZE = 25;
 
   window.PC.setupNav("instances");
-  window.PC.requireAuth();
+  if (!window.PC.requireAuth()) {
+    return;
+  }
 
   const params = new URLSearchParams(window.location.search);
   let page = Math.max(1, parseInt(params.get("page") || "1", 10) || 1);

@@ -10,7 +10,9 @@
   const { $, api, notify, errorText, readJson, writeJson, PENDING_KEY } = window.PC;
 
   window.PC.setupNav("new");
-  window.PC.requireAuth();
+  if (!window.PC.requireAuth()) {
+    return;
+  }
 
   const previous = readJson(PENDING_KEY);
   $("oauth-callback").value =
