@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
+import asyncpg
 from sqlalchemy.ext.asyncio import (
     AsyncEngine,
     AsyncSession,
@@ -55,3 +56,17 @@ async def transaction(
     """One unit of work: commit at the boundary, roll back on any error."""
     async with sessions() as session, session.begin():
         yield session
+
+
+def asyncpg_dsn(url: str) -> str:
+    """A DSN for ``asyncpg`` itself (the hot path of polls bypasses the ORM)."""
+    return "postgresql://" + _strip_scheme(url)
+
+
+async def create_pg_pool(url: str, size: int) -> asyncpg.Pool:
+    """A raw asyncpg pool; statements are prepared and cached per connection."""
+    pool = await asyncpg.create_pool(
+        asyncpg_dsn(url), min_size=1, max_size=size, max_inactive_connection_lifetime=300
+    )
+    assert pool is not None
+    return pool

@@ -81,11 +81,12 @@ def _labels(labels: Mapping[str, str] | None) -> str:
 
 
 class MetricsBatch:
-    """Collects increments and applies them in one pipelined round trip."""
+    """Collects increments (and a few plain writes) and applies them in one round trip."""
 
     def __init__(self) -> None:
         self._ops: list[tuple[str, str, float]] = []
         self._journal: list[dict[Any, Any]] = []
+        self._sets: dict[str, str] = {}
 
     def inc(
         self, metric: Metric, labels: Mapping[str, str] | None = None, amount: float = 1.0
@@ -95,20 +96,25 @@ class MetricsBatch:
     def observe(
         self, metric: Metric, value: float, labels: Mapping[str, str] | None = None
     ) -> None:
+        """Count ``value`` in its own bucket only; rendering makes the buckets cumulative."""
         base = _labels(labels)
-        for bound in metric.buckets:
-            if value <= bound:
-                self._ops.append((metric.key, f"{base}|{bound}", 1))
-        self._ops.append((metric.key, f"{base}|+Inf", 1))
+        bucket = next((str(b) for b in metric.buckets if value <= b), "+Inf")
+        self._ops.append((metric.key, f"{base}|{bucket}", 1))
         self._ops.append((metric.key, f"{base}|sum", value))
 
     def journal(self, entry: Mapping[str, Any]) -> None:
         self._journal.append({str(k): str(v) for k, v in entry.items()})
 
+    def set(self, key: str, value: str) -> None:
+        """A plain ``SET`` that rides along (e.g. a poll's Redis watermarks)."""
+        self._sets[key] = value
+
     async def flush(self, redis: Redis) -> None:
-        if not self._ops and not self._journal:
+        if not (self._ops or self._journal or self._sets):
             return
         async with redis.pipeline(transaction=False) as pipe:
+            if self._sets:
+                pipe.mset(self._sets)
             for key, field, amount in self._ops:
                 pipe.hincrbyfloat(key, field, amount)
             for entry in self._journal:
@@ -116,6 +122,7 @@ class MetricsBatch:
             await pipe.execute()
         self._ops.clear()
         self._journal.clear()
+        self._sets.clear()
 
 
 def _escape(value: str) -> str:
@@ -143,13 +150,12 @@ def render_metric(metric: Metric, raw: Mapping[bytes | str, bytes | str]) -> lis
         series.setdefault(base, {})[part] = value
     for base, parts in sorted(series.items()):
         labels = json.loads(base)
+        cumulative = 0.0
         for bound in (*[str(b) for b in metric.buckets], "+Inf"):
-            lines.append(
-                f"{metric.name}_bucket{_label_text(labels, {'le': bound})} "
-                f"{parts.get(bound, 0.0):g}"
-            )
+            cumulative += parts.get(bound, 0.0)
+            lines.append(f"{metric.name}_bucket{_label_text(labels, {'le': bound})} {cumulative:g}")
         lines.append(f"{metric.name}_sum{_label_text(labels)} {parts.get('sum', 0.0):g}")
-        lines.append(f"{metric.name}_count{_label_text(labels)} {parts.get('+Inf', 0.0):g}")
+        lines.append(f"{metric.name}_count{_label_text(labels)} {cumulative:g}")
     return lines
 
 

@@ -8,7 +8,7 @@ from celery import Celery
 from kombu import Queue as KombuQueue
 
 from app.settings import Settings, get_settings
-from workers.queues import DELIVERY_SEND, DELIVERY_SWEEP, POLL_INSTANCE, Queue
+from workers.queues import DELIVERY_SEND, DELIVERY_SWEEP, POLL_INSTANCES, Queue
 
 SWEEP_EVERY_S = 2.0
 
@@ -21,7 +21,7 @@ def create_celery(settings: Settings) -> Celery:
         task_default_queue=Queue.POLL.value,
         task_queues=[KombuQueue(Queue.POLL.value), KombuQueue(Queue.DELIVERY.value)],
         task_routes={
-            POLL_INSTANCE: {"queue": Queue.POLL.value},
+            POLL_INSTANCES: {"queue": Queue.POLL.value},
             DELIVERY_SEND: {"queue": Queue.DELIVERY.value},
             DELIVERY_SWEEP: {"queue": Queue.DELIVERY.value},
         },
@@ -29,7 +29,9 @@ def create_celery(settings: Settings) -> Celery:
         # from PostgreSQL, so a message lost with a dead worker loses no work; late
         # acks would only add re-runs after the visibility timeout.
         task_acks_late=False,
-        worker_prefetch_multiplier=4,
+        # Poll tasks carry batches; prefetching more than one per thread would park
+        # batches on a busy process while another sits idle.
+        worker_prefetch_multiplier=1,
         worker_max_tasks_per_child=None,
         broker_connection_retry_on_startup=True,
         broker_transport_options={"visibility_timeout": 3600},

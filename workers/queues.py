@@ -10,6 +10,6 @@ class Queue(enum.StrEnum):
     DELIVERY = "delivery"
 
 
-POLL_INSTANCE = "poll.instance"
+POLL_INSTANCES = "poll.instances"
 DELIVERY_SEND = "delivery.send"
 DELIVERY_SWEEP = "delivery.sweep"

@@ -1,10 +1,15 @@
 """One poll of one instance: fetch, delta, outbox, then the watermark.
 
 Order matters for at-least-once: events and their deliveries are inserted and
-the PostgreSQL watermark checkpoint written in ONE transaction; only after it
-commits is the Redis watermark moved and are the deliveries enqueued. A poll
-that dies anywhere before the commit leaves every watermark where it was; one
-that dies after it has lost nothing (the sweeper enqueues pending deliveries).
+the PostgreSQL watermark checkpoint written in ONE transaction
+(:mod:`app.services.outbox`); only after it commits is the Redis watermark moved
+and are the deliveries enqueued. A poll that dies anywhere before the commit
+leaves every watermark where it was; one that dies after it has lost nothing
+(the sweeper enqueues pending deliveries whose lease ran out).
+
+This is the hot path of the whole system (every instance, every interval), so
+it reads with one query, writes with one transaction of a few statements, and
+talks to Redis in as few round trips as it can.
 """
 
 from __future__ import annotations
@@ -18,13 +23,11 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from functools import lru_cache
-from typing import Any
 
+import aiohttp
+import asyncpg
 from redis.asyncio import Redis
-from sqlalchemy import select, text, update
-from sqlalchemy.dialects.postgresql import insert as pg_insert
-from sqlalchemy.ext.asyncio import AsyncSession
-from sqlmodel import col
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from app import keys, metrics
 from app.domain.delta import (
@@ -35,18 +38,19 @@ from app.domain.delta import (
     watermark_from_json,
     watermark_to_json,
 )
-from app.domain.events import EventRecord, InstanceInfo, build_payload, chunk_events, event_id
+from app.domain.events import InstanceInfo
 from app.domain.fieldpath import compile_path
-from app.domain.instanceconfig import ELEMENT_KEY, POLLER_KEY
+from app.domain.instanceconfig import ELEMENT_KEY
 from app.domain.pollconfig import (
     ResourceConfig,
     default_poller_configuration,
     parse_poller_configuration,
 )
-from app.domain.schedule import failure_backoff_s
 from app.metrics import MetricsBatch
-from app.models import Delivery, DeliveryStatus, Event, Instance, PollState, utcnow
+from app.models import utcnow
 from app.providers.infusionsoft import InfusionsoftClient, ProviderError
+from app.security import SecretBox
+from app.services.outbox import ResourceResult, record_failures, store_poll
 from app.services.tokens import InstanceTokens, RedisBudget, RefreshConfig, release_lock
 from app.settings import Settings
 
@@ -54,6 +58,16 @@ log = logging.getLogger(__name__)
 
 POLL_LOCK_TTL_MS = 15 * 60 * 1000
 MAX_ERROR_LENGTH = 500
+
+_LOAD = """
+    SELECT i.name, CAST(i.tags AS text), i.organization_id,
+           i.configuration ->> 'oauth.api.key',
+           CAST(i.configuration -> 'event.poller.configuration' AS text),
+           i.secrets, i.poll_failures, i.refresh_interval_s,
+           p.resource, p.watermark_at, CAST(p.watermark_ids AS text), p.last_success_at
+    FROM instances AS i LEFT JOIN poll_states AS p ON p.instance_id = i.id
+    WHERE i.id = $1 AND i.deleted_at IS NULL AND i.events_enabled
+"""
 
 
 @dataclass
@@ -67,22 +81,21 @@ class ResourceOutcome:
 
 @dataclass
 class PollOutcome:
-    """What one poll did; ``skipped`` when another poll of the instance was running."""
+    """What one poll did; ``skipped`` when the instance is gone or already being polled."""
 
     instance_id: int
     skipped: bool = False
     resources: list[ResourceOutcome] = field(default_factory=list)
     events: int = 0
-    # (delivery id, ticket): the ticket is the lease the delivery was created with; the
-    # delivery task claims the delivery only while that lease still stands.
+    # (delivery id, ticket): the delivery task claims a delivery only while the lease it
+    # was created with still stands, so a duplicate message never sends twice.
     deliveries: list[tuple[uuid.UUID, datetime]] = field(default_factory=list)
+    started_at: datetime | None = None
+    finished_at: datetime | None = None
 
     @property
     def delivery_ids(self) -> list[uuid.UUID]:
         return [delivery_id for delivery_id, _ in self.deliveries]
-
-    started_at: datetime | None = None
-    finished_at: datetime | None = None
 
     @property
     def failed(self) -> bool:
@@ -94,23 +107,44 @@ class PollDeps:
     """What a poll needs; the worker runtime builds it once per process."""
 
     settings: Settings
-    sessions: Any  # async_sessionmaker[AsyncSession]
+    pg: asyncpg.Pool  # raw pool for the hot path (load and outbox)
+    sessions: async_sessionmaker[AsyncSession]  # ORM, for the rare token refresh
     redis: Redis
-    http: Any  # aiohttp.ClientSession
-    box: Any  # SecretBox
+    http: aiohttp.ClientSession
+    box: SecretBox
+
+
+@dataclass(frozen=True)
+class ResourceState:
+    resource: str
+    checkpoint: Watermark
+    last_success_at: datetime | None
+
+
+@dataclass(frozen=True)
+class Snapshot:
+    """What a poll reads about its instance, in one query."""
+
+    info: InstanceInfo
+    client_id: str
+    resources: dict[str, ResourceConfig]
+    secrets: bytes | None
+    poll_failures: int
+    interval_s: float
+    states: list[ResourceState]
 
 
 @lru_cache(maxsize=4096)
 def _parse_config(config_json: str) -> dict[str, ResourceConfig]:
-    """Parsing is pure and deterministic: cache it by the configuration's JSON."""
+    """Parsing is pure and deterministic: cache it by the configuration's JSON text."""
     return parse_poller_configuration(json.loads(config_json))
 
 
-def resources_of(instance: Instance) -> dict[str, ResourceConfig]:
-    raw = instance.configuration.get(POLLER_KEY)
-    if raw is None:
+def resources_from(config_json: str | None) -> dict[str, ResourceConfig]:
+    """The instance's resources; the Keap defaults when it has no poller configuration."""
+    if config_json is None:
         return default_poller_configuration()
-    return _parse_config(json.dumps(raw, sort_keys=True))
+    return _parse_config(config_json)
 
 
 def item_key(rendered_path: str) -> str:
@@ -119,16 +153,41 @@ def item_key(rendered_path: str) -> str:
     return path.rsplit("/", 1)[-1]
 
 
-async def _load_watermarks(
-    redis: Redis, instance_id: int, states: Sequence[PollState]
+async def load_snapshot(pg: asyncpg.Pool, instance_id: int) -> Snapshot | None:
+    """The instance and its resources' state, or ``None`` if it is gone or not polling."""
+    rows = await pg.fetch(_LOAD, instance_id)
+    if not rows:
+        return None
+    first = rows[0]
+    resources = resources_from(first[4])
+    states = [
+        ResourceState(r[8], Watermark(r[9], frozenset(json.loads(r[10]))), r[11])
+        for r in rows
+        if r[8] is not None and r[8] in resources
+    ]
+    return Snapshot(
+        info=InstanceInfo(instance_id, first[0], json.loads(first[1]), first[2], ELEMENT_KEY),
+        client_id=first[3] or "",
+        resources=resources,
+        secrets=first[5],
+        poll_failures=first[6],
+        interval_s=first[7],
+        states=states,
+    )
+
+
+async def load_watermarks(
+    redis: Redis, instance_id: int, states: Sequence[ResourceState]
 ) -> dict[str, Watermark]:
     """Redis is the hot copy; the PostgreSQL checkpoint wins when it is newer (or Redis lost it)."""
+    if not states:
+        return {}
+    cached = await redis.mget([keys.watermark(instance_id, s.resource) for s in states])
     result: dict[str, Watermark] = {}
-    raw = await redis.mget([keys.watermark(instance_id, s.resource) for s in states])
-    for state, cached in zip(states, raw, strict=True):
-        checkpoint = Watermark(state.watermark_at, frozenset(state.watermark_ids))
-        hot = watermark_from_json(json.loads(cached)) if cached else None
-        newer = hot is not None and ((hot.at, len(hot.ids)) > (checkpoint.at, len(checkpoint.ids)))
+    for state, raw in zip(states, cached, strict=True):
+        hot = watermark_from_json(json.loads(raw)) if raw else None
+        checkpoint = state.checkpoint
+        newer = hot is not None and (hot.at, len(hot.ids)) > (checkpoint.at, len(checkpoint.ids))
         result[state.resource] = hot if newer and hot is not None else checkpoint
     return result
 
@@ -136,15 +195,16 @@ async def _load_watermarks(
 async def _poll_resource(
     client: InfusionsoftClient,
     cfg: ResourceConfig,
-    state: PollState,
+    state: ResourceState,
     watermark: Watermark,
     started: datetime,
 ) -> ResourceOutcome:
     outcome = ResourceOutcome(cfg.name)
     path = cfg.url.render(lower_bound(watermark, cfg), UTC)
-    id_getter = compile_path(cfg.id_field)
     try:
-        fetched = await client.fetch_all(path, item_key(path), id_getter, cfg.page_size or 1000)
+        fetched = await client.fetch_all(
+            path, item_key(path), compile_path(cfg.id_field), cfg.page_size or 1000
+        )
     except ProviderError as exc:
         outcome.error = str(exc)[:MAX_ERROR_LENGTH]
         return outcome
@@ -157,12 +217,11 @@ async def _poll_resource(
     return outcome
 
 
-def _client_for(deps: PollDeps, instance: Instance, secrets: dict[str, Any]) -> InfusionsoftClient:
-    assert instance.id is not None
+def _client_for(deps: PollDeps, snap: Snapshot) -> InfusionsoftClient:
     settings = deps.settings
-    client_id = str(instance.configuration.get("oauth.api.key", ""))
+    secrets = deps.box.open(snap.secrets)
     tokens = InstanceTokens(
-        instance.id,
+        snap.info.id,
         str(secrets.get("access_token", "")),
         deps.sessions,
         deps.redis,
@@ -170,13 +229,13 @@ def _client_for(deps: PollDeps, instance: Instance, secrets: dict[str, Any]) -> 
         deps.box,
         RefreshConfig(
             settings.infusionsoft_token_url,
-            client_id,
+            snap.client_id,
             str(secrets.get("oauth.api.secret", "")),
             settings.provider_timeout_seconds,
         ),
     )
     budget = (
-        RedisBudget(deps.redis, client_id, settings.provider_app_rate_per_second)
+        RedisBudget(deps.redis, snap.client_id, settings.provider_app_rate_per_second)
         if settings.provider_app_rate_per_second > 0
         else None
     )
@@ -202,32 +261,32 @@ async def poll_instance(deps: PollDeps, instance_id: int) -> PollOutcome:
 
 
 async def _poll_locked(deps: PollDeps, instance_id: int) -> PollOutcome:
+    snap = await load_snapshot(deps.pg, instance_id)
+    if snap is None:
+        return PollOutcome(instance_id, skipped=True)
     outcome = PollOutcome(instance_id)
-    async with deps.sessions() as session:
-        instance = await session.get(Instance, instance_id)
-        if instance is None or instance.deleted_at is not None or not instance.events_enabled:
-            return PollOutcome(instance_id, skipped=True)
-        states = list(
-            (
-                await session.execute(
-                    select(PollState).where(col(PollState.instance_id) == instance_id)
-                )
-            ).scalars()
-        )
-    configs = resources_of(instance)
-    states = [s for s in states if s.resource in configs]
-    watermarks = await _load_watermarks(deps.redis, instance_id, states)
-    client = _client_for(deps, instance, deps.box.open(instance.secrets))
+    watermarks = await load_watermarks(deps.redis, instance_id, snap.states)
+    client = _client_for(deps, snap)
     started = outcome.started_at = utcnow()
     outcome.resources = list(
         await asyncio.gather(
             *(
-                _poll_resource(client, configs[s.resource], s, watermarks[s.resource], started)
-                for s in states
+                _poll_resource(
+                    client, snap.resources[s.resource], s, watermarks[s.resource], started
+                )
+                for s in snap.states
             )
         )
     )
-    await _store(deps, instance, outcome, started)
+    lease_until = utcnow() + timedelta(seconds=deps.settings.delivery_lease_seconds)
+    results = [ResourceResult(r.resource, r.delta, r.error) for r in outcome.resources]
+    async with deps.pg.acquire() as conn, conn.transaction():
+        outcome.events, outcome.deliveries = await store_poll(
+            conn, snap.info, results, started, lease_until
+        )
+        await record_failures(
+            conn, instance_id, snap.poll_failures, outcome.failed, snap.interval_s, started
+        )
     outcome.finished_at = utcnow()
     return outcome
 
@@ -239,9 +298,8 @@ def poll_metrics(outcome: PollOutcome, scheduled_at: datetime | None) -> Metrics
     batch.inc(metrics.POLLS, {"outcome": state})
     if outcome.skipped or outcome.started_at is None or outcome.finished_at is None:
         return batch
-    lag = (outcome.started_at - scheduled_at).total_seconds() if scheduled_at else None
-    if lag is not None:
-        batch.observe(metrics.POLL_LAG, max(lag, 0.0))
+    if scheduled_at is not None:
+        batch.observe(metrics.POLL_LAG, max((outcome.started_at - scheduled_at).total_seconds(), 0))
     batch.observe(metrics.POLL_DURATION, (outcome.finished_at - outcome.started_at).total_seconds())
     requests = 0
     for res in outcome.resources:
@@ -258,7 +316,7 @@ def poll_metrics(outcome: PollOutcome, scheduled_at: datetime | None) -> Metrics
             "started": outcome.started_at.isoformat(),
             "finished": outcome.finished_at.isoformat(),
             "events": outcome.events,
-            "deliveries": len(outcome.delivery_ids),
+            "deliveries": len(outcome.deliveries),
             "requests": requests,
             "failed": int(outcome.failed),
         }
@@ -267,180 +325,38 @@ def poll_metrics(outcome: PollOutcome, scheduled_at: datetime | None) -> Metrics
 
 
 async def run_poll(deps: PollDeps, instance_id: int, scheduled_at: datetime | None) -> PollOutcome:
-    """One poll plus its metrics (the Celery task's whole body)."""
+    """One poll, then (in one Redis round trip) its watermarks and metrics."""
     outcome = await poll_instance(deps, instance_id)
+    batch = poll_metrics(outcome, scheduled_at)
+    for res in outcome.resources:
+        if res.delta is not None:
+            batch.set(
+                keys.watermark(instance_id, res.resource),
+                json.dumps(watermark_to_json(res.delta.watermark)),
+            )
     try:
-        await poll_metrics(outcome, scheduled_at).flush(deps.redis)
-    except Exception:  # metrics are best effort; the poll itself is already committed
-        log.warning("instance %s: recording poll metrics failed", instance_id, exc_info=True)
+        await batch.flush(deps.redis)
+    except Exception:  # the PostgreSQL checkpoint is already committed; Redis is a cache
+        log.warning("instance %s: Redis watermark/metrics write failed", instance_id, exc_info=True)
     return outcome
 
 
-def _event_records(instance_id: int, resource: str, delta: DeltaResult) -> list[EventRecord]:
-    return [
-        EventRecord(
-            id=event_id(instance_id, resource, change.object_id, change.date),
-            object_type=resource,
-            object_id=change.object_id,
-            event_type=change.event_type,
-            date=change.date,
-            record=dict(change.record),
-        )
-        for change in delta.changes
-    ]
+async def run_polls(
+    deps: PollDeps, items: Sequence[tuple[int, datetime | None]], slots: asyncio.Semaphore
+) -> list[PollOutcome]:
+    """Poll a batch of instances concurrently, at most ``slots`` polls at once per process.
 
+    One poll's unexpected crash is logged and does not take the batch down: its
+    watermarks did not move, so the next scheduled poll covers the same ground.
+    """
 
-async def _insert_new_events(
-    session: AsyncSession, instance_id: int, events: list[EventRecord], poll_date: datetime
-) -> list[EventRecord]:
-    """Insert, skipping events already stored (same record, same updated date)."""
-    if not events:
-        return []
-    table = Event.__table__  # type: ignore[attr-defined]
-    rows = [
-        {
-            "id": e.id,
-            "instance_id": instance_id,
-            "object_type": e.object_type,
-            "object_id": e.object_id,
-            "event_type": e.event_type,
-            "event_date": e.date,
-            "poll_date": poll_date,
-            "record": e.record,
-        }
-        for e in events
-    ]
-    inserted: set[uuid.UUID] = set()
-    for start in range(0, len(rows), 1000):
-        stmt = (
-            pg_insert(table)
-            .values(rows[start : start + 1000])
-            .on_conflict_do_nothing(index_elements=["id"])
-            .returning(table.c.id)
-        )
-        inserted.update((await session.execute(stmt)).scalars())
-    return [e for e in events if e.id in inserted]
+    async def one(instance_id: int, scheduled_at: datetime | None) -> PollOutcome | None:
+        async with slots:
+            try:
+                return await run_poll(deps, instance_id, scheduled_at)
+            except Exception:
+                log.exception("instance %s: poll crashed", instance_id)
+                return None
 
-
-async def _store(
-    deps: PollDeps, instance: Instance, outcome: PollOutcome, started: datetime
-) -> None:
-    """The outbox transaction, then Redis watermarks."""
-    assert instance.id is not None
-    lease_s = deps.settings.delivery_lease_seconds
-    info = InstanceInfo(
-        instance.id, instance.name, list(instance.tags), instance.organization_id, ELEMENT_KEY
-    )
-    now = utcnow()
-    advanced: dict[str, Watermark] = {}
-    async with deps.sessions() as session, session.begin():
-        for res in outcome.resources:
-            values: dict[str, Any] = {"last_polled_at": now}
-            if res.delta is None:
-                values.update(
-                    consecutive_failures=col(PollState.consecutive_failures) + 1,
-                    last_error=res.error,
-                )
-            else:
-                new = await _insert_new_events(
-                    session,
-                    instance.id,
-                    _event_records(instance.id, res.resource, res.delta),
-                    started,
-                )
-                outcome.events += len(new)
-                outcome.deliveries += await _create_deliveries(
-                    session, info, new, started, now + timedelta(seconds=lease_s)
-                )
-                wm = res.delta.watermark
-                advanced[res.resource] = wm
-                values.update(
-                    watermark_at=wm.at,
-                    watermark_ids=sorted(wm.ids),
-                    last_success_at=now,
-                    consecutive_failures=0,
-                    last_error=None,
-                )
-            await session.execute(
-                update(PollState)
-                .where(
-                    col(PollState.instance_id) == instance.id,
-                    col(PollState.resource) == res.resource,
-                )
-                .values(**values)
-            )
-        await _reschedule_after_failure(session, instance, outcome, now)
-    if advanced:
-        await deps.redis.mset(
-            {
-                keys.watermark(instance.id, name): json.dumps(watermark_to_json(wm))
-                for name, wm in advanced.items()
-            }
-        )
-
-
-async def _reschedule_after_failure(
-    session: AsyncSession, instance: Instance, outcome: PollOutcome, now: datetime
-) -> None:
-    """A failed poll backs off (the next slot beat chose may be too soon); success resets."""
-    if not outcome.failed:
-        if instance.poll_failures:
-            await session.execute(
-                update(Instance).where(col(Instance.id) == instance.id).values(poll_failures=0)
-            )
-        return
-    failures = instance.poll_failures + 1
-    backoff_at = now + timedelta(seconds=failure_backoff_s(failures, instance.refresh_interval_s))
-    await session.execute(
-        update(Instance)
-        .where(col(Instance.id) == instance.id)
-        .values(poll_failures=failures, next_poll_at=_later(col(Instance.next_poll_at), backoff_at))
-    )
-
-
-def _later(column: Any, at: datetime) -> Any:
-    from sqlalchemy import func
-
-    return func.greatest(column, at)
-
-
-async def _create_deliveries(
-    session: AsyncSession,
-    info: InstanceInfo,
-    events: list[EventRecord],
-    poll_date: datetime,
-    lease_until: datetime,
-) -> list[tuple[uuid.UUID, datetime]]:
-    """Chunk new events into deliveries of ≤ 10, insert them and link their events."""
-    if not events:
-        return []
-    now = utcnow()
-    rows: list[dict[str, Any]] = []
-    links: list[tuple[uuid.UUID, uuid.UUID]] = []
-    ordered = sorted(events, key=lambda e: (e.date, e.object_id))
-    for chunk in chunk_events(ordered):
-        delivery_id, body = build_payload(info, chunk, poll_date)
-        rows.append(
-            {
-                "id": delivery_id,
-                "instance_id": info.id,
-                "status": DeliveryStatus.PENDING.value,
-                "body": body,
-                "event_count": len(chunk),
-                "next_attempt_at": lease_until,
-                "created_at": now,
-            }
-        )
-        links += [(e.id, delivery_id) for e in chunk]
-    await session.execute(pg_insert(Delivery.__table__).values(rows))  # type: ignore[attr-defined]
-    await session.execute(
-        _LINK_EVENTS, {"events": [e for e, _ in links], "deliveries": [d for _, d in links]}
-    )
-    return [(row["id"], lease_until) for row in rows]
-
-
-_LINK_EVENTS = text("""
-    UPDATE events AS e SET delivery_id = u.delivery_id
-    FROM unnest(CAST(:events AS uuid[]), CAST(:deliveries AS uuid[])) AS u(event_id, delivery_id)
-    WHERE e.id = u.event_id
-""")
+    done = await asyncio.gather(*(one(i, at) for i, at in items))
+    return [outcome for outcome in done if outcome is not None]

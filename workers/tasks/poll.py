@@ -1,4 +1,4 @@
-"""``poll.instance``: one poll of one instance."""
+"""``poll.instances``: a batch of polls, run concurrently on the process loop."""
 
 from __future__ import annotations
 
@@ -7,37 +7,44 @@ from datetime import datetime
 
 from celery import shared_task
 
-from app.services.polling import PollDeps, run_poll
-from workers.queues import DELIVERY_SEND, POLL_INSTANCE, Queue
+from app.services.polling import PollDeps, run_polls
+from workers.queues import DELIVERY_SEND, POLL_INSTANCES, Queue
 from workers.runtime import get_runtime
 
 log = logging.getLogger(__name__)
-POLL_TIMEOUT_S = 14 * 60.0
+BATCH_TIMEOUT_S = 14 * 60.0
 
 
-@shared_task(name=POLL_INSTANCE, ignore_result=True)
-def poll_instance_task(instance_id: int, scheduled_at: str | None = None) -> None:
-    """Run the poll on this process's loop, then hand its deliveries to the delivery queue.
+@shared_task(name=POLL_INSTANCES, ignore_result=True)
+def poll_instances_task(items: list[list[object]]) -> None:
+    """Poll ``[[instance id, scheduled ISO time or null], ...]``, then queue their deliveries.
 
-    ``scheduled_at`` (ISO, from beat) is when the poll was due; it measures schedule lag.
+    Beat sends due instances in batches so that one Celery message (and one
+    worker thread) carries many polls; the process-wide poll slots bound how many
+    are in flight. The scheduled time measures schedule lag.
     """
     runtime = get_runtime()
     c = runtime.clients
-    deps = PollDeps(c.settings, c.sessions, c.redis, c.http, c.box)
-    due = datetime.fromisoformat(scheduled_at) if scheduled_at else None
-    outcome = runtime.submit(run_poll(deps, instance_id, due), timeout=POLL_TIMEOUT_S)
-    if outcome.skipped:
-        return
-    for delivery_id, ticket in outcome.deliveries:
-        # A lost message is fine: the sweeper enqueues pending deliveries whose lease expired.
-        poll_instance_task.app.send_task(
-            DELIVERY_SEND, args=[str(delivery_id), ticket.isoformat()], queue=Queue.DELIVERY.value
-        )
-    errors = [f"{r.resource}: {r.error}" for r in outcome.resources if r.error]
+    deps = PollDeps(c.settings, c.pg, c.sessions, c.redis, c.http, c.box)
+    batch = [(int(str(i)), datetime.fromisoformat(str(at)) if at else None) for i, at in items]
+    outcomes = runtime.submit(run_polls(deps, batch, c.poll_slots), timeout=BATCH_TIMEOUT_S)
+    app = poll_instances_task.app
+    with app.producer_or_acquire() as producer:
+        for outcome in outcomes:
+            for delivery_id, ticket in outcome.deliveries:
+                # A lost message is fine: the sweeper re-enqueues when the lease runs out.
+                app.send_task(
+                    DELIVERY_SEND,
+                    args=[str(delivery_id), ticket.isoformat()],
+                    queue=Queue.DELIVERY.value,
+                    producer=producer,
+                )
+            if outcome.failed:
+                errors = "; ".join(f"{r.resource}: {r.error}" for r in outcome.resources if r.error)
+                log.warning("instance %s: poll failed: %s", outcome.instance_id, errors)
     log.info(
-        "instance %s polled: %d events, %d deliveries%s",
-        instance_id,
-        outcome.events,
-        len(outcome.delivery_ids),
-        f", errors: {'; '.join(errors)}" if errors else "",
+        "polled %d instances: %d events, %d deliveries",
+        len(outcomes),
+        sum(o.events for o in outcomes),
+        sum(len(o.deliveries) for o in outcomes),
     )

@@ -1,0 +1,194 @@
+"""The outbox transaction of one poll: events, their deliveries and the watermark checkpoint.
+
+Everything here runs inside ONE PostgreSQL transaction, on a raw asyncpg
+connection: this is the hottest write path of the system, and each statement
+is one prepared round trip that takes whole arrays (``unnest``) instead of a
+row at a time. Events are inserted with ``ON CONFLICT DO NOTHING``: an event id
+is a function of (instance, resource, record, updated date), so a record seen
+again is skipped here and never becomes a second event.
+"""
+
+from __future__ import annotations
+
+import json
+import uuid
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import TypeAlias
+
+import asyncpg
+from asyncpg.pool import PoolConnectionProxy
+
+from app.domain.delta import DeltaResult
+from app.domain.events import EventRecord, InstanceInfo, build_payload, chunk_events, event_id
+from app.domain.schedule import failure_backoff_s
+from app.models import DeliveryStatus
+
+# A pooled connection or a plain one: both run the same prepared statements.
+Conn: TypeAlias = "asyncpg.Connection[asyncpg.Record] | PoolConnectionProxy[asyncpg.Record]"
+
+_INSERT_EVENTS = """
+    INSERT INTO events (id, instance_id, object_type, object_id, event_type, event_date,
+                        poll_date, record)
+    SELECT u.id, $1, u.object_type, u.object_id, u.event_type, u.event_date, $2,
+           CAST(u.record AS jsonb)
+    FROM unnest($3::uuid[], $4::text[], $5::text[], $6::text[], $7::timestamptz[], $8::text[])
+         AS u(id, object_type, object_id, event_type, event_date, record)
+    ON CONFLICT (id) DO NOTHING
+    RETURNING id
+"""
+_INSERT_DELIVERIES = f"""
+    INSERT INTO deliveries (id, instance_id, status, body, event_count, next_attempt_at)
+    SELECT u.id, $1, '{DeliveryStatus.PENDING.value}', u.body, u.event_count, $2
+    FROM unnest($3::uuid[], $4::bytea[], $5::int[]) AS u(id, body, event_count)
+"""
+_LINK_EVENTS = """
+    UPDATE events AS e SET delivery_id = u.delivery_id
+    FROM unnest($1::uuid[], $2::uuid[]) AS u(event_id, delivery_id)
+    WHERE e.id = u.event_id
+"""
+# One statement for every resource of the poll: a failed resource keeps its watermark.
+_UPDATE_STATES = """
+    UPDATE poll_states AS p SET
+        last_polled_at = $1,
+        watermark_at = coalesce(u.wm_at, p.watermark_at),
+        watermark_ids = coalesce(CAST(u.wm_ids AS jsonb), p.watermark_ids),
+        last_success_at = CASE WHEN u.ok THEN $1 ELSE p.last_success_at END,
+        consecutive_failures = CASE WHEN u.ok THEN 0 ELSE p.consecutive_failures + 1 END,
+        last_error = u.err
+    FROM unnest($3::text[], $4::boolean[], $5::timestamptz[], $6::text[], $7::text[])
+         AS u(resource, ok, wm_at, wm_ids, err)
+    WHERE p.instance_id = $2 AND p.resource = u.resource
+"""
+_FAILED = """
+    UPDATE instances SET poll_failures = $2, next_poll_at = greatest(next_poll_at, $3)
+    WHERE id = $1
+"""
+_RESET = "UPDATE instances SET poll_failures = 0 WHERE id = $1"
+
+
+@dataclass(frozen=True)
+class ResourceResult:
+    """A resource's poll result as the outbox needs it: a delta, or an error."""
+
+    resource: str
+    delta: DeltaResult | None
+    error: str | None
+
+
+def event_records(instance_id: int, resource: str, delta: DeltaResult) -> list[EventRecord]:
+    """The standardized events of one resource's changes."""
+    return [
+        EventRecord(
+            id=event_id(instance_id, resource, change.object_id, change.date),
+            object_type=resource,
+            object_id=change.object_id,
+            event_type=change.event_type,
+            date=change.date,
+            record=dict(change.record),
+        )
+        for change in delta.changes
+    ]
+
+
+async def insert_new_events(
+    conn: Conn,
+    instance_id: int,
+    events: Sequence[EventRecord],
+    poll_date: datetime,
+) -> list[EventRecord]:
+    """Insert events; return only those that were not stored already."""
+    if not events:
+        return []
+    rows = await conn.fetch(
+        _INSERT_EVENTS,
+        instance_id,
+        poll_date,
+        [e.id for e in events],
+        [e.object_type for e in events],
+        [e.object_id for e in events],
+        [e.event_type for e in events],
+        [e.date for e in events],
+        [json.dumps(e.record, separators=(",", ":")) for e in events],
+    )
+    inserted = {row[0] for row in rows}
+    return [e for e in events if e.id in inserted]
+
+
+async def create_deliveries(
+    conn: Conn,
+    info: InstanceInfo,
+    events: Sequence[EventRecord],
+    poll_date: datetime,
+    lease_until: datetime,
+) -> list[tuple[uuid.UUID, datetime]]:
+    """Chunk new events into deliveries of ≤ 10, insert them and link their events.
+
+    Returns (delivery id, ticket) pairs; the ticket is the lease the delivery was
+    created with (see :func:`app.services.delivery.claim`).
+    """
+    if not events:
+        return []
+    ids: list[uuid.UUID] = []
+    bodies: list[bytes] = []
+    counts: list[int] = []
+    links: list[tuple[uuid.UUID, uuid.UUID]] = []
+    for chunk in chunk_events(sorted(events, key=lambda e: (e.date, e.object_id))):
+        delivery_id, body = build_payload(info, chunk, poll_date)
+        ids.append(delivery_id)
+        bodies.append(body)
+        counts.append(len(chunk))
+        links += [(e.id, delivery_id) for e in chunk]
+    await conn.execute(_INSERT_DELIVERIES, info.id, lease_until, ids, bodies, counts)
+    await conn.execute(_LINK_EVENTS, [e for e, _ in links], [d for _, d in links])
+    return [(delivery_id, lease_until) for delivery_id in ids]
+
+
+async def store_poll(
+    conn: Conn,
+    info: InstanceInfo,
+    results: Sequence[ResourceResult],
+    poll_date: datetime,
+    lease_until: datetime,
+) -> tuple[int, list[tuple[uuid.UUID, datetime]]]:
+    """Events + deliveries + checkpoints of one poll; returns (new events, deliveries)."""
+    new_events = 0
+    deliveries: list[tuple[uuid.UUID, datetime]] = []
+    for res in results:
+        if res.delta is None or not res.delta.changes:
+            continue
+        new = await insert_new_events(
+            conn, info.id, event_records(info.id, res.resource, res.delta), poll_date
+        )
+        new_events += len(new)
+        deliveries += await create_deliveries(conn, info, new, poll_date, lease_until)
+    if results:
+        await conn.execute(
+            _UPDATE_STATES,
+            poll_date,
+            info.id,
+            [r.resource for r in results],
+            [r.delta is not None for r in results],
+            [r.delta.watermark.at if r.delta else None for r in results],
+            [json.dumps(sorted(r.delta.watermark.ids)) if r.delta else None for r in results],
+            [r.error for r in results],
+        )
+    return new_events, deliveries
+
+
+async def record_failures(
+    conn: Conn,
+    instance_id: int,
+    failures_before: int,
+    failed: bool,
+    interval_s: float,
+    now: datetime,
+) -> None:
+    """A failed poll backs off (beat's next slot may be too soon); a success resets the count."""
+    if failed:
+        failures = failures_before + 1
+        backoff_at = now + timedelta(seconds=failure_backoff_s(failures, interval_s))
+        await conn.execute(_FAILED, instance_id, failures, backoff_at)
+    elif failures_before:
+        await conn.execute(_RESET, instance_id)

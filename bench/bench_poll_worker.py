@@ -1,0 +1,339 @@
+"""Polls per second one poll-worker process sustains against the simulator at 100 ms latency.
+
+Setup: a simulator process (100 ms on every REST answer, throttling off), N
+instances created through the real service code (OAuth code exchange included),
+each polling ``contacts`` with a handful of changed records. Then:
+
+* baseline — a bare asyncio/aiohttp loop in this process fetching the same
+  pages with the same number of requests in flight (the ceiling for that
+  concurrency at that latency);
+* system — one real ``pollinator worker --queues poll`` process; N ``poll.instance``
+  tasks are queued at once and the run ends when the poll journal shows all N done.
+
+Usage: .venv/bin/python bench/bench_poll_worker.py [--quick] [--instances N] [--concurrency C]
+(uses POLLINATOR_DATABASE_URL / POLLINATOR_REDIS_URL when set, else embedded servers).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import signal
+import subprocess
+import sys
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+from urllib.parse import parse_qs, urlsplit
+
+import aiohttp
+import psycopg
+import redis
+
+from app.db import create_engine, create_pg_pool, session_factory, sync_url
+from app.embedded import ensure_services, free_port
+from app.metrics import POLL_JOURNAL
+from app.migrate import upgrade
+from app.security import SecretBox
+from app.services.instances import create_instance
+from app.services.orgs import create_organization
+from app.settings import Settings
+
+SECRET = "bench-secret-key-0123456789abcdef0123456789"
+LATENCY_MS = 100
+
+
+def _wait_http(url: str, timeout: float = 30) -> None:
+    import urllib.request
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            with urllib.request.urlopen(url, timeout=2):
+                return
+        except OSError:
+            time.sleep(0.2)
+    raise RuntimeError(f"{url} did not come up")
+
+
+async def _setup(settings: Settings, sim: str, n: int) -> list[tuple[int, str]]:
+    """N instances via the service layer; returns (instance id, access token) pairs."""
+    engine = create_engine(settings.require("database_url"))
+    sessions = session_factory(engine)
+    box = SecretBox(SECRET)
+    out: list[tuple[int, str]] = []
+    async with aiohttp.ClientSession() as http:
+        async with sessions() as session, session.begin():
+            org = await create_organization(session, "bench")
+        sem = asyncio.Semaphore(20)
+
+        async def one(i: int) -> None:
+            async with sem:
+                account = f"bench-{i}"
+                async with http.get(
+                    f"{sim}/app/oauth/authorize",
+                    allow_redirects=False,
+                    params={
+                        "client_id": f"app-{i % 50}",
+                        "redirect_uri": "https://b/cb",
+                        "response_type": "code",
+                        "scope": "full",
+                        "account": account,
+                    },
+                ) as resp:
+                    code = parse_qs(urlsplit(resp.headers["Location"]).query)["code"][0]
+                body = {
+                    "element": {"key": "infusionsoftrest"},
+                    "providerData": {"code": code},
+                    "name": f"bench {i}",
+                    "configuration": {
+                        "oauth.api.key": f"app-{i % 50}",
+                        "oauth.api.secret": "s",
+                        "oauth.callback.url": "https://b/cb",
+                        "event.notification.enabled": True,
+                        "event.notification.callback.url": "http://127.0.0.1:9/e",
+                        "event.poller.refresh_interval": 60,
+                        "event.poller.configuration": {
+                            "contacts": {
+                                "url": "/contacts?since=${gmtDate:yyyy-MM-dd'T'HH:mm:ss.SSS'Z'}"
+                                "&order=id",
+                                "idField": "id",
+                                "datesConfiguration": {
+                                    "updatedDateField": "last_updated_utc_millis",
+                                    "updatedDateFormat": "milliseconds",
+                                    "createdDateField": "date_created",
+                                },
+                            }
+                        },
+                    },
+                }
+                async with sessions() as session, session.begin():
+                    instance, _ = await create_instance(
+                        session, http, box, settings, org.organization_id, body
+                    )
+                for k in range(3):
+                    await http.post(
+                        f"{sim}/_sim/accounts/{account}/contacts", json={"given_name": f"c{k}"}
+                    )
+                assert instance.id is not None
+                token = box.open(instance.secrets)["access_token"]
+                out.append((instance.id, token))
+
+        await asyncio.gather(*(one(i) for i in range(n)))
+    await engine.dispose()
+    return out
+
+
+async def _ceiling(sim: str, tokens: list[str], concurrency: int, seconds: float) -> float:
+    """Requests/s of a bare aiohttp loop over the same pages."""
+    url = f"{sim}/crm/rest/v1/contacts?since=2020-01-01T00:00:00.000Z&order=id&limit=1000&offset=0"
+    done = 0
+    deadline = time.monotonic() + seconds
+    connector = aiohttp.TCPConnector(limit=0)
+    async with aiohttp.ClientSession(connector=connector) as http:
+
+        async def loop(k: int) -> None:
+            nonlocal done
+            i = k
+            while time.monotonic() < deadline:
+                async with http.get(
+                    url, headers={"Authorization": f"Bearer {tokens[i % len(tokens)]}"}
+                ) as r:
+                    await r.read()
+                done += 1
+                i += concurrency
+
+        started = time.monotonic()
+        await asyncio.gather(*(loop(k) for k in range(concurrency)))
+        return done / (time.monotonic() - started)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--quick", action="store_true")
+    parser.add_argument("--instances", type=int, default=None)
+    parser.add_argument("--concurrency", type=int, default=64)
+    parser.add_argument("--profile", metavar="FILE", help="py-spy the worker into FILE (raw)")
+    args = parser.parse_args()
+    n = args.instances or (300 if args.quick else 2000)
+    data_dir = Path(".data/bench")
+    services = ensure_services(
+        os.environ.get("POLLINATOR_DATABASE_URL"), os.environ.get("POLLINATOR_REDIS_URL"), data_dir
+    )
+    name = f"pollinator_bench_{uuid.uuid4().hex[:8]}"
+    admin = sync_url(services.database_url).replace("postgresql+psycopg://", "postgresql://")
+    with psycopg.connect(admin, autocommit=True) as conn:
+        conn.execute(f'CREATE DATABASE "{name}"')
+    head, _, query = services.database_url.partition("?")
+    db_url = head.rsplit("/", 1)[0] + f"/{name}" + (f"?{query}" if query else "")
+    sim_port = free_port()
+    sim = f"http://127.0.0.1:{sim_port}"
+    procs: list[subprocess.Popen[bytes]] = []
+    try:
+        upgrade(db_url)
+        r = redis.Redis.from_url(services.redis_url)
+        r.delete(POLL_JOURNAL)
+        procs.append(
+            subprocess.Popen(
+                [
+                    sys.executable,
+                    "-m",
+                    "app.cli",
+                    "simulate",
+                    "--port",
+                    str(sim_port),
+                    "--latency-ms",
+                    str(LATENCY_MS),
+                    "--throttle-per-second",
+                    "0",
+                    "--throttle-per-minute",
+                    "0",
+                ],
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,
+                start_new_session=True,
+            )
+        )
+        _wait_http(f"{sim}/_sim/stats")
+        settings = Settings(
+            database_url=db_url,
+            redis_url=services.redis_url,
+            secret_key=SECRET,
+            allow_private_callbacks=True,
+            min_refresh_minutes=1,
+            infusionsoft_api_url=f"{sim}/crm/rest/v1",
+            infusionsoft_token_url=f"{sim}/token",
+            provider_app_rate_per_second=0,
+        )
+        t0 = time.monotonic()
+        created = asyncio.run(_setup(settings, sim, n))
+        print(f"set up {n} instances in {time.monotonic() - t0:.1f}s")
+        ceiling = asyncio.run(_ceiling(sim, [t for _, t in created], args.concurrency, 10))
+        half = len(created) // 2
+        inproc = asyncio.run(
+            _in_process(settings, [i for i, _ in created[:half]], args.concurrency)
+        )
+        env = {
+            **os.environ,
+            "POLLINATOR_DATABASE_URL": db_url,
+            "POLLINATOR_REDIS_URL": services.redis_url,
+            "POLLINATOR_SECRET_KEY": SECRET,
+            "POLLINATOR_INFUSIONSOFT_API_URL": f"{sim}/crm/rest/v1",
+            "POLLINATOR_INFUSIONSOFT_TOKEN_URL": f"{sim}/token",
+            "POLLINATOR_PROVIDER_APP_RATE_PER_SECOND": "0",
+            "POLLINATOR_ALLOW_PRIVATE_CALLBACKS": "true",
+            "POLLINATOR_LOG_LEVEL": "WARNING",
+        }
+        worker = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "app.cli",
+                "worker",
+                "--queues",
+                "poll",
+                "--concurrency",
+                str(args.concurrency),
+            ],
+            env=env,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            start_new_session=True,
+        )
+        procs.append(worker)
+        time.sleep(4)  # worker boot
+        if args.profile:
+            procs.append(
+                subprocess.Popen(
+                    [
+                        "py-spy",
+                        "record",
+                        "--format",
+                        "raw",
+                        "-o",
+                        args.profile,
+                        "--pid",
+                        str(worker.pid),
+                        "--rate",
+                        "200",
+                        "--nonblocking",
+                        "--gil",
+                    ],
+                    stdout=subprocess.DEVNULL,
+                    stderr=subprocess.DEVNULL,
+                    start_new_session=True,
+                )
+            )
+            time.sleep(1)
+        result = _run_polls(env, r, [i for i, _ in created[half:]])
+        print(
+            f"poll worker: {n} polls of 1 resource at {LATENCY_MS} ms provider latency, "
+            f"{args.concurrency} in flight"
+        )
+        print(f"{'':24} {'per second':>10} {'vs ceiling':>10}")
+        print(f"{'bare aiohttp (ceiling)':24} {ceiling:>10.1f} {1.0:>10.2f}")
+        print(f"{'poll service, no Celery':24} {inproc:>10.1f} {inproc / ceiling:>10.2f}")
+        print(f"{'one worker process':24} {result:>10.1f} {result / ceiling:>10.2f}")
+        r.close()
+    finally:
+        for proc in procs:
+            if proc.poll() is None:
+                os.killpg(proc.pid, signal.SIGTERM)
+                proc.wait(15)
+        with psycopg.connect(admin, autocommit=True) as conn:
+            conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        services.stop()
+    return 0
+
+
+async def _in_process(settings: Settings, ids: list[int], concurrency: int) -> float:
+    """The poll service itself, on one loop in this process, without Celery."""
+    from redis.asyncio import Redis as AsyncRedis
+
+    from app.services.polling import PollDeps, run_poll
+
+    engine = create_engine(settings.require("database_url"), pool_size=20, max_overflow=20)
+    redis_client = AsyncRedis.from_url(settings.require("redis_url"))
+    async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0)) as http:
+        pg = await create_pg_pool(settings.require("database_url"), 20)
+        deps = PollDeps(
+            settings, pg, session_factory(engine), redis_client, http, SecretBox(SECRET)
+        )
+        sem = asyncio.Semaphore(concurrency)
+
+        async def one(instance_id: int) -> None:
+            async with sem:
+                await run_poll(deps, instance_id, None)
+
+        started = time.monotonic()
+        await asyncio.gather(*(one(i) for i in ids))
+        elapsed = time.monotonic() - started
+        await pg.close()
+    await redis_client.aclose()
+    await engine.dispose()
+    return len(ids) / elapsed
+
+
+def _run_polls(env: dict[str, Any], r: redis.Redis, ids: list[int]) -> float:
+    os.environ.update(env)
+    from app.settings import get_settings
+    from workers.celery_app import create_celery
+
+    app = create_celery(get_settings())
+    before = r.xlen(POLL_JOURNAL)
+    started = time.monotonic()
+    with app.producer_or_acquire() as producer:
+        for start in range(0, len(ids), 20):  # as beat sends them: batches of 20
+            batch = [[instance_id, None] for instance_id in ids[start : start + 20]]
+            app.send_task("poll.instances", args=[batch], queue="poll", producer=producer)
+    while r.xlen(POLL_JOURNAL) - before < len(ids):
+        if time.monotonic() - started > 600:
+            raise RuntimeError("polls did not finish in 10 minutes")
+        time.sleep(0.05)
+    return len(ids) / (time.monotonic() - started)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
