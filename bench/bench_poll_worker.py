@@ -267,7 +267,12 @@ def main() -> int:
                 )
             )
             time.sleep(1)
+        import psutil
+
+        proc = psutil.Process(worker.pid)
+        cpu_before = sum(proc.cpu_times()[:2])
         result = _run_polls(env, r, [i for i, _ in created[half:]])
+        cpu_ms = (sum(proc.cpu_times()[:2]) - cpu_before) * 1000 / (len(created) - half)
         print(
             f"poll worker: {n} polls of 1 resource at {LATENCY_MS} ms provider latency, "
             f"{args.concurrency} in flight"
@@ -275,7 +280,8 @@ def main() -> int:
         print(f"{'':24} {'per second':>10} {'vs ceiling':>10}")
         print(f"{'bare aiohttp (ceiling)':24} {ceiling:>10.1f} {1.0:>10.2f}")
         print(f"{'poll service, no Celery':24} {inproc:>10.1f} {inproc / ceiling:>10.2f}")
-        print(f"{'one worker process':24} {result:>10.1f} {result / ceiling:>10.2f}")
+        print(f"{'one worker process':24} {result:>10.1f} {result / ceiling:>10.2f}"
+              f"   ({cpu_ms:.2f} ms worker CPU per poll)")
         r.close()
     finally:
         for proc in procs:

@@ -46,6 +46,7 @@ class Clients:
     box: SecretBox
     slots: OriginSlots
     poll_slots: asyncio.Semaphore
+    delivery_slots: asyncio.Semaphore
 
     @classmethod
     async def create(cls, settings: Settings, pool_size: int = 20) -> Clients:
@@ -63,6 +64,7 @@ class Clients:
             box=SecretBox(settings.require("secret_key")),
             slots=OriginSlots(),
             poll_slots=asyncio.Semaphore(settings.poll_concurrency),
+            delivery_slots=asyncio.Semaphore(settings.delivery_concurrency),
         )
 
     async def close(self) -> None:

@@ -9,6 +9,7 @@ delivery ``pending`` with an expiring lease, so it is sent again (same
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import random
 import time
@@ -193,6 +194,28 @@ async def deliver(
     status = await record_attempt(deps, delivery, attempts + 1, result)
     await _record_metrics(deps.redis, result, status)
     return status
+
+
+async def deliver_many(
+    deps: DeliveryDeps,
+    items: list[tuple[uuid.UUID, datetime | None]],
+    slots: asyncio.Semaphore,
+) -> list[str]:
+    """Deliver a batch concurrently, at most ``slots`` POSTs at once in this process.
+
+    An unexpected crash of one delivery is logged and leaves it pending: its lease
+    runs out and the sweeper sends it again.
+    """
+
+    async def one(delivery_id: uuid.UUID, ticket: datetime | None) -> str:
+        async with slots:
+            try:
+                return await deliver(deps, delivery_id, ticket)
+            except Exception:
+                log.exception("delivery %s crashed", delivery_id)
+                return "crashed"
+
+    return list(await asyncio.gather(*(one(d, t) for d, t in items)))
 
 
 def receiver_is_up(result: AttemptResult) -> bool:

@@ -13,7 +13,7 @@ from __future__ import annotations
 import json
 import uuid
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import TypeAlias
 
@@ -38,18 +38,18 @@ _INSERT_EVENTS = """
     ON CONFLICT (id) DO NOTHING
     RETURNING id
 """
-_INSERT_DELIVERIES = f"""
-    INSERT INTO deliveries (id, instance_id, status, body, event_count, next_attempt_at)
-    SELECT u.id, $1, '{DeliveryStatus.PENDING.value}', u.body, u.event_count, $2
-    FROM unnest($3::uuid[], $4::bytea[], $5::int[]) AS u(id, body, event_count)
-"""
-_LINK_EVENTS = """
-    UPDATE events AS e SET delivery_id = u.delivery_id
-    FROM unnest($1::uuid[], $2::uuid[]) AS u(event_id, delivery_id)
-    WHERE e.id = u.event_id
-"""
-# One statement for every resource of the poll: a failed resource keeps its watermark.
-_UPDATE_STATES = """
+# Deliveries, their links to events and every resource's checkpoint in ONE statement
+# (data-modifying CTEs); a failed resource keeps its watermark.
+_DELIVER_AND_CHECKPOINT = f"""
+    WITH new_deliveries AS (
+        INSERT INTO deliveries (id, instance_id, status, body, event_count, next_attempt_at)
+        SELECT d.id, $2, '{DeliveryStatus.PENDING.value}', d.body, d.event_count, $8
+        FROM unnest($9::uuid[], $10::bytea[], $11::int[]) AS d(id, body, event_count)
+    ), links AS (
+        UPDATE events AS e SET delivery_id = l.delivery_id
+        FROM unnest($12::uuid[], $13::uuid[]) AS l(event_id, delivery_id)
+        WHERE e.id = l.event_id
+    )
     UPDATE poll_states AS p SET
         last_polled_at = $1,
         watermark_at = coalesce(u.wm_at, p.watermark_at),
@@ -116,33 +116,25 @@ async def insert_new_events(
     return [e for e in events if e.id in inserted]
 
 
-async def create_deliveries(
-    conn: Conn,
-    info: InstanceInfo,
-    events: Sequence[EventRecord],
-    poll_date: datetime,
-    lease_until: datetime,
-) -> list[tuple[uuid.UUID, datetime]]:
-    """Chunk new events into deliveries of ≤ 10, insert them and link their events.
+@dataclass
+class DeliveryRows:
+    """New deliveries of one poll, as columns for the insert."""
 
-    Returns (delivery id, ticket) pairs; the ticket is the lease the delivery was
-    created with (see :func:`app.services.delivery.claim`).
-    """
-    if not events:
-        return []
-    ids: list[uuid.UUID] = []
-    bodies: list[bytes] = []
-    counts: list[int] = []
-    links: list[tuple[uuid.UUID, uuid.UUID]] = []
-    for chunk in chunk_events(sorted(events, key=lambda e: (e.date, e.object_id))):
-        delivery_id, body = build_payload(info, chunk, poll_date)
-        ids.append(delivery_id)
-        bodies.append(body)
-        counts.append(len(chunk))
-        links += [(e.id, delivery_id) for e in chunk]
-    await conn.execute(_INSERT_DELIVERIES, info.id, lease_until, ids, bodies, counts)
-    await conn.execute(_LINK_EVENTS, [e for e, _ in links], [d for _, d in links])
-    return [(delivery_id, lease_until) for delivery_id in ids]
+    ids: list[uuid.UUID] = field(default_factory=list)
+    bodies: list[bytes] = field(default_factory=list)
+    counts: list[int] = field(default_factory=list)
+    event_ids: list[uuid.UUID] = field(default_factory=list)
+    links: list[uuid.UUID] = field(default_factory=list)
+
+    def add(self, info: InstanceInfo, events: Sequence[EventRecord], poll_date: datetime) -> None:
+        """Chunk new events into deliveries of ≤ 10 (same instance, resource and poll)."""
+        for chunk in chunk_events(sorted(events, key=lambda e: (e.date, e.object_id))):
+            delivery_id, body = build_payload(info, chunk, poll_date)
+            self.ids.append(delivery_id)
+            self.bodies.append(body)
+            self.counts.append(len(chunk))
+            self.event_ids += [e.id for e in chunk]
+            self.links += [delivery_id] * len(chunk)
 
 
 async def store_poll(
@@ -152,9 +144,13 @@ async def store_poll(
     poll_date: datetime,
     lease_until: datetime,
 ) -> tuple[int, list[tuple[uuid.UUID, datetime]]]:
-    """Events + deliveries + checkpoints of one poll; returns (new events, deliveries)."""
+    """Events, deliveries and checkpoints of one poll; returns (new events, deliveries).
+
+    Returned deliveries are (id, ticket) pairs; the ticket is the lease the delivery
+    was created with (see :func:`app.services.delivery.claim`).
+    """
     new_events = 0
-    deliveries: list[tuple[uuid.UUID, datetime]] = []
+    rows = DeliveryRows()
     for res in results:
         if res.delta is None or not res.delta.changes:
             continue
@@ -162,10 +158,10 @@ async def store_poll(
             conn, info.id, event_records(info.id, res.resource, res.delta), poll_date
         )
         new_events += len(new)
-        deliveries += await create_deliveries(conn, info, new, poll_date, lease_until)
+        rows.add(info, new, poll_date)
     if results:
         await conn.execute(
-            _UPDATE_STATES,
+            _DELIVER_AND_CHECKPOINT,
             poll_date,
             info.id,
             [r.resource for r in results],
@@ -173,8 +169,14 @@ async def store_poll(
             [r.delta.watermark.at if r.delta else None for r in results],
             [json.dumps(sorted(r.delta.watermark.ids)) if r.delta else None for r in results],
             [r.error for r in results],
+            lease_until,
+            rows.ids,
+            rows.bodies,
+            rows.counts,
+            rows.event_ids,
+            rows.links,
         )
-    return new_events, deliveries
+    return new_events, [(delivery_id, lease_until) for delivery_id in rows.ids]
 
 
 async def record_failures(

@@ -280,15 +280,34 @@ async def _poll_locked(deps: PollDeps, instance_id: int) -> PollOutcome:
     )
     lease_until = utcnow() + timedelta(seconds=deps.settings.delivery_lease_seconds)
     results = [ResourceResult(r.resource, r.delta, r.error) for r in outcome.resources]
-    async with deps.pg.acquire() as conn, conn.transaction():
-        outcome.events, outcome.deliveries = await store_poll(
-            conn, snap.info, results, started, lease_until
-        )
-        await record_failures(
-            conn, instance_id, snap.poll_failures, outcome.failed, snap.interval_s, started
-        )
+    async with deps.pg.acquire() as conn:
+        if _single_statement(results, snap.poll_failures):
+            # Nothing changed and nothing failed: only the checkpoint statement runs,
+            # and one statement is atomic without a BEGIN/COMMIT round trip each.
+            outcome.events, outcome.deliveries = await store_poll(
+                conn, snap.info, results, started, lease_until
+            )
+        else:
+            async with conn.transaction():
+                outcome.events, outcome.deliveries = await store_poll(
+                    conn, snap.info, results, started, lease_until
+                )
+                await record_failures(
+                    conn,
+                    instance_id,
+                    snap.poll_failures,
+                    outcome.failed,
+                    snap.interval_s,
+                    started,
+                )
     outcome.finished_at = utcnow()
     return outcome
+
+
+def _single_statement(results: Sequence[ResourceResult], poll_failures: int) -> bool:
+    """Whether the outbox write is just the checkpoint update (see :func:`store_poll`)."""
+    quiet = all(r.delta is not None and not r.delta.changes for r in results)
+    return quiet and poll_failures == 0
 
 
 def poll_metrics(outcome: PollOutcome, scheduled_at: datetime | None) -> MetricsBatch:

@@ -1,20 +1,23 @@
-"""``delivery.send`` and ``delivery.sweep``."""
+"""``delivery.send`` (a batch of deliveries) and ``delivery.sweep``."""
 
 from __future__ import annotations
 
 import logging
 import uuid
+from collections import Counter
+from collections.abc import Iterable
 from datetime import datetime
 
-from celery import shared_task
+from celery import Celery, shared_task
 
 from app.services.breaker import CircuitBreakers
-from app.services.delivery import DeliveryDeps, deliver, due_deliveries
+from app.services.delivery import DeliveryDeps, deliver_many, due_deliveries
 from workers.queues import DELIVERY_SEND, DELIVERY_SWEEP, Queue
 from workers.runtime import get_runtime
 
 log = logging.getLogger(__name__)
-SEND_TIMEOUT_S = 60.0
+SEND_TIMEOUT_S = 120.0
+SEND_BATCH = 20
 
 
 def _deps() -> DeliveryDeps:
@@ -24,14 +27,30 @@ def _deps() -> DeliveryDeps:
     )
 
 
+def enqueue_deliveries(app: Celery, tickets: Iterable[tuple[uuid.UUID, datetime]]) -> None:
+    """Queue deliveries in batches of ``SEND_BATCH`` (one message, one worker thread each)."""
+    items = [[str(delivery_id), ticket.isoformat()] for delivery_id, ticket in tickets]
+    if not items:
+        return
+    with app.producer_or_acquire() as producer:
+        for start in range(0, len(items), SEND_BATCH):
+            app.send_task(
+                DELIVERY_SEND,
+                args=[items[start : start + SEND_BATCH]],
+                queue=Queue.DELIVERY.value,
+                producer=producer,
+            )
+
+
 @shared_task(name=DELIVERY_SEND, ignore_result=True)
-def send_delivery_task(delivery_id: str, ticket: str | None = None) -> None:
-    """POST one delivery now; its next attempt, if any, is scheduled in PostgreSQL."""
-    lease = datetime.fromisoformat(ticket) if ticket else None
-    status = get_runtime().submit(
-        deliver(_deps(), uuid.UUID(delivery_id), lease), timeout=SEND_TIMEOUT_S
+def send_deliveries_task(items: list[list[str]]) -> None:
+    """POST ``[[delivery id, ticket], ...]`` concurrently; failures reschedule in PostgreSQL."""
+    runtime = get_runtime()
+    batch = [(uuid.UUID(i), datetime.fromisoformat(t) if t else None) for i, t in items]
+    statuses = runtime.submit(
+        deliver_many(_deps(), batch, runtime.clients.delivery_slots), timeout=SEND_TIMEOUT_S
     )
-    log.info("delivery %s: %s", delivery_id, status)
+    log.info("deliveries: %s", dict(Counter(statuses)))
 
 
 @shared_task(name=DELIVERY_SWEEP, ignore_result=True)
@@ -39,10 +58,7 @@ def sweep_deliveries_task() -> None:
     """Enqueue every pending delivery whose next attempt is due (retries, lost messages)."""
     runtime = get_runtime()
     lease = runtime.clients.settings.delivery_lease_seconds
-    ids = runtime.submit(due_deliveries(runtime.clients.sessions, lease), timeout=SEND_TIMEOUT_S)
-    for delivery_id, ticket in ids:
-        sweep_deliveries_task.app.send_task(
-            DELIVERY_SEND, args=[str(delivery_id), ticket.isoformat()], queue=Queue.DELIVERY.value
-        )
-    if ids:
-        log.info("sweeper enqueued %d due deliveries", len(ids))
+    due = runtime.submit(due_deliveries(runtime.clients.sessions, lease), timeout=SEND_TIMEOUT_S)
+    enqueue_deliveries(sweep_deliveries_task.app, due)
+    if due:
+        log.info("sweeper enqueued %d due deliveries", len(due))

@@ -8,8 +8,9 @@ from datetime import datetime
 from celery import shared_task
 
 from app.services.polling import PollDeps, run_polls
-from workers.queues import DELIVERY_SEND, POLL_INSTANCES, Queue
+from workers.queues import POLL_INSTANCES
 from workers.runtime import get_runtime
+from workers.tasks.delivery import enqueue_deliveries
 
 log = logging.getLogger(__name__)
 BATCH_TIMEOUT_S = 14 * 60.0
@@ -28,20 +29,12 @@ def poll_instances_task(items: list[list[object]]) -> None:
     deps = PollDeps(c.settings, c.pg, c.sessions, c.redis, c.http, c.box)
     batch = [(int(str(i)), datetime.fromisoformat(str(at)) if at else None) for i, at in items]
     outcomes = runtime.submit(run_polls(deps, batch, c.poll_slots), timeout=BATCH_TIMEOUT_S)
-    app = poll_instances_task.app
-    with app.producer_or_acquire() as producer:
-        for outcome in outcomes:
-            for delivery_id, ticket in outcome.deliveries:
-                # A lost message is fine: the sweeper re-enqueues when the lease runs out.
-                app.send_task(
-                    DELIVERY_SEND,
-                    args=[str(delivery_id), ticket.isoformat()],
-                    queue=Queue.DELIVERY.value,
-                    producer=producer,
-                )
-            if outcome.failed:
-                errors = "; ".join(f"{r.resource}: {r.error}" for r in outcome.resources if r.error)
-                log.warning("instance %s: poll failed: %s", outcome.instance_id, errors)
+    # A lost message is fine: the sweeper re-enqueues a delivery when its lease runs out.
+    enqueue_deliveries(poll_instances_task.app, (d for o in outcomes for d in o.deliveries))
+    for outcome in outcomes:
+        if outcome.failed:
+            errors = "; ".join(f"{r.resource}: {r.error}" for r in outcome.resources if r.error)
+            log.warning("instance %s: poll failed: %s", outcome.instance_id, errors)
     log.info(
         "polled %d instances: %d events, %d deliveries",
         len(outcomes),
