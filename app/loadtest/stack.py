@@ -1,0 +1,264 @@
+"""The processes of a load test: services, simulator, receiver, API, beat, workers.
+
+Every child runs in its own session (process group) so that stopping it also stops
+whatever it forked, and :meth:`Stack.close` is safe to call from ``finally`` however far
+start-up got. Embedded PostgreSQL/Redis live in a dedicated data dir (``.data/loadtest``)
+so a load test never touches ``pollinator up``'s data. Each run gets a fresh database
+(dropped afterwards unless kept) and a flushed Redis database: watermarks, locks and
+queues are keyed by instance id, and ids restart at 1 in a fresh database.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import os
+import signal
+import subprocess
+import sys
+import time
+import urllib.request
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from app.embedded import EmbeddedServices, ensure_services, free_port
+
+POLLINATOR_ROLES = ("api", "beat", "worker-poll", "worker-delivery")
+STOP_GRACE_S = 10.0
+
+
+def _http_ok(url: str) -> bool:
+    try:
+        with urllib.request.urlopen(url, timeout=2) as resp:
+            return bool(resp.status == 200)
+    except OSError:
+        return False
+
+
+def wait_until(predicate: Callable[[], bool], timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"timed out after {timeout:.0f}s waiting for {what}")
+        time.sleep(0.25)
+
+
+def _fresh_database(base_url: str) -> tuple[str, str, str]:
+    """Create ``pollinator_lt_<random>`` beside ``base_url``'s database.
+
+    Returns (url of the new database, its name, the admin URL to drop it with).
+    """
+    import psycopg
+    from sqlalchemy.engine import make_url
+
+    from app.db import sync_url
+
+    url = make_url(sync_url(base_url))
+    name = f"pollinator_lt_{time.strftime('%Y%m%d_%H%M%S')}_{uuid.uuid4().hex[:6]}"
+    admin = url.set(drivername="postgresql").render_as_string(hide_password=False)
+    with psycopg.connect(admin, autocommit=True) as conn:
+        conn.execute(f'CREATE DATABASE "{name}"')
+    new = url.set(database=name, drivername="postgresql").render_as_string(hide_password=False)
+    return new, name, admin
+
+
+def _drop_database(admin_url: str, name: str) -> None:
+    import psycopg
+
+    with psycopg.connect(admin_url, autocommit=True) as conn:
+        conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+@dataclass
+class StackOptions:
+    out_dir: Path
+    data_dir: Path
+    database_url: str | None
+    redis_url: str | None
+    provider_latency_ms: float
+    min_refresh_minutes: float
+    poll_workers: int = 1
+    delivery_workers: int = 1
+    env: dict[str, str] = field(default_factory=dict)  # extra POLLINATOR_* settings
+    keep_database: bool = False
+    sim_seed: int = 1
+
+
+@dataclass
+class Stack:
+    """A running (or partly started) load-test stack."""
+
+    options: StackOptions
+    env: dict[str, str] = field(default_factory=dict)
+    sim_url: str = ""
+    api_url: str = ""
+    receiver_url: str = ""
+    receiver_log: Path = Path()
+    database_url: str = ""
+    redis_url: str = ""
+    procs: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
+    services: EmbeddedServices | None = None
+    embedded_pgdata: Path | None = None
+    _drop: tuple[str, str] | None = None
+
+    @property
+    def log_dir(self) -> Path:
+        return self.options.out_dir / "logs"
+
+    # --- start -------------------------------------------------------------------------------
+
+    def start_services(self) -> None:
+        opts = self.options
+        self.services = ensure_services(opts.database_url, opts.redis_url, opts.data_dir)
+        if opts.database_url is None:
+            self.embedded_pgdata = (opts.data_dir / "postgres").resolve()
+        url, name, admin = _fresh_database(self.services.database_url)
+        self._drop = (admin, name)
+        self.database_url = url
+        self.redis_url = self.services.redis_url
+        from app.migrate import upgrade
+
+        upgrade(url)
+        import redis
+
+        client = redis.Redis.from_url(self.redis_url)
+        try:
+            client.flushdb()
+        finally:
+            client.close()
+
+    def start_simulator(self, extra_args: list[str]) -> None:
+        port = free_port()
+        self.sim_url = f"http://127.0.0.1:{port}"
+        args = ["simulate", "--port", str(port), "--seed", str(self.options.sim_seed)]
+        args += ["--latency-ms", str(self.options.provider_latency_ms)]
+        args += ["--throttle-per-second", "0", "--throttle-per-minute", "0", "--quota-per-day", "0"]
+        self._start("simulator", [sys.executable, "-m", "app.cli", *args, *extra_args], os.environ)
+
+    def start_receiver(self) -> None:
+        port = free_port()
+        self.receiver_url = f"http://127.0.0.1:{port}"
+        self.receiver_log = self.options.out_dir / "callbacks.jsonl"
+        self.receiver_log.unlink(missing_ok=True)
+        argv = [sys.executable, "-m", "app.loadtest.receiver", "--port", str(port)]
+        self._start("receiver", [*argv, "--out", str(self.receiver_log)], os.environ)
+
+    def start_pollinator(self, secret_key: str) -> None:
+        opts = self.options
+        port = free_port()
+        self.api_url = f"http://127.0.0.1:{port}"
+        self.env = {
+            **os.environ,
+            "POLLINATOR_DATABASE_URL": self.database_url,
+            "POLLINATOR_REDIS_URL": self.redis_url,
+            "POLLINATOR_SECRET_KEY": secret_key,
+            "POLLINATOR_DATA_DIR": str(opts.data_dir.resolve()),
+            "POLLINATOR_MIN_REFRESH_MINUTES": f"{opts.min_refresh_minutes:g}",
+            "POLLINATOR_ALLOW_PRIVATE_CALLBACKS": "true",
+            "POLLINATOR_INFUSIONSOFT_API_URL": f"{self.sim_url}/crm/rest/v1",
+            "POLLINATOR_INFUSIONSOFT_TOKEN_URL": f"{self.sim_url}/token",
+            "POLLINATOR_INFUSIONSOFT_AUTHORIZE_URL": f"{self.sim_url}/app/oauth/authorize",
+            "POLLINATOR_API_HOST": "127.0.0.1",
+            "POLLINATOR_API_PORT": str(port),
+            **opts.env,
+        }
+        if "POLLINATOR_BROKER_URL" not in opts.env:  # the run's Redis, never an inherited one
+            self.env.pop("POLLINATOR_BROKER_URL", None)
+        cli = [sys.executable, "-m", "app.cli"]
+        self._start("api", [*cli, "api"], self.env)
+        self._start("beat", [*cli, "beat"], self.env)
+        for i in range(opts.poll_workers):
+            suffix = "" if opts.poll_workers == 1 else f"-{i + 1}"
+            self._start(f"worker-poll{suffix}", [*cli, "worker", "--queues", "poll"], self.env)
+        for i in range(opts.delivery_workers):
+            suffix = "" if opts.delivery_workers == 1 else f"-{i + 1}"
+            argv = [*cli, "worker", "--queues", "delivery"]
+            self._start(f"worker-delivery{suffix}", argv, self.env)
+
+    def wait_ready(self, timeout: float = 90.0) -> None:
+        for name, url in (
+            ("simulator", f"{self.sim_url}/_sim/stats"),
+            ("receiver", f"{self.receiver_url}/_lt/stats"),
+            ("api", f"{self.api_url}/readyz"),
+        ):
+            if name in self.procs:
+                self._wait(name, functools.partial(_http_ok, url), timeout)
+        for name in self.procs:
+            if name.startswith("worker-"):
+                self._wait(name, functools.partial(self._logged_ready, name), timeout)
+
+    def _logged_ready(self, name: str) -> bool:
+        return " ready" in self.log(name)
+
+    def _wait(self, name: str, predicate: Callable[[], bool], timeout: float) -> None:
+        def check() -> bool:
+            proc = self.procs[name]
+            if proc.poll() is not None:
+                tail = self.log(name)[-2000:]
+                raise RuntimeError(f"{name} exited with {proc.returncode}:\n{tail}")
+            return predicate()
+
+        wait_until(check, timeout, name)
+
+    def _start(self, name: str, argv: list[str], env: os._Environ[str] | dict[str, str]) -> None:
+        self.log_dir.mkdir(parents=True, exist_ok=True)
+        with open(self.log_dir / f"{name}.log", "ab") as log:
+            self.procs[name] = subprocess.Popen(
+                argv,
+                env=dict(env),
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
+
+    # --- inspect -----------------------------------------------------------------------------
+
+    def log(self, name: str) -> str:
+        path = self.log_dir / f"{name}.log"
+        return path.read_text(errors="replace") if path.exists() else ""
+
+    def pids(self) -> dict[str, int]:
+        return {name: p.pid for name, p in self.procs.items() if p.poll() is None}
+
+    def pid_of(self, name: str) -> int | None:
+        proc = self.procs.get(name)
+        return proc.pid if proc is not None and proc.poll() is None else None
+
+    def died(self) -> list[str]:
+        """Children that exited on their own (a crash during the run)."""
+        return [name for name, p in self.procs.items() if p.poll() is not None]
+
+    # --- stop --------------------------------------------------------------------------------
+
+    def stop(self, names: list[str]) -> None:
+        """SIGTERM the process groups, then SIGKILL what is still there after the grace."""
+        procs = [(n, self.procs.pop(n)) for n in names if n in self.procs]
+        for _, proc in procs:
+            if proc.poll() is None:
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(proc.pid, signal.SIGTERM)
+        deadline = time.monotonic() + STOP_GRACE_S
+        for _, proc in procs:
+            try:
+                proc.wait(max(0.1, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait()
+
+    def stop_pollinator(self) -> None:
+        self.stop([n for n in self.procs if n == "api" or n == "beat" or n.startswith("worker-")])
+
+    def close(self) -> None:
+        """Stop every child, drop the run's database, stop embedded services. Idempotent."""
+        self.stop(list(self.procs))
+        if self._drop is not None and not self.options.keep_database:
+            with contextlib.suppress(Exception):
+                _drop_database(*self._drop)
+            self._drop = None
+        if self.services is not None:
+            self.services.stop()
+            self.services = None
