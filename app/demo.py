@@ -22,6 +22,7 @@ DEMO_ACCOUNT = "demo"
 DEMO_CLIENT_ID = "pollinator-demo"
 DEMO_CLIENT_SECRET = "pollinator-demo-secret"
 DEMO_CHANGES_PER_SECOND = 0.5
+FIRST_POLL_AFTER_S = 6.0
 
 
 async def _wait_up(http: aiohttp.ClientSession, url: str, timeout: float = 60.0) -> None:
@@ -115,6 +116,17 @@ async def _setup(
             },
         ) as resp:
             resp.raise_for_status()
+        # The first scheduled poll may be up to an interval away: poll once a few seconds
+        # in, so the newcomer sees callbacks arrive right away.
+        await asyncio.sleep(FIRST_POLL_AFTER_S)
+        async with http.post(
+            f"{api_url}/elements/api-v2/instances/{state['instanceId']}/polling/run",
+            headers={
+                "Authorization": f"User {state['userSecret']}, "
+                f"Organization {state['organizationSecret']}"
+            },
+        ) as resp:
+            resp.raise_for_status()
     return state
 
 
@@ -130,7 +142,7 @@ def setup_demo(
     auth = f"User {state['userSecret']}, Organization {state['organizationSecret']}"
     base = f"{api_url}/elements/api-v2/instances/{state['instanceId']}"
     return (
-        "Demo: the simulator makes ~1 change every 2 s; events reach the sink within a minute.\n"
+        "Demo: the simulator makes ~1 change every 2 s; callbacks reach the sink within seconds.\n"
         f"  simulator   {sim} (Keap REST at {sim}/crm/rest/v1)\n"
         f"  sink        {sink} — every callback is appended to {data_dir / 'sink.jsonl'}\n"
         f"  credentials Authorization: {auth}\n"

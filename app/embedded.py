@@ -21,6 +21,7 @@ import socket
 import subprocess
 import sys
 import time
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -80,7 +81,10 @@ def start_postgres(data_dir: Path, database: str = DATABASE_NAME) -> tuple[str, 
     pgdata = (data_dir / "postgres").resolve()
     pgdata.parent.mkdir(parents=True, exist_ok=True)
     try:
-        import pgserver
+        with warnings.catch_warnings():
+            # platformdirs warns when XDG_RUNTIME_DIR is unset (it falls back to /tmp).
+            warnings.simplefilter("ignore")
+            import pgserver
     except ImportError:
         return _start_postgres_from_path(pgdata, database)
     server = pgserver.get_server(pgdata, cleanup_mode="stop")  # type: ignore[attr-defined]
