@@ -40,7 +40,8 @@ bench: install
 	@for b in bench/bench_*.py; do echo "== $$b"; $(PY) $$b --quick || exit 1; done
 
 loadtest: install
-	$(VENV)/bin/pollinator loadtest --instances 1000 --refresh-minutes 1 --duration 240 --out loadtest-out
+	$(VENV)/bin/pollinator loadtest --instances 1000 --refresh-minutes 1 --duration 180 \
+		--resources contacts,orders --changes-per-second 20 --provider-latency-ms 100 --out loadtest-out
 
 clean:
 	rm -rf $(VENV) .data .mypy_cache .ruff_cache .pytest_cache .hypothesis *.egg-info

@@ -6,6 +6,7 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 import asyncpg
+from redis.asyncio import BlockingConnectionPool, Redis
 from sqlalchemy.ext.asyncio import (
     AsyncEngine,
     AsyncSession,
@@ -70,3 +71,9 @@ async def create_pg_pool(url: str, size: int) -> asyncpg.Pool:
     )
     assert pool is not None
     return pool
+
+
+def create_redis(url: str, max_connections: int = 64) -> Redis:
+    """An asyncio Redis client whose pool waits for a free connection instead of failing."""
+    pool = BlockingConnectionPool.from_url(url, max_connections=max_connections, timeout=30)
+    return Redis(connection_pool=pool)

@@ -81,17 +81,24 @@ def _labels(labels: Mapping[str, str] | None) -> str:
 
 
 class MetricsBatch:
-    """Collects increments (and a few plain writes) and applies them in one round trip."""
+    """Collects increments (and a few plain writes) and applies them in one round trip.
+
+    Increments to the same counter or bucket are summed first, so a batch of polls
+    costs about as many Redis commands as one poll.
+    """
 
     def __init__(self) -> None:
-        self._ops: list[tuple[str, str, float]] = []
+        self._ops: dict[tuple[str, str], float] = {}
         self._journal: list[dict[Any, Any]] = []
         self._sets: dict[str, str] = {}
+
+    def _add(self, key: str, field: str, amount: float) -> None:
+        self._ops[(key, field)] = self._ops.get((key, field), 0.0) + amount
 
     def inc(
         self, metric: Metric, labels: Mapping[str, str] | None = None, amount: float = 1.0
     ) -> None:
-        self._ops.append((metric.key, _labels(labels), amount))
+        self._add(metric.key, _labels(labels), amount)
 
     def observe(
         self, metric: Metric, value: float, labels: Mapping[str, str] | None = None
@@ -99,8 +106,8 @@ class MetricsBatch:
         """Count ``value`` in its own bucket only; rendering makes the buckets cumulative."""
         base = _labels(labels)
         bucket = next((str(b) for b in metric.buckets if value <= b), "+Inf")
-        self._ops.append((metric.key, f"{base}|{bucket}", 1))
-        self._ops.append((metric.key, f"{base}|sum", value))
+        self._add(metric.key, f"{base}|{bucket}", 1)
+        self._add(metric.key, f"{base}|sum", value)
 
     def journal(self, entry: Mapping[str, Any]) -> None:
         self._journal.append({str(k): str(v) for k, v in entry.items()})
@@ -109,13 +116,19 @@ class MetricsBatch:
         """A plain ``SET`` that rides along (e.g. a poll's Redis watermarks)."""
         self._sets[key] = value
 
+    def merge(self, other: MetricsBatch) -> None:
+        for (key, field), amount in other._ops.items():
+            self._add(key, field, amount)
+        self._journal += other._journal
+        self._sets.update(other._sets)
+
     async def flush(self, redis: Redis) -> None:
         if not (self._ops or self._journal or self._sets):
             return
         async with redis.pipeline(transaction=False) as pipe:
             if self._sets:
                 pipe.mset(self._sets)
-            for key, field, amount in self._ops:
+            for (key, field), amount in self._ops.items():
                 pipe.hincrbyfloat(key, field, amount)
             for entry in self._journal:
                 pipe.xadd(POLL_JOURNAL, entry, maxlen=JOURNAL_MAXLEN, approximate=True)

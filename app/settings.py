@@ -47,8 +47,9 @@ class Settings(BaseSettings):
     provider_timeout_seconds: float = Field(default=30.0, gt=0)
     # Requests per second shared by all instances of one OAuth app (Keap: 25/s burst); 0 = off.
     provider_app_rate_per_second: int = Field(default=25, ge=0)
-    # Polls one worker process runs at once (each waits on the provider most of the time).
-    poll_concurrency: int = Field(default=64, ge=1, le=1000)
+    # Polls one worker process keeps in flight. Each mostly waits (on the provider, or on
+    # its OAuth app's request budget), so this is far above the core count.
+    poll_concurrency: int = Field(default=256, ge=1, le=5000)
     delivery_concurrency: int = Field(default=64, ge=1, le=1000)
     # How long a delivery being POSTed is hidden from the sweeper; longer than the 15 s
     # callback timeout, so a live POST is never sent twice. A worker killed mid-POST

@@ -27,7 +27,7 @@ from app.db import sync_url
 from app.domain.schedule import next_poll_at
 from app.models import utcnow
 from app.settings import get_settings
-from workers.queues import POLL_INSTANCES, Queue
+from workers.queues import POLL_INSTANCES, TASK_BATCH, Queue
 
 log = logging.getLogger(__name__)
 
@@ -36,8 +36,6 @@ LEADER_TTL_MS = 10_000
 CLAIM_BATCH = 2000
 MAX_CLAIM_PER_TICK = 50_000
 MIN_TASK_EXPIRY_S = 60.0
-# Due instances travel in batches: one message and one worker thread per batch.
-POLL_BATCH = 20
 
 _RENEW = """
 if redis.call('get', KEYS[1]) == ARGV[1] then return redis.call('pexpire', KEYS[1], ARGV[2]) end
@@ -130,8 +128,8 @@ class DueInstanceScheduler(Scheduler):
             if not claimed:
                 break
             with self.app.producer_or_acquire() as producer:
-                for start in range(0, len(claimed), POLL_BATCH):
-                    chunk = claimed[start : start + POLL_BATCH]
+                for start in range(0, len(claimed), TASK_BATCH):
+                    chunk = claimed[start : start + TASK_BATCH]
                     self.app.send_task(
                         POLL_INSTANCES,
                         args=[[[instance_id, due.isoformat()] for instance_id, _, due in chunk]],

@@ -13,3 +13,6 @@ class Queue(enum.StrEnum):
 POLL_INSTANCES = "poll.instances"
 DELIVERY_SEND = "delivery.send"
 DELIVERY_SWEEP = "delivery.sweep"
+
+# Polls and deliveries travel in batches of this many per Celery message.
+TASK_BATCH = 20

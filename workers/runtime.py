@@ -22,7 +22,7 @@ import asyncpg
 from redis.asyncio import Redis
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
-from app.db import create_engine, create_pg_pool, session_factory
+from app.db import create_engine, create_pg_pool, create_redis, session_factory
 from app.security import SecretBox
 from app.services.breaker import OriginSlots
 from app.services.guarded_http import callback_session
@@ -58,7 +58,7 @@ class Clients:
             engine=engine,
             pg=await create_pg_pool(settings.require("database_url"), pool_size),
             sessions=session_factory(engine),
-            redis=Redis.from_url(settings.require("redis_url"), max_connections=200),
+            redis=create_redis(settings.require("redis_url"), max_connections=128),
             http=aiohttp.ClientSession(connector=connector),
             callback_http=callback_session(settings.allow_private_callbacks),
             box=SecretBox(settings.require("secret_key")),

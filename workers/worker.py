@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import argparse
+import math
 import os
 import socket
 
 from celery.signals import worker_shutdown
 
-from workers.queues import Queue
+from workers.queues import TASK_BATCH, Queue
 
 
 @worker_shutdown.connect
@@ -26,13 +27,19 @@ def main(argv: list[str]) -> int:
     of polls or deliveries in flight in this process.
     """
     from app.logging import setup_logging
-    from app.settings import load_settings_or_exit
+    from app.settings import get_settings, load_settings_or_exit
     from workers.celery_app import get_celery
 
     settings = load_settings_or_exit()
     parser = argparse.ArgumentParser(prog="pollinator worker")
     parser.add_argument("--queues", "-Q", required=True, help="comma-separated: poll, delivery")
-    parser.add_argument("--concurrency", "-c", type=int, default=None)
+    parser.add_argument(
+        "--concurrency",
+        "-c",
+        type=int,
+        default=None,
+        help="polls or deliveries in flight in this process",
+    )
     parser.add_argument("--loglevel", default=settings.log_level)
     args = parser.parse_args(argv)
     queues = [q.strip() for q in args.queues.split(",") if q.strip()]
@@ -40,9 +47,19 @@ def main(argv: list[str]) -> int:
     unknown = [q for q in queues if q not in valid]
     if not queues or unknown:
         parser.error(f"--queues: unknown queue(s) {unknown or queues}; use poll and/or delivery")
-    concurrency = args.concurrency or (
-        settings.poll_concurrency if Queue.POLL.value in queues else settings.delivery_concurrency
+    if args.concurrency:
+        # In-flight polls/deliveries are the runtime's slots, read from settings.
+        for name in ("POLLINATOR_POLL_CONCURRENCY", "POLLINATOR_DELIVERY_CONCURRENCY"):
+            os.environ[name] = str(args.concurrency)
+        get_settings.cache_clear()
+        settings = load_settings_or_exit()
+    in_flight = max(
+        settings.poll_concurrency if Queue.POLL.value in queues else 0,
+        settings.delivery_concurrency if Queue.DELIVERY.value in queues else 0,
     )
+    # Each Celery thread carries one batch (of up to 20) whose items share the slots;
+    # twice as many batches as it takes to fill the slots keeps them busy.
+    threads = max(4, 2 * math.ceil(in_flight / TASK_BATCH))
     setup_logging(args.loglevel)
     name = f"{'+'.join(queues)}-{os.getpid()}@{socket.gethostname()}"
     get_celery().worker_main(
@@ -53,7 +70,7 @@ def main(argv: list[str]) -> int:
             "-P",
             "threads",
             "-c",
-            str(concurrency),
+            str(threads),
             "-n",
             name,
             "--loglevel",

@@ -8,13 +8,12 @@ from collections.abc import AsyncIterator
 
 import aiohttp
 from aiohttp import web
-from redis.asyncio import Redis
 
 from app.api import health, routes
 from app.api.context import ApiContext
 from app.api.errors import error_middleware
 from app.api.ui import add_ui_routes
-from app.db import create_engine, session_factory
+from app.db import create_engine, create_redis, session_factory
 from app.logging import setup_logging
 from app.security import SecretBox
 from app.settings import Settings
@@ -31,7 +30,7 @@ def create_app(settings: Settings) -> web.Application:
 
     async def lifecycle(app: web.Application) -> AsyncIterator[None]:
         engine = create_engine(database_url)
-        redis = Redis.from_url(redis_url)
+        redis = create_redis(redis_url)
         http = aiohttp.ClientSession()
         app[routes.CTX] = ApiContext(
             settings=settings,

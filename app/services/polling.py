@@ -77,6 +77,7 @@ class ResourceOutcome:
     error: str | None = None
     records: int = 0
     requests: int = 0
+    watermark_moved: bool = False
 
 
 @dataclass
@@ -214,10 +215,13 @@ async def _poll_resource(
     # learns what exists (a baseline), or every existing record would look new.
     baseline = cfg.updated is None and cfg.created is None and state.last_success_at is None
     outcome.delta = compute_delta(fetched.records, cfg, watermark, started, baseline=baseline)
+    outcome.watermark_moved = outcome.delta.watermark != watermark
     return outcome
 
 
-def _client_for(deps: PollDeps, snap: Snapshot) -> InfusionsoftClient:
+def _client_for(
+    deps: PollDeps, snap: Snapshot, slots: asyncio.Semaphore | None
+) -> InfusionsoftClient:
     settings = deps.settings
     secrets = deps.box.open(snap.secrets)
     tokens = InstanceTokens(
@@ -235,7 +239,7 @@ def _client_for(deps: PollDeps, snap: Snapshot) -> InfusionsoftClient:
         ),
     )
     budget = (
-        RedisBudget(deps.redis, snap.client_id, settings.provider_app_rate_per_second)
+        RedisBudget(deps.redis, snap.client_id, settings.provider_app_rate_per_second, slots)
         if settings.provider_app_rate_per_second > 0
         else None
     )
@@ -248,25 +252,32 @@ def _client_for(deps: PollDeps, snap: Snapshot) -> InfusionsoftClient:
     )
 
 
-async def poll_instance(deps: PollDeps, instance_id: int) -> PollOutcome:
-    """Poll every configured resource of one instance once (no overlap with another poll)."""
+async def poll_instance(
+    deps: PollDeps, instance_id: int, slots: asyncio.Semaphore | None = None
+) -> PollOutcome:
+    """Poll every configured resource of one instance once (no overlap with another poll).
+
+    ``slots`` is the poll slot the caller holds (given back while waiting on the app budget).
+    """
     lock_key = keys.poll_lock(instance_id)
     holder = pysecrets.token_hex(8)
     if not await deps.redis.set(lock_key, holder, nx=True, px=POLL_LOCK_TTL_MS):
         return PollOutcome(instance_id, skipped=True)
     try:
-        return await _poll_locked(deps, instance_id)
+        return await _poll_locked(deps, instance_id, slots)
     finally:
         await release_lock(deps.redis, lock_key, holder)
 
 
-async def _poll_locked(deps: PollDeps, instance_id: int) -> PollOutcome:
+async def _poll_locked(
+    deps: PollDeps, instance_id: int, slots: asyncio.Semaphore | None
+) -> PollOutcome:
     snap = await load_snapshot(deps.pg, instance_id)
     if snap is None:
         return PollOutcome(instance_id, skipped=True)
     outcome = PollOutcome(instance_id)
     watermarks = await load_watermarks(deps.redis, instance_id, snap.states)
-    client = _client_for(deps, snap)
+    client = _client_for(deps, snap, slots)
     started = outcome.started_at = utcnow()
     outcome.resources = list(
         await asyncio.gather(
@@ -343,21 +354,15 @@ def poll_metrics(outcome: PollOutcome, scheduled_at: datetime | None) -> Metrics
     return batch
 
 
-async def run_poll(deps: PollDeps, instance_id: int, scheduled_at: datetime | None) -> PollOutcome:
-    """One poll, then (in one Redis round trip) its watermarks and metrics."""
-    outcome = await poll_instance(deps, instance_id)
-    batch = poll_metrics(outcome, scheduled_at)
+def _record(batch: MetricsBatch, outcome: PollOutcome, scheduled_at: datetime | None) -> None:
+    """Add a poll's metrics, journal line and moved Redis watermarks to ``batch``."""
+    batch.merge(poll_metrics(outcome, scheduled_at))
     for res in outcome.resources:
-        if res.delta is not None:
+        if res.delta is not None and res.watermark_moved:
             batch.set(
-                keys.watermark(instance_id, res.resource),
+                keys.watermark(outcome.instance_id, res.resource),
                 json.dumps(watermark_to_json(res.delta.watermark)),
             )
-    try:
-        await batch.flush(deps.redis)
-    except Exception:  # the PostgreSQL checkpoint is already committed; Redis is a cache
-        log.warning("instance %s: Redis watermark/metrics write failed", instance_id, exc_info=True)
-    return outcome
 
 
 async def run_polls(
@@ -365,17 +370,26 @@ async def run_polls(
 ) -> list[PollOutcome]:
     """Poll a batch of instances concurrently, at most ``slots`` polls at once per process.
 
+    Redis watermarks and metrics of the whole batch go out in one round trip at the
+    end: the PostgreSQL checkpoints are already committed, Redis is the hot copy.
     One poll's unexpected crash is logged and does not take the batch down: its
     watermarks did not move, so the next scheduled poll covers the same ground.
     """
+    batch = MetricsBatch()
 
     async def one(instance_id: int, scheduled_at: datetime | None) -> PollOutcome | None:
         async with slots:
             try:
-                return await run_poll(deps, instance_id, scheduled_at)
+                outcome = await poll_instance(deps, instance_id, slots)
             except Exception:
                 log.exception("instance %s: poll crashed", instance_id)
                 return None
+        _record(batch, outcome, scheduled_at)
+        return outcome
 
     done = await asyncio.gather(*(one(i, at) for i, at in items))
+    try:
+        await batch.flush(deps.redis)
+    except Exception:  # Redis is a cache here; the checkpoints are in PostgreSQL
+        log.warning("writing Redis watermarks/metrics of a poll batch failed", exc_info=True)
     return [outcome for outcome in done if outcome is not None]

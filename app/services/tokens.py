@@ -150,13 +150,22 @@ class RedisBudget:
     """A fixed one-second window per OAuth app, shared by every worker through Redis.
 
     Keap's spike arrest counts per app; without a shared budget a few hundred
-    instances of one app would all be throttled at once.
+    instances of one app would all be throttled at once. A poll waiting for its
+    app's next second gives its poll slot back while it sleeps (``slots``), so
+    polls of one busy app never crowd out polls of the others.
     """
 
-    def __init__(self, redis: Redis, client_id: str, per_second: int) -> None:
+    def __init__(
+        self,
+        redis: Redis,
+        client_id: str,
+        per_second: int,
+        slots: asyncio.Semaphore | None = None,
+    ) -> None:
         self.redis = redis
         self.client_id = client_id
         self.per_second = per_second
+        self.slots = slots
 
     async def acquire(self) -> None:
         while True:
@@ -168,4 +177,14 @@ class RedisBudget:
                 count, _ = await pipe.execute()
             if int(count) <= self.per_second:
                 return
-            await asyncio.sleep(max(0.01, (second + 1) - time.time()))
+            await self._sleep(max(0.01, (second + 1) - time.time()))
+
+    async def _sleep(self, seconds: float) -> None:
+        if self.slots is None:
+            await asyncio.sleep(seconds)
+            return
+        self.slots.release()
+        try:
+            await asyncio.sleep(seconds)
+        finally:
+            await self.slots.acquire()

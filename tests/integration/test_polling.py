@@ -24,7 +24,7 @@ from app import keys
 from app.api.server import create_app as create_api
 from app.db import create_engine, create_pg_pool, session_factory
 from app.security import SecretBox
-from app.services.polling import PollDeps, PollOutcome, poll_instance
+from app.services.polling import PollDeps, PollOutcome, run_polls
 from app.settings import Settings
 from app.simulator import SimulatorConfig
 from app.simulator import create_app as create_sim
@@ -118,7 +118,9 @@ class Harness:
         await self.sim.delete("/_sim/faults")
 
     async def poll(self) -> PollOutcome:
-        return await poll_instance(self.deps, self.instance_id)
+        """One poll the way a worker runs it (outbox, then Redis watermarks and metrics)."""
+        [outcome] = await run_polls(self.deps, [(self.instance_id, None)], asyncio.Semaphore(4))
+        return outcome
 
     def events(self) -> list[tuple[str, str, str]]:
         with psycopg.connect(self.database_url) as conn:
@@ -249,6 +251,7 @@ async def test_redis_flushed_between_polls_nothing_missed_or_repeated(
     await harness.create_instance(contacts_config())
     first = [await harness.write("contacts", given_name=f"c{i}") for i in range(5)]
     await harness.poll()
+    assert await harness.deps.redis.exists(keys.watermark(harness.instance_id, "contacts"))
     await harness.deps.redis.delete(keys.watermark(harness.instance_id, "contacts"))
     second = [await harness.write("contacts", given_name=f"d{i}") for i in range(3)]
     outcome = await harness.poll()

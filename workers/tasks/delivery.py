@@ -12,12 +12,11 @@ from celery import Celery, shared_task
 
 from app.services.breaker import CircuitBreakers
 from app.services.delivery import DeliveryDeps, deliver_many, due_deliveries
-from workers.queues import DELIVERY_SEND, DELIVERY_SWEEP, Queue
+from workers.queues import DELIVERY_SEND, DELIVERY_SWEEP, TASK_BATCH, Queue
 from workers.runtime import get_runtime
 
 log = logging.getLogger(__name__)
 SEND_TIMEOUT_S = 120.0
-SEND_BATCH = 20
 
 
 def _deps() -> DeliveryDeps:
@@ -28,15 +27,15 @@ def _deps() -> DeliveryDeps:
 
 
 def enqueue_deliveries(app: Celery, tickets: Iterable[tuple[uuid.UUID, datetime]]) -> None:
-    """Queue deliveries in batches of ``SEND_BATCH`` (one message, one worker thread each)."""
+    """Queue deliveries in batches of ``TASK_BATCH`` (one message, one worker thread each)."""
     items = [[str(delivery_id), ticket.isoformat()] for delivery_id, ticket in tickets]
     if not items:
         return
     with app.producer_or_acquire() as producer:
-        for start in range(0, len(items), SEND_BATCH):
+        for start in range(0, len(items), TASK_BATCH):
             app.send_task(
                 DELIVERY_SEND,
-                args=[items[start : start + SEND_BATCH]],
+                args=[items[start : start + TASK_BATCH]],
                 queue=Queue.DELIVERY.value,
                 producer=producer,
             )

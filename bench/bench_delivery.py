@@ -1,0 +1,275 @@
+"""Deliveries per second one delivery-worker process sustains to a local sink, and what one
+dead callback URL among many healthy ones does to the healthy ones.
+
+* baseline — a bare aiohttp loop POSTing the same bodies to the same sink with the same
+  number of requests in flight;
+* system — N pending deliveries in PostgreSQL, leased and enqueued the way the sweeper does,
+  one real ``pollinator worker --queues delivery`` process; ends when all are delivered;
+* dead URL — the same, with one instance in ten pointing at a receiver that never answers
+  (every attempt waits for the 15 s timeout): how fast do the other nine in ten go out,
+  and what happens to the dead URL's deliveries (they must wait, not fail or vanish).
+
+Usage: .venv/bin/python bench/bench_delivery.py [--quick] [--deliveries N]
+(uses POLLINATOR_DATABASE_URL / POLLINATOR_REDIS_URL when set, else embedded servers).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import signal
+import subprocess
+import sys
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import psycopg
+
+from app.db import create_engine, session_factory, sync_url
+from app.domain.events import EventRecord, InstanceInfo, build_payload
+from app.embedded import ensure_services, free_port
+from app.migrate import upgrade
+from app.models import Delivery, Instance, utcnow
+from app.security import SecretBox, hash_secret
+from app.services.delivery import due_deliveries
+from app.services.orgs import create_organization
+
+SECRET = "bench-secret-key-0123456789abcdef0123456789"
+CONCURRENCY = 64
+
+
+def _wait_http(url: str, timeout: float = 30) -> None:
+    import urllib.request
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            with urllib.request.urlopen(url, timeout=2):
+                return
+        except OSError:
+            time.sleep(0.2)
+    raise RuntimeError(f"{url} did not come up")
+
+
+async def _seed(db_url: str, urls: list[str], per_url: int) -> list[bytes]:
+    """Instances (one per URL) and ``per_url`` pending deliveries each; returns the bodies."""
+    engine = create_engine(db_url)
+    sessions = session_factory(engine)
+    box = SecretBox(SECRET)
+    bodies: list[bytes] = []
+    async with sessions() as session, session.begin():
+        org = await create_organization(session, "bench")
+        for n, url in enumerate(urls):
+            instance = Instance(
+                organization_id=org.organization_id,
+                name=f"bench {n}",
+                element_key="infusionsoftrest",
+                token_hash=hash_secret(uuid.uuid4().hex),
+                configuration={"event.notification.callback.url": url},
+                secrets=box.seal({"event.notification.signature.key": "bench-key"}),
+                events_enabled=True,
+            )
+            session.add(instance)
+            await session.flush()
+            assert instance.id is not None
+            info = InstanceInfo(instance.id, instance.name, [], org.organization_id)
+            for k in range(per_url):
+                events = [
+                    EventRecord(
+                        uuid.uuid4(),
+                        "contacts",
+                        str(k * 10 + j),
+                        "UPDATED",
+                        utcnow(),
+                        {"id": k * 10 + j, "given_name": "x" * 40},
+                    )
+                    for j in range(3)
+                ]
+                delivery_id, body = build_payload(info, events, utcnow())
+                bodies.append(body)
+                session.add(
+                    Delivery(
+                        id=delivery_id,
+                        instance_id=instance.id,
+                        body=body,
+                        event_count=3,
+                        next_attempt_at=utcnow(),
+                    )
+                )
+    await engine.dispose()
+    return bodies
+
+
+async def _ceiling(url: str, bodies: list[bytes], seconds: float) -> float:
+    done = 0
+    deadline = time.monotonic() + seconds
+    async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0)) as http:
+
+        async def loop(k: int) -> None:
+            nonlocal done
+            i = k
+            while time.monotonic() < deadline:
+                async with http.post(
+                    url, data=bodies[i % len(bodies)], headers={"Content-Type": "application/json"}
+                ) as resp:
+                    await resp.read()
+                done += 1
+                i += CONCURRENCY
+
+        started = time.monotonic()
+        await asyncio.gather(*(loop(k) for k in range(CONCURRENCY)))
+        return done / (time.monotonic() - started)
+
+
+def _counts(db_url: str) -> dict[str, int]:
+    with psycopg.connect(db_url) as conn:
+        rows = conn.execute("SELECT status, count(*) FROM deliveries GROUP BY status").fetchall()
+    return {str(r[0]): int(r[1]) for r in rows}
+
+
+def _run(
+    env: dict[str, str], db_url: str, healthy_total: int, timeout: float = 300
+) -> tuple[float, dict[str, int]]:
+    """Lease + enqueue every due delivery (as the sweeper does); time until the healthy
+    ones are delivered."""
+    os.environ.update(env)
+    from app.settings import get_settings
+    from workers.celery_app import create_celery
+    from workers.tasks.delivery import enqueue_deliveries
+
+    app = create_celery(get_settings())
+
+    async def lease() -> list[tuple[uuid.UUID, Any]]:
+        engine = create_engine(db_url)
+        try:
+            return await due_deliveries(session_factory(engine), 60.0, limit=1_000_000)
+        finally:
+            await engine.dispose()
+
+    started = time.monotonic()
+    enqueue_deliveries(app, asyncio.run(lease()))
+    while _counts(db_url).get("delivered", 0) < healthy_total:
+        if time.monotonic() - started > timeout:
+            raise RuntimeError(f"not delivered in {timeout}s: {_counts(db_url)}")
+        time.sleep(0.1)
+    return healthy_total / (time.monotonic() - started), _counts(db_url)
+
+
+def _fresh_db(base: str) -> tuple[str, str, str]:
+    name = f"pollinator_bench_{uuid.uuid4().hex[:8]}"
+    admin = sync_url(base).replace("postgresql+psycopg://", "postgresql://")
+    with psycopg.connect(admin, autocommit=True) as conn:
+        conn.execute(f'CREATE DATABASE "{name}"')
+    head, _, query = base.partition("?")
+    return head.rsplit("/", 1)[0] + f"/{name}" + (f"?{query}" if query else ""), name, admin
+
+
+def _scenario(
+    services: Any, sink: str, dead: str | None, n: int, procs: list[Any]
+) -> tuple[float, dict[str, int], float]:
+    db_url, name, admin = _fresh_db(services.database_url)
+    try:
+        upgrade(db_url)
+        urls = [f"{sink}/events/{i}" for i in range(10)]
+        if dead:
+            urls[0] = dead
+        per_url = n // len(urls)
+        bodies = asyncio.run(_seed(db_url, urls, per_url))
+        env = {
+            **os.environ,
+            "POLLINATOR_DATABASE_URL": db_url,
+            "POLLINATOR_REDIS_URL": services.redis_url,
+            "POLLINATOR_SECRET_KEY": SECRET,
+            "POLLINATOR_ALLOW_PRIVATE_CALLBACKS": "true",
+            "POLLINATOR_LOG_LEVEL": "WARNING",
+            "POLLINATOR_DELIVERY_CONCURRENCY": str(CONCURRENCY),
+        }
+        worker = subprocess.Popen(
+            [sys.executable, "-m", "app.cli", "worker", "--queues", "delivery"],
+            env=env,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            start_new_session=True,
+        )
+        procs.append(worker)
+        time.sleep(4)
+        healthy = per_url * (9 if dead else 10)
+        rate, counts = _run(env, db_url, healthy)
+        ceiling = asyncio.run(_ceiling(f"{sink}/events/ceiling", bodies, 8)) if not dead else 0.0
+        os.killpg(worker.pid, signal.SIGTERM)
+        worker.wait(30)
+        return rate, counts, ceiling
+    finally:
+        with psycopg.connect(admin, autocommit=True) as conn:
+            conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--quick", action="store_true")
+    parser.add_argument("--deliveries", type=int, default=None)
+    args = parser.parse_args()
+    n = args.deliveries or (1000 if args.quick else 5000)
+    services = ensure_services(
+        os.environ.get("POLLINATOR_DATABASE_URL"),
+        os.environ.get("POLLINATOR_REDIS_URL"),
+        Path(".data/bench"),
+    )
+    sink_port, dead_port = free_port(), free_port()
+    sink = f"http://127.0.0.1:{sink_port}"
+    procs: list[subprocess.Popen[bytes]] = []
+    try:
+        for port, extra in ((sink_port, []), (dead_port, ["--delay-seconds", "600"])):
+            procs.append(
+                subprocess.Popen(
+                    [
+                        sys.executable,
+                        "-m",
+                        "app.cli",
+                        "sink",
+                        "--port",
+                        str(port),
+                        "--keep",
+                        "10",
+                        *extra,
+                    ],
+                    stdout=subprocess.DEVNULL,
+                    stderr=subprocess.DEVNULL,
+                    start_new_session=True,
+                )
+            )
+        _wait_http(f"{sink}/_sink/requests")
+        _wait_http(f"http://127.0.0.1:{dead_port}/_sink/requests")
+        rate, _, ceiling = _scenario(services, sink, None, n, procs)
+        dead_rate, counts, _ = _scenario(
+            services, sink, f"http://127.0.0.1:{dead_port}/events", n, procs
+        )
+        print(
+            f"delivery worker: {n} deliveries of 3 events to a local sink, {CONCURRENCY} in flight"
+        )
+        print(f"{'':34} {'per second':>10} {'vs ceiling':>10}")
+        print(f"{'bare aiohttp POST loop (ceiling)':34} {ceiling:>10.1f} {1.0:>10.2f}")
+        print(f"{'one delivery worker process':34} {rate:>10.1f} {rate / ceiling:>10.2f}")
+        print(
+            f"{'  same, 1 URL in 10 dead (healthy)':34} {dead_rate:>10.1f} "
+            f"{dead_rate / ceiling:>10.2f}"
+        )
+        print(
+            f"  dead URL's deliveries at the end: {counts.get('pending', 0)} pending, "
+            f"{counts.get('failed', 0)} failed (none may be dropped)"
+        )
+    finally:
+        for proc in procs:
+            if proc.poll() is None:
+                os.killpg(proc.pid, signal.SIGTERM)
+                proc.wait(15)
+        services.stop()
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
