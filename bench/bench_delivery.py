@@ -29,7 +29,7 @@ from typing import Any
 import aiohttp
 import psycopg
 
-from app.db import create_engine, session_factory, sync_url
+from app.db import create_engine, create_pg_pool, session_factory, sync_url
 from app.domain.events import EventRecord, InstanceInfo, build_payload
 from app.embedded import ensure_services, free_port
 from app.migrate import upgrade
@@ -144,11 +144,11 @@ def _run(
     app = create_celery(get_settings())
 
     async def lease() -> list[tuple[uuid.UUID, Any]]:
-        engine = create_engine(db_url)
+        pool = await create_pg_pool(db_url, 2)
         try:
-            return await due_deliveries(session_factory(engine), 60.0, limit=1_000_000)
+            return await due_deliveries(pool, 60.0, limit=1_000_000)
         finally:
-            await engine.dispose()
+            await pool.close()
 
     started = time.monotonic()
     enqueue_deliveries(app, asyncio.run(lease()))

@@ -16,6 +16,7 @@ other URLs. Two guards, both keyed by the URL's origin:
 
 from __future__ import annotations
 
+import asyncio
 import time
 from dataclasses import dataclass
 from urllib.parse import urlsplit
@@ -29,6 +30,7 @@ FAILURE_THRESHOLD = 5
 BASE_COOLDOWN_S = 10.0
 MAX_COOLDOWN_S = 600.0
 SATURATED_DEFER_S = 1.0
+ORIGIN_WAIT_S = 2.0
 
 
 def origin_of(url: str) -> str:
@@ -96,21 +98,23 @@ class CircuitBreakers:
 
 
 class OriginSlots:
-    """In-process cap on concurrent POSTs per origin, without waiting for a slot."""
+    """In-process cap on concurrent POSTs per origin; waiting for a slot is bounded.
+
+    A delivery that cannot get a slot within ``ORIGIN_WAIT_S`` is deferred by its
+    caller rather than holding a worker's delivery slot while its origin is busy.
+    """
 
     def __init__(self, limit: int = PER_ORIGIN_CONCURRENCY) -> None:
         self.limit = limit
-        self._in_flight: dict[str, int] = {}
+        self._semaphores: dict[str, asyncio.Semaphore] = {}
 
-    def try_acquire(self, origin: str) -> bool:
-        if self._in_flight.get(origin, 0) >= self.limit:
+    async def acquire(self, origin: str, wait_s: float) -> bool:
+        semaphore = self._semaphores.setdefault(origin, asyncio.Semaphore(self.limit))
+        try:
+            await asyncio.wait_for(semaphore.acquire(), wait_s)
+        except TimeoutError:
             return False
-        self._in_flight[origin] = self._in_flight.get(origin, 0) + 1
         return True
 
     def release(self, origin: str) -> None:
-        left = self._in_flight.get(origin, 1) - 1
-        if left <= 0:
-            self._in_flight.pop(origin, None)
-        else:
-            self._in_flight[origin] = left
+        self._semaphores[origin].release()

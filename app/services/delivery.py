@@ -16,22 +16,25 @@ import time
 import uuid
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import Any
 from urllib.parse import urlsplit
 
 import aiohttp
+import asyncpg
 from redis.asyncio import Redis
-from sqlalchemy import func, select, update
-from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
-from sqlmodel import col
 
 from app import metrics
 from app.domain.backoff import next_attempt_delay, parse_retry_after
 from app.domain.signing import signed_headers
 from app.metrics import MetricsBatch
-from app.models import Delivery, DeliveryAttempt, DeliveryStatus, Instance, utcnow
+from app.models import DeliveryStatus, utcnow
 from app.security import SecretBox
-from app.services.breaker import SATURATED_DEFER_S, CircuitBreakers, OriginSlots, origin_of
+from app.services.breaker import (
+    ORIGIN_WAIT_S,
+    SATURATED_DEFER_S,
+    CircuitBreakers,
+    OriginSlots,
+    origin_of,
+)
 from app.services.guarded_http import BlockedAddress, check_literal_host
 from app.settings import Settings
 
@@ -45,7 +48,7 @@ SWEEP_BATCH = 500
 @dataclass
 class DeliveryDeps:
     settings: Settings
-    sessions: async_sessionmaker[AsyncSession]
+    pg: asyncpg.Pool
     http: aiohttp.ClientSession  # from guarded_http.callback_session
     box: SecretBox
     redis: Redis
@@ -121,77 +124,114 @@ def _ms(started: float) -> int:
     return int((time.monotonic() - started) * 1000)
 
 
+_CLAIM = """
+    UPDATE deliveries AS d SET next_attempt_at = $2
+    FROM instances AS i
+    WHERE d.id = $1 AND d.status = 'pending' AND i.id = d.instance_id
+      AND ($3::timestamptz IS NULL OR d.next_attempt_at = $3)
+    RETURNING d.body, d.instance_id, i.deleted_at IS NOT NULL,
+              i.configuration ->> 'event.notification.callback.url', i.secrets
+"""
+_CANCEL = """
+    UPDATE deliveries SET status = 'cancelled', next_attempt_at = NULL
+    WHERE id = $1 AND status = 'pending'
+"""
+_DEFER = "UPDATE deliveries SET next_attempt_at = $2 WHERE id = $1 AND status = 'pending'"
+# The attempt row and the delivery's new state in one statement; the attempt number
+# is the count of earlier attempt rows (retry counts come from the database).
+_RECORD = """
+    WITH attempt AS (
+        INSERT INTO delivery_attempts (delivery_id, attempt, at, status_code, duration_ms,
+                                       error, error_detail, response_body)
+        SELECT $1, coalesce(max(a.attempt), 0) + 1, $2, $3, $4, $5, $6, $7
+        FROM delivery_attempts AS a WHERE a.delivery_id = $1
+        ON CONFLICT (delivery_id, attempt) DO NOTHING
+        RETURNING attempt
+    )
+    UPDATE deliveries SET
+        status = coalesce($8, status),
+        next_attempt_at = CASE WHEN $8::text IS NULL
+            THEN $2 + make_interval(secs => $9::float8 * 1) ELSE NULL END,
+        delivered_at = CASE WHEN $8 = 'delivered' THEN $2 ELSE delivered_at END
+    WHERE id = $1 AND status = 'pending'
+    RETURNING (SELECT attempt FROM attempt)
+"""
+_ATTEMPTS = "SELECT count(*) FROM delivery_attempts WHERE delivery_id = $1"
+_DISABLE = "UPDATE instances SET events_enabled = false, updated_at = now() WHERE id = $1"
+_DUE = """
+    WITH due AS (
+        SELECT id FROM deliveries
+        WHERE status = 'pending' AND next_attempt_at <= $1
+        ORDER BY next_attempt_at LIMIT $3
+        FOR UPDATE SKIP LOCKED
+    )
+    UPDATE deliveries AS d SET next_attempt_at = $2 FROM due WHERE d.id = due.id
+    RETURNING d.id
+"""
+
+
+@dataclass(frozen=True)
+class Claimed:
+    """A delivery leased for one attempt, with what the attempt needs."""
+
+    id: uuid.UUID
+    instance_id: int
+    body: bytes
+    url: str
+    signature_key: str | None
+
+
 async def claim(
-    session: AsyncSession,
-    delivery_id: uuid.UUID,
-    now: datetime,
-    lease_s: float,
-    ticket: datetime | None,
-) -> Delivery | None:
+    deps: DeliveryDeps, delivery_id: uuid.UUID, ticket: datetime | None
+) -> Claimed | None | str:
     """Lease a pending delivery so the sweeper leaves it alone while we POST.
 
     ``ticket`` is the ``next_attempt_at`` the delivery had when it was enqueued: a
     message whose ticket no longer matches is stale (the delivery was already sent,
     rescheduled or re-enqueued since) and claims nothing, so duplicates in the queue
-    never become duplicate POSTs. ``None`` claims any pending delivery.
+    never become duplicate POSTs. ``None`` claims any pending delivery. Returns
+    ``"cancelled"`` for a delivery whose instance was deleted.
     """
-    stmt = select(Delivery).where(
-        col(Delivery.id) == delivery_id, col(Delivery.status) == DeliveryStatus.PENDING
-    )
-    if ticket is not None:
-        stmt = stmt.where(col(Delivery.next_attempt_at) == ticket)
-    row = (await session.execute(stmt.with_for_update(skip_locked=True))).scalar_one_or_none()
+    lease_until = utcnow() + timedelta(seconds=deps.settings.delivery_lease_seconds)
+    row = await deps.pg.fetchrow(_CLAIM, delivery_id, lease_until, ticket)
     if row is None:
         return None
-    row.next_attempt_at = now + timedelta(seconds=lease_s)
-    session.add(row)
-    return row
+    body, instance_id, deleted, url, secrets = row
+    if deleted:
+        await deps.pg.execute(_CANCEL, delivery_id)
+        return DeliveryStatus.CANCELLED.value
+    key = deps.box.open(secrets).get("event.notification.signature.key")
+    return Claimed(delivery_id, instance_id, bytes(body), url or "", key)
 
 
 async def deliver(
     deps: DeliveryDeps, delivery_id: uuid.UUID, ticket: datetime | None = None
 ) -> str:
     """Attempt one delivery now; returns its status afterwards (see :func:`claim`)."""
-    now = utcnow()
-    async with deps.sessions() as session, session.begin():
-        delivery = await claim(
-            session, delivery_id, now, deps.settings.delivery_lease_seconds, ticket
-        )
-        if delivery is None:
-            return "not-pending"
-        instance = await session.get(Instance, delivery.instance_id)
-        if instance is None or instance.deleted_at is not None:
-            delivery.status = DeliveryStatus.CANCELLED
-            delivery.next_attempt_at = None
-            return DeliveryStatus.CANCELLED
-        attempts = int(
-            (
-                await session.execute(
-                    select(func.count())
-                    .select_from(DeliveryAttempt)
-                    .where(col(DeliveryAttempt.delivery_id) == delivery_id)
-                )
-            ).scalar_one()
-        )
-    url = str(instance.configuration.get("event.notification.callback.url") or "")
-    origin = origin_of(url)
+    claimed = await claim(deps, delivery_id, ticket)
+    if claimed is None:
+        return "not-pending"
+    if isinstance(claimed, str):
+        return claimed
+    origin = origin_of(claimed.url)
     admission = await deps.breakers.admit(origin)
     if not admission.allowed:
-        await defer(deps, delivery.id, admission.retry_in_s)
+        await defer(deps, claimed.id, admission.retry_in_s)
         return "deferred"
-    if not deps.slots.try_acquire(origin):
-        await defer(deps, delivery.id, SATURATED_DEFER_S)
+    if not await deps.slots.acquire(origin, ORIGIN_WAIT_S):
+        await defer(deps, claimed.id, SATURATED_DEFER_S)
         return "deferred"
     try:
-        key = deps.box.open(instance.secrets).get("event.notification.signature.key")
-        headers = signed_headers(delivery.body, str(delivery.id), int(time.time()), key)
+        headers = signed_headers(
+            claimed.body, str(claimed.id), int(time.time()), claimed.signature_key
+        )
         result = await post_callback(
-            deps.http, url, delivery.body, headers, deps.settings.allow_private_callbacks
+            deps.http, claimed.url, claimed.body, headers, deps.settings.allow_private_callbacks
         )
     finally:
         deps.slots.release(origin)
     await deps.breakers.record(origin, receiver_is_up(result))
-    status = await record_attempt(deps, delivery, attempts + 1, result)
+    status = await record_attempt(deps, claimed, result)
     await _record_metrics(deps.redis, result, status)
     return status
 
@@ -229,12 +269,7 @@ def receiver_is_up(result: AttemptResult) -> bool:
 async def defer(deps: DeliveryDeps, delivery_id: uuid.UUID, seconds: float) -> None:
     """Push a delivery back without spending an attempt (its URL is saturated or tripped)."""
     at = utcnow() + timedelta(seconds=seconds * random.uniform(1.0, 1.2))
-    async with deps.sessions() as session, session.begin():
-        await session.execute(
-            update(Delivery)
-            .where(col(Delivery.id) == delivery_id, col(Delivery.status) == DeliveryStatus.PENDING)
-            .values(next_attempt_at=at)
-        )
+    await deps.pg.execute(_DEFER, delivery_id, at)
 
 
 async def _record_metrics(redis: Redis, result: AttemptResult, status: str) -> None:
@@ -248,77 +283,48 @@ async def _record_metrics(redis: Redis, result: AttemptResult, status: str) -> N
         log.warning("recording delivery metrics failed", exc_info=True)
 
 
-async def record_attempt(
-    deps: DeliveryDeps, delivery: Delivery, attempt: int, result: AttemptResult
-) -> str:
-    """Store the attempt and decide: delivered, retry at ``next_attempt_at``, or failed."""
+async def record_attempt(deps: DeliveryDeps, claimed: Claimed, result: AttemptResult) -> str:
+    """Store the attempt and decide: delivered, retry after a delay, or failed."""
     now = utcnow()
-    values: dict[str, Any]
+    status: str | None
+    delay = 0.0
     if result.ok:
-        values = {"status": DeliveryStatus.DELIVERED, "next_attempt_at": None, "delivered_at": now}
+        status = DeliveryStatus.DELIVERED.value
     else:
-        delay = next_attempt_delay(
-            attempt, deps.settings.delivery_retry_schedule, result.retry_after_s
+        attempts = int(await deps.pg.fetchval(_ATTEMPTS, claimed.id) or 0) + 1
+        next_delay = next_attempt_delay(
+            attempts, deps.settings.delivery_retry_schedule, result.retry_after_s
         )
-        if result.status_code == 410 or delay is None:
-            values = {"status": DeliveryStatus.FAILED, "next_attempt_at": None}
+        if result.status_code == 410 or next_delay is None:
+            status = DeliveryStatus.FAILED.value
         else:
-            values = {"next_attempt_at": now + timedelta(seconds=delay)}
-    async with deps.sessions() as session, session.begin():
-        session.add(
-            DeliveryAttempt(
-                delivery_id=delivery.id,
-                attempt=attempt,
-                at=now,
-                status_code=result.status_code,
-                duration_ms=result.duration_ms,
-                error=result.error,
-                error_detail=result.detail,
-                response_body=result.response_body,
-            )
-        )
-        await session.execute(
-            update(Delivery)
-            .where(col(Delivery.id) == delivery.id, col(Delivery.status) == DeliveryStatus.PENDING)
-            .values(**values)
+            status, delay = None, next_delay
+    async with deps.pg.acquire() as conn, conn.transaction():
+        await conn.fetchval(
+            _RECORD,
+            claimed.id,
+            now,
+            result.status_code,
+            result.duration_ms,
+            result.error,
+            result.detail,
+            result.response_body,
+            status,
+            delay,
         )
         if result.status_code == 410:
-            await session.execute(
-                update(Instance)
-                .where(col(Instance.id) == delivery.instance_id)
-                .values(events_enabled=False, updated_at=now)
-            )
+            await conn.execute(_DISABLE, claimed.instance_id)
             log.warning(
-                "instance %s: callback answered 410 Gone; events disabled", delivery.instance_id
+                "instance %s: callback answered 410 Gone; events disabled", claimed.instance_id
             )
-    return str(values.get("status", DeliveryStatus.PENDING))
+    return status or DeliveryStatus.PENDING.value
 
 
 async def due_deliveries(
-    sessions: async_sessionmaker[AsyncSession], lease_s: float, limit: int = SWEEP_BATCH
+    pg: asyncpg.Pool, lease_s: float, limit: int = SWEEP_BATCH
 ) -> list[tuple[uuid.UUID, datetime]]:
     """Lease pending deliveries whose time has come; (id, ticket) for the sweeper to enqueue."""
     now = utcnow()
     lease_until = now + timedelta(seconds=lease_s)
-    async with sessions() as session, session.begin():
-        ids = list(
-            (
-                await session.execute(
-                    select(col(Delivery.id))
-                    .where(
-                        col(Delivery.status) == DeliveryStatus.PENDING,
-                        col(Delivery.next_attempt_at) <= now,
-                    )
-                    .order_by(col(Delivery.next_attempt_at))
-                    .limit(limit)
-                    .with_for_update(skip_locked=True)
-                )
-            ).scalars()
-        )
-        if ids:
-            await session.execute(
-                update(Delivery)
-                .where(col(Delivery.id).in_(ids))
-                .values(next_attempt_at=lease_until)
-            )
-    return [(delivery_id, lease_until) for delivery_id in ids]
+    rows = await pg.fetch(_DUE, now, lease_until, limit)
+    return [(row[0], lease_until) for row in rows]

@@ -19,9 +19,10 @@ import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestServer
 from redis.asyncio import Redis
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from standardwebhooks.webhooks import Webhook
 
-from app.db import create_engine, session_factory
+from app.db import create_engine, create_pg_pool, session_factory
 from app.domain.events import EventRecord, InstanceInfo, build_payload
 from app.models import Delivery, Instance, utcnow
 from app.security import SecretBox, hash_secret
@@ -57,12 +58,13 @@ class Receiver:
 @dataclass
 class World:
     deps: DeliveryDeps
+    sessions: async_sessionmaker[AsyncSession]
     database_url: str
     org_id: int
     receiver: Receiver
 
     async def instance(self, url: str, key: str | None = SIGNING_KEY) -> int:
-        async with self.deps.sessions() as session, session.begin():
+        async with self.sessions() as session, session.begin():
             instance = Instance(
                 organization_id=self.org_id,
                 name="delivery test",
@@ -87,7 +89,7 @@ class World:
         delivery_id, body = build_payload(
             InstanceInfo(instance_id, "delivery test", ["t"], self.org_id), [event], utcnow()
         )
-        async with self.deps.sessions() as session, session.begin():
+        async with self.sessions() as session, session.begin():
             session.add(
                 Delivery(
                     id=delivery_id,
@@ -141,11 +143,12 @@ async def _world(
         delivery_retry_schedule=schedule,
     )  # type: ignore[arg-type]
     engine = create_engine(service_urls.database_url)
+    pg = await create_pg_pool(service_urls.database_url, 10)
     redis = Redis.from_url(service_urls.redis_url)
     http = callback_session(allow_private)
     deps = DeliveryDeps(
         settings,
-        session_factory(engine),
+        pg,
         http,
         SecretBox(SECRET_KEY),
         redis,
@@ -153,8 +156,11 @@ async def _world(
         OriginSlots(),
     )
     headers = await new_org_headers(service_urls.database_url, "deliveries")
-    yield World(deps, service_urls.database_url, int(headers["X-Org-Id"]), receiver)
+    yield World(
+        deps, session_factory(engine), service_urls.database_url, int(headers["X-Org-Id"]), receiver
+    )
     await http.close()
+    await pg.close()
     await redis.aclose()
     await engine.dispose()
     await server.close()
@@ -302,9 +308,9 @@ async def test_breaker_opens_and_defers_without_spending_attempts(world: World) 
 async def test_sweeper_claims_due_deliveries_once(world: World) -> None:
     instance_id = await world.instance(world.receiver.url)
     ids = {await world.delivery(instance_id) for _ in range(3)}
-    first = dict(await due_deliveries(world.deps.sessions, 60))
+    first = dict(await due_deliveries(world.deps.pg, 60))
     assert ids <= set(first)
-    second = dict(await due_deliveries(world.deps.sessions, 60))
+    second = dict(await due_deliveries(world.deps.pg, 60))
     assert not (ids & set(second))  # leased: not enqueued twice
     # A stale message (wrong ticket) claims nothing; the right ticket delivers once.
     some = next(iter(ids))

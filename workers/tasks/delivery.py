@@ -22,7 +22,7 @@ SEND_TIMEOUT_S = 120.0
 def _deps() -> DeliveryDeps:
     c = get_runtime().clients
     return DeliveryDeps(
-        c.settings, c.sessions, c.callback_http, c.box, c.redis, CircuitBreakers(c.redis), c.slots
+        c.settings, c.pg, c.callback_http, c.box, c.redis, CircuitBreakers(c.redis), c.slots
     )
 
 
@@ -57,7 +57,7 @@ def sweep_deliveries_task() -> None:
     """Enqueue every pending delivery whose next attempt is due (retries, lost messages)."""
     runtime = get_runtime()
     lease = runtime.clients.settings.delivery_lease_seconds
-    due = runtime.submit(due_deliveries(runtime.clients.sessions, lease), timeout=SEND_TIMEOUT_S)
+    due = runtime.submit(due_deliveries(runtime.clients.pg, lease), timeout=SEND_TIMEOUT_S)
     enqueue_deliveries(sweep_deliveries_task.app, due)
     if due:
         log.info("sweeper enqueued %d due deliveries", len(due))
