@@ -250,10 +250,10 @@ def main(argv: list[str]) -> int:
     try:
         services = ensure_services(settings.database_url, settings.redis_url, settings.data_dir)
     except EmbeddedError as exc:
-        print(f"pollinator: {exc}", file=sys.stderr)  # noqa: T201
+        print(f"pollinator: {exc}", file=sys.stderr)
         return 1
-    print(f"export POLLINATOR_DATABASE_URL='{services.database_url}'")  # noqa: T201
-    print(f"export POLLINATOR_REDIS_URL='{services.redis_url}'", flush=True)  # noqa: T201
+    print(f"export POLLINATOR_DATABASE_URL='{services.database_url}'")
+    print(f"export POLLINATOR_REDIS_URL='{services.redis_url}'", flush=True)
     stop_requested = False
 
     def _stop(*_: object) -> None:

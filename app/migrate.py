@@ -35,14 +35,17 @@ def check(database_url: str) -> None:
 
 def main(argv: list[str]) -> int:
     """Entry point of ``pollinator migrate [--check]``."""
-    from app.settings import load_settings_or_exit
+    from app.settings import beside_running_stack, load_settings_or_exit
 
     parser = argparse.ArgumentParser(prog="pollinator migrate")
     parser.add_argument("--check", action="store_true", help="run `alembic check` afterwards")
     args = parser.parse_args(argv)
-    settings = load_settings_or_exit()
+    settings = beside_running_stack(load_settings_or_exit())
     if not settings.database_url:
-        print("pollinator: POLLINATOR_DATABASE_URL is required", file=sys.stderr)  # noqa: T201
+        print(
+            "pollinator: POLLINATOR_DATABASE_URL is required (or run it beside `pollinator up`)",
+            file=sys.stderr,
+        )
         return 2
     upgrade(settings.database_url)
     if args.check:

@@ -7,6 +7,7 @@ with one line naming the variable (:func:`load_settings_or_exit`).
 
 from __future__ import annotations
 
+import json
 import sys
 from functools import lru_cache
 from pathlib import Path
@@ -131,8 +132,32 @@ def load_settings_or_exit() -> Settings:
     try:
         return get_settings()
     except SettingsError as exc:
-        print(f"pollinator: invalid setting: {exc}", file=sys.stderr)  # noqa: T201
+        print(f"pollinator: invalid setting: {exc}", file=sys.stderr)
         raise SystemExit(2) from None
+
+
+RUNTIME_FILE = "runtime.json"
+
+
+def beside_running_stack(settings: Settings) -> Settings:
+    """Fill unset database/Redis URLs from a running ``pollinator up`` in the same data dir.
+
+    ``up`` writes ``<data dir>/runtime.json`` with the URLs of its embedded servers, so
+    ``pollinator org create`` or ``migrate`` run in another terminal just work.
+    """
+    if settings.database_url and settings.redis_url:
+        return settings
+    path = settings.data_dir / RUNTIME_FILE
+    try:
+        found = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return settings
+    return settings.model_copy(
+        update={
+            "database_url": settings.database_url or found.get("POLLINATOR_DATABASE_URL"),
+            "redis_url": settings.redis_url or found.get("POLLINATOR_REDIS_URL"),
+        }
+    )
 
 
 @lru_cache(maxsize=1)

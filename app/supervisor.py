@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from app.embedded import EmbeddedError, ensure_services
-from app.settings import load_settings_or_exit
+from app.settings import RUNTIME_FILE, load_settings_or_exit
 
 RESTART_BACKOFF_S = (1, 2, 5, 10, 30)
 STOP_GRACE_S = 10.0
@@ -257,10 +257,11 @@ def main(argv: list[str]) -> int:
         _say("pollinator: stopping...")
         supervisor.stop_all()
         services.stop()
+        (data_dir / RUNTIME_FILE).unlink(missing_ok=True)
     return 0
 
 
 def write_runtime_env(data_dir: Path, values: dict[str, Any]) -> None:
     """``.data/runtime.json``: the URLs of the running stack, for CLI commands run beside it."""
     public = {k: v for k, v in values.items() if k != "POLLINATOR_SECRET_KEY"}
-    (data_dir / "runtime.json").write_text(json.dumps(public, indent=2))
+    (data_dir / RUNTIME_FILE).write_text(json.dumps(public, indent=2))
