@@ -21,6 +21,7 @@ import socket
 import subprocess
 import sys
 import time
+import uuid
 import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -67,6 +68,54 @@ def _create_database(admin_url: str, name: str) -> None:
         exists = conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", (name,)).fetchone()
         if not exists:
             conn.execute(f'CREATE DATABASE "{name}"')
+
+
+def scratch_database(base_url: str, prefix: str) -> tuple[str, str]:
+    """Create ``<prefix>_<random>`` beside ``base_url``'s database; return (its URL, its name).
+
+    Tests, benchmarks and load tests each get a database of their own this way.
+    """
+    import psycopg
+    from sqlalchemy.engine import make_url
+
+    from app.db import sync_url
+
+    url = make_url(sync_url(base_url))
+    name = f"{prefix}_{uuid.uuid4().hex[:10]}"
+    admin = url.set(drivername="postgresql").render_as_string(hide_password=False)
+    with psycopg.connect(admin, autocommit=True) as conn:
+        conn.execute(f'CREATE DATABASE "{name}"')
+    return url.set(database=name, drivername="postgresql").render_as_string(
+        hide_password=False
+    ), name
+
+
+def drop_database(base_url: str, name: str) -> None:
+    """Drop a database made by :func:`scratch_database` (connections are terminated)."""
+    import psycopg
+    from sqlalchemy.engine import make_url
+
+    from app.db import sync_url
+
+    admin = make_url(sync_url(base_url)).set(drivername="postgresql")
+    with psycopg.connect(admin.render_as_string(hide_password=False), autocommit=True) as conn:
+        conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+def wait_http(url: str, timeout: float) -> bool:
+    """Poll ``url`` until it answers 200 (True) or ``timeout`` seconds pass (False)."""
+    import urllib.request
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            with urllib.request.urlopen(url, timeout=2) as resp:
+                if resp.status == 200:
+                    return True
+        except OSError:
+            pass
+        time.sleep(0.2)
+    return False
 
 
 def _with_database(url: str, name: str) -> str:

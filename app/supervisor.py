@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from app.embedded import EmbeddedError, ensure_services
+from app.embedded import EmbeddedError, ensure_services, wait_http
 from app.settings import RUNTIME_FILE, load_settings_or_exit
 
 RESTART_BACKOFF_S = (1, 2, 5, 10, 30)
@@ -169,21 +169,6 @@ class Supervisor:
                 child.proc.wait()
 
 
-def _wait_http(url: str, timeout: float) -> bool:
-    import urllib.request
-
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            with urllib.request.urlopen(url, timeout=2) as resp:
-                if resp.status == 200:
-                    return True
-        except OSError:
-            pass
-        time.sleep(0.3)
-    return False
-
-
 def main(argv: list[str]) -> int:
     """Entry point of ``pollinator up``."""
     parser = argparse.ArgumentParser(prog="pollinator up")
@@ -236,7 +221,7 @@ def main(argv: list[str]) -> int:
     try:
         supervisor.start_all()
         api_url = f"http://{base.api_host}:{base.api_port}"
-        _wait_http(f"{api_url}/healthz", 60)
+        wait_http(f"{api_url}/healthz", 60)
         _say(
             f"Pollinator is up.\n  API      {api_url}/elements/api-v2"
             f"  (docs: {api_url}/openapi.json)"

@@ -18,14 +18,12 @@ import argparse
 import os
 import statistics
 import time
-import uuid
 from pathlib import Path
 
-import psycopg
 from sqlalchemy import create_engine, text
 
 from app.db import sync_url
-from app.embedded import ensure_services
+from app.embedded import drop_database, ensure_services, scratch_database
 from app.migrate import upgrade
 from app.models import utcnow
 from workers.beat import claim_due
@@ -47,23 +45,8 @@ _MAKE_DUE = text("""
 """)
 
 
-def fresh_database(base: str) -> tuple[str, str]:
-    name = f"pollinator_bench_{uuid.uuid4().hex[:8]}"
-    admin = sync_url(base).replace("postgresql+psycopg://", "postgresql://")
-    with psycopg.connect(admin, autocommit=True) as conn:
-        conn.execute(f'CREATE DATABASE "{name}"')
-    head, _, query = base.partition("?")
-    return head.rsplit("/", 1)[0] + f"/{name}" + (f"?{query}" if query else ""), name
-
-
-def drop_database(base: str, name: str) -> None:
-    admin = sync_url(base).replace("postgresql+psycopg://", "postgresql://")
-    with psycopg.connect(admin, autocommit=True) as conn:
-        conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-
-
 def measure(base: str, size: int, ticks: int) -> tuple[float, float, int]:
-    url, name = fresh_database(base)
+    url, name = scratch_database(base, "pollinator_bench")
     try:
         upgrade(url)
         engine = create_engine(sync_url(url), pool_size=2)

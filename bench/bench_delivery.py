@@ -29,9 +29,9 @@ from typing import Any
 import aiohttp
 import psycopg
 
-from app.db import create_engine, create_pg_pool, session_factory, sync_url
+from app.db import create_engine, create_pg_pool, session_factory
 from app.domain.events import EventRecord, InstanceInfo, build_payload
-from app.embedded import ensure_services, free_port
+from app.embedded import drop_database, ensure_services, free_port, scratch_database, wait_http
 from app.migrate import upgrade
 from app.models import Delivery, Instance, utcnow
 from app.security import SecretBox, hash_secret
@@ -39,20 +39,14 @@ from app.services.delivery import due_deliveries
 from app.services.orgs import create_organization
 
 SECRET = "bench-secret-key-0123456789abcdef0123456789"
+
+
+def _up(url: str) -> None:
+    if not wait_http(url, 30):
+        raise RuntimeError(f"{url} did not come up")
+
+
 CONCURRENCY = 64
-
-
-def _wait_http(url: str, timeout: float = 30) -> None:
-    import urllib.request
-
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            with urllib.request.urlopen(url, timeout=2):
-                return
-        except OSError:
-            time.sleep(0.2)
-    raise RuntimeError(f"{url} did not come up")
 
 
 async def _seed(db_url: str, urls: list[str], per_url: int) -> list[bytes]:
@@ -159,19 +153,10 @@ def _run(
     return healthy_total / (time.monotonic() - started), _counts(db_url)
 
 
-def _fresh_db(base: str) -> tuple[str, str, str]:
-    name = f"pollinator_bench_{uuid.uuid4().hex[:8]}"
-    admin = sync_url(base).replace("postgresql+psycopg://", "postgresql://")
-    with psycopg.connect(admin, autocommit=True) as conn:
-        conn.execute(f'CREATE DATABASE "{name}"')
-    head, _, query = base.partition("?")
-    return head.rsplit("/", 1)[0] + f"/{name}" + (f"?{query}" if query else ""), name, admin
-
-
 def _scenario(
     services: Any, sink: str, dead: str | None, n: int, procs: list[Any]
 ) -> tuple[float, dict[str, int], float]:
-    db_url, name, admin = _fresh_db(services.database_url)
+    db_url, name = scratch_database(services.database_url, "pollinator_bench")
     try:
         upgrade(db_url)
         urls = [f"{sink}/events/{i}" for i in range(10)]
@@ -204,8 +189,7 @@ def _scenario(
         worker.wait(30)
         return rate, counts, ceiling
     finally:
-        with psycopg.connect(admin, autocommit=True) as conn:
-            conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        drop_database(services.database_url, name)
 
 
 def main() -> int:
@@ -242,8 +226,8 @@ def main() -> int:
                     start_new_session=True,
                 )
             )
-        _wait_http(f"{sink}/_sink/requests")
-        _wait_http(f"http://127.0.0.1:{dead_port}/_sink/requests")
+        _up(f"{sink}/_sink/requests")
+        _up(f"http://127.0.0.1:{dead_port}/_sink/requests")
         rate, _, ceiling = _scenario(services, sink, None, n, procs)
         dead_rate, counts, _ = _scenario(
             services, sink, f"http://127.0.0.1:{dead_port}/events", n, procs

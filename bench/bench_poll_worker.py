@@ -23,17 +23,15 @@ import signal
 import subprocess
 import sys
 import time
-import uuid
 from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
 import aiohttp
-import psycopg
 import redis
 
-from app.db import create_engine, create_pg_pool, create_redis, session_factory, sync_url
-from app.embedded import ensure_services, free_port
+from app.db import create_engine, create_pg_pool, create_redis, session_factory
+from app.embedded import drop_database, ensure_services, free_port, scratch_database, wait_http
 from app.metrics import POLL_JOURNAL
 from app.migrate import upgrade
 from app.security import SecretBox
@@ -42,20 +40,14 @@ from app.services.orgs import create_organization
 from app.settings import Settings
 
 SECRET = "bench-secret-key-0123456789abcdef0123456789"
+
+
+def _up(url: str) -> None:
+    if not wait_http(url, 30):
+        raise RuntimeError(f"{url} did not come up")
+
+
 LATENCY_MS = 100
-
-
-def _wait_http(url: str, timeout: float = 30) -> None:
-    import urllib.request
-
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            with urllib.request.urlopen(url, timeout=2):
-                return
-        except OSError:
-            time.sleep(0.2)
-    raise RuntimeError(f"{url} did not come up")
 
 
 async def _setup(settings: Settings, sim: str, n: int) -> list[tuple[int, str]]:
@@ -162,12 +154,7 @@ def main() -> int:
     services = ensure_services(
         os.environ.get("POLLINATOR_DATABASE_URL"), os.environ.get("POLLINATOR_REDIS_URL"), data_dir
     )
-    name = f"pollinator_bench_{uuid.uuid4().hex[:8]}"
-    admin = sync_url(services.database_url).replace("postgresql+psycopg://", "postgresql://")
-    with psycopg.connect(admin, autocommit=True) as conn:
-        conn.execute(f'CREATE DATABASE "{name}"')
-    head, _, query = services.database_url.partition("?")
-    db_url = head.rsplit("/", 1)[0] + f"/{name}" + (f"?{query}" if query else "")
+    db_url, name = scratch_database(services.database_url, "pollinator_bench")
     sim_port = free_port()
     sim = f"http://127.0.0.1:{sim_port}"
     procs: list[subprocess.Popen[bytes]] = []
@@ -196,7 +183,7 @@ def main() -> int:
                 start_new_session=True,
             )
         )
-        _wait_http(f"{sim}/_sim/stats")
+        _up(f"{sim}/_sim/stats")
         settings = Settings(
             database_url=db_url,
             redis_url=services.redis_url,
@@ -298,8 +285,7 @@ def main() -> int:
             if proc.poll() is None:
                 os.killpg(proc.pid, signal.SIGTERM)
                 proc.wait(15)
-        with psycopg.connect(admin, autocommit=True) as conn:
-            conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        drop_database(services.database_url, name)
         services.stop()
     return 0
 

@@ -18,12 +18,17 @@ import subprocess
 import sys
 import time
 import urllib.request
-import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from app.embedded import EmbeddedServices, ensure_services, free_port
+from app.embedded import (
+    EmbeddedServices,
+    drop_database,
+    ensure_services,
+    free_port,
+    scratch_database,
+)
 
 POLLINATOR_ROLES = ("api", "beat", "worker-poll", "worker-delivery")
 STOP_GRACE_S = 10.0
@@ -43,32 +48,6 @@ def wait_until(predicate: Callable[[], bool], timeout: float, what: str) -> None
         if time.monotonic() > deadline:
             raise RuntimeError(f"timed out after {timeout:.0f}s waiting for {what}")
         time.sleep(0.25)
-
-
-def _fresh_database(base_url: str) -> tuple[str, str, str]:
-    """Create ``pollinator_lt_<random>`` beside ``base_url``'s database.
-
-    Returns (url of the new database, its name, the admin URL to drop it with).
-    """
-    import psycopg
-    from sqlalchemy.engine import make_url
-
-    from app.db import sync_url
-
-    url = make_url(sync_url(base_url))
-    name = f"pollinator_lt_{time.strftime('%Y%m%d_%H%M%S')}_{uuid.uuid4().hex[:6]}"
-    admin = url.set(drivername="postgresql").render_as_string(hide_password=False)
-    with psycopg.connect(admin, autocommit=True) as conn:
-        conn.execute(f'CREATE DATABASE "{name}"')
-    new = url.set(database=name, drivername="postgresql").render_as_string(hide_password=False)
-    return new, name, admin
-
-
-def _drop_database(admin_url: str, name: str) -> None:
-    import psycopg
-
-    with psycopg.connect(admin_url, autocommit=True) as conn:
-        conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 
 @dataclass
@@ -114,8 +93,8 @@ class Stack:
         self.services = ensure_services(opts.database_url, opts.redis_url, opts.data_dir)
         if opts.database_url is None:
             self.embedded_pgdata = (opts.data_dir / "postgres").resolve()
-        url, name, admin = _fresh_database(self.services.database_url)
-        self._drop = (admin, name)
+        url, name = scratch_database(self.services.database_url, "pollinator_lt")
+        self._drop = (self.services.database_url, name)
         self.database_url = url
         self.redis_url = self.services.redis_url
         from app.migrate import upgrade
@@ -257,7 +236,7 @@ class Stack:
         self.stop(list(self.procs))
         if self._drop is not None and not self.options.keep_database:
             with contextlib.suppress(Exception):
-                _drop_database(*self._drop)
+                drop_database(*self._drop)
             self._drop = None
         if self.services is not None:
             self.services.stop()
