@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import random
 import secrets as pysecrets
 import time
 from datetime import datetime
@@ -127,6 +128,10 @@ class DueInstanceScheduler(Scheduler):
             claimed = claim_due(self.engine, utcnow())
             if not claimed:
                 break
+            # Neighbouring ids often share an OAuth app (one platform onboards a tenant
+            # batch at a time); shuffled batches spread each app's request budget over
+            # many worker threads instead of queueing one app's polls behind each other.
+            random.shuffle(claimed)
             with self.app.producer_or_acquire() as producer:
                 for start in range(0, len(claimed), TASK_BATCH):
                     chunk = claimed[start : start + TASK_BATCH]
