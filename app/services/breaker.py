@@ -50,6 +50,8 @@ class Admission:
     allowed: bool
     retry_in_s: float = 0.0
     probe: bool = False
+    # No failure on record: a success has nothing to reset (saves a Redis round trip).
+    clean: bool = False
 
 
 class CircuitBreakers:
@@ -64,11 +66,11 @@ class CircuitBreakers:
         return f"{PREFIX}:cb:{origin}"
 
     async def admit(self, origin: str) -> Admission:
-        raw = await self.redis.hmget(self._key(origin), ["open_until"])
+        raw = await self.redis.hmget(self._key(origin), ["open_until", "failures"])
         open_until = float(raw[0] or 0)
         now = time.time()
         if open_until == 0:
-            return Admission(True)
+            return Admission(True, clean=not raw[1])
         if now < open_until:
             return Admission(False, open_until - now)
         # Cooldown over: exactly one probe at a time gets through.

@@ -10,6 +10,7 @@ delivery ``pending`` with an expiring lease, so it is sent again (same
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import random
 import time
@@ -205,9 +206,18 @@ async def claim(
 
 
 async def deliver(
-    deps: DeliveryDeps, delivery_id: uuid.UUID, ticket: datetime | None = None
+    deps: DeliveryDeps,
+    delivery_id: uuid.UUID,
+    ticket: datetime | None = None,
+    slots: asyncio.Semaphore | None = None,
+    metrics_batch: MetricsBatch | None = None,
 ) -> str:
-    """Attempt one delivery now; returns its status afterwards (see :func:`claim`)."""
+    """Attempt one delivery now; returns its status afterwards (see :func:`claim`).
+
+    ``slots`` bounds the POSTs in flight in this process. It is taken only once the
+    delivery's origin has admitted it, so deliveries queued behind a slow origin
+    never hold slots that deliveries to healthy origins could use.
+    """
     claimed = await claim(deps, delivery_id, ticket)
     if claimed is None:
         return "not-pending"
@@ -225,14 +235,22 @@ async def deliver(
         headers = signed_headers(
             claimed.body, str(claimed.id), int(time.time()), claimed.signature_key
         )
-        result = await post_callback(
-            deps.http, claimed.url, claimed.body, headers, deps.settings.allow_private_callbacks
-        )
+        async with slots or contextlib.nullcontext():
+            result = await post_callback(
+                deps.http,
+                claimed.url,
+                claimed.body,
+                headers,
+                deps.settings.allow_private_callbacks,
+            )
     finally:
         deps.slots.release(origin)
-    await deps.breakers.record(origin, receiver_is_up(result))
+    up = receiver_is_up(result)
+    if not (up and admission.clean):
+        await deps.breakers.record(origin, up)
     status = await record_attempt(deps, claimed, result)
-    await _record_metrics(deps.redis, result, status)
+    if metrics_batch is not None:
+        _add_metrics(metrics_batch, result, status)
     return status
 
 
@@ -247,15 +265,21 @@ async def deliver_many(
     runs out and the sweeper sends it again.
     """
 
-    async def one(delivery_id: uuid.UUID, ticket: datetime | None) -> str:
-        async with slots:
-            try:
-                return await deliver(deps, delivery_id, ticket)
-            except Exception:
-                log.exception("delivery %s crashed", delivery_id)
-                return "crashed"
+    batch = MetricsBatch()
 
-    return list(await asyncio.gather(*(one(d, t) for d, t in items)))
+    async def one(delivery_id: uuid.UUID, ticket: datetime | None) -> str:
+        try:
+            return await deliver(deps, delivery_id, ticket, slots, batch)
+        except Exception:
+            log.exception("delivery %s crashed", delivery_id)
+            return "crashed"
+
+    statuses = list(await asyncio.gather(*(one(d, t) for d, t in items)))
+    try:
+        await batch.flush(deps.redis)
+    except Exception:  # metrics are best effort
+        log.warning("recording delivery metrics failed", exc_info=True)
+    return statuses
 
 
 def receiver_is_up(result: AttemptResult) -> bool:
@@ -272,15 +296,10 @@ async def defer(deps: DeliveryDeps, delivery_id: uuid.UUID, seconds: float) -> N
     await deps.pg.execute(_DEFER, delivery_id, at)
 
 
-async def _record_metrics(redis: Redis, result: AttemptResult, status: str) -> None:
-    batch = MetricsBatch()
+def _add_metrics(batch: MetricsBatch, result: AttemptResult, status: str) -> None:
     outcome = status if status != DeliveryStatus.PENDING else f"retry_{result.error or 'http'}"
     batch.inc(metrics.DELIVERY_ATTEMPTS, {"outcome": outcome})
     batch.observe(metrics.DELIVERY_LATENCY, result.duration_ms / 1000.0)
-    try:
-        await batch.flush(redis)
-    except Exception:  # best effort
-        log.warning("recording delivery metrics failed", exc_info=True)
 
 
 async def record_attempt(deps: DeliveryDeps, claimed: Claimed, result: AttemptResult) -> str:
