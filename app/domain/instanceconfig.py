@@ -20,6 +20,7 @@ from app.domain.pollconfig import (
     ResourceConfig,
     parse_poller_configuration,
 )
+from app.domain.signing import standard_webhooks_key
 from app.domain.ssrf import is_forbidden_address, is_forbidden_hostname, parse_ip_literal
 
 ELEMENT_KEY = "infusionsoftrest"
@@ -117,6 +118,17 @@ def check_callback_url(url: object, allow_private: bool, field: str) -> str:
     return url
 
 
+def _check_signature_key(key: object) -> None:
+    """A key the deliveries can sign with (``whsec_`` keys must be base64 after the prefix)."""
+    field = "configuration.event.notification.signature.key"
+    if not isinstance(key, str):
+        raise FieldError(field, "must be a string")
+    try:
+        standard_webhooks_key(key)
+    except ValueError as exc:
+        raise FieldError(field, str(exc)) from exc
+
+
 def parse_tags(value: object) -> list[str]:
     """Tags as strings or Open Connectors ``{"name": ...}`` objects."""
     if value is None:
@@ -179,8 +191,8 @@ def validate_configuration(
         else parse_refresh_minutes(raw_interval, min_refresh_minutes)
     )
     signature = config.get("event.notification.signature.key")
-    if signature is not None and not isinstance(signature, str):
-        raise FieldError("configuration.event.notification.signature.key", "must be a string")
+    if signature is not None:
+        _check_signature_key(signature)
     poller_raw, resources = _poller(config)
     public = {k: v for k, v in config.items() if k not in SECRET_CONFIG_KEYS}
     public[ENABLED_KEY] = enabled

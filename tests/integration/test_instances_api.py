@@ -208,6 +208,11 @@ INVALID_CASES: list[tuple[str, Callable[[dict[str, Any]], None], str]] = [
         "event.notification.enabled",
     ),
     ("tags not list", lambda b: b.update(tags="crm"), "tags"),
+    (
+        "bad whsec signature key",
+        lambda b: b["configuration"].update({"event.notification.signature.key": "whsec_%%%"}),
+        "event.notification.signature.key",
+    ),
 ]
 
 
