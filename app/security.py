@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import base64
 import hashlib
-import hmac
 import json
 import secrets
 from typing import Any
@@ -26,11 +25,6 @@ def hash_secret(secret: str) -> str:
     and a deterministic digest allows an indexed lookup.
     """
     return hashlib.sha256(secret.encode()).hexdigest()
-
-
-def secrets_equal(a: str, b: str) -> bool:
-    """Constant-time comparison."""
-    return hmac.compare_digest(a.encode(), b.encode())
 
 
 class DecryptionError(ValueError):

@@ -10,7 +10,6 @@ import asyncio
 import logging
 import socket
 from collections.abc import Sequence
-from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 from urllib.parse import urlsplit
@@ -53,12 +52,6 @@ class InstanceInputError(Exception):
         super().__init__(message)
         self.message = message
         self.status = status
-
-
-@dataclass(frozen=True)
-class Page:
-    items: list[dict[str, Any]]
-    total: int
 
 
 def starting_watermark(enabled_at: datetime, resource: ResourceConfig) -> datetime:
