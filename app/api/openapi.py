@@ -60,6 +60,7 @@ def _q(name: str, schema: dict[str, Any], required: bool = False) -> dict[str, A
 
 
 _ID = {"name": "id", "in": "path", "required": True, "schema": {"type": "integer"}}
+_STATUS = {"type": "string", "enum": ["pending", "delivered", "failed", "cancelled"]}
 _PAGING = [
     _q("page", {"type": "integer", "minimum": 1}),
     _q("pageSize", {"type": "integer", "minimum": 1, "maximum": 500}),
@@ -113,6 +114,57 @@ def build_openapi() -> dict[str, Any]:
             ),
             "delete": _op("Delete an instance", params=[_ID]),
         },
+        inst + "/polling": {
+            "get": _op(
+                "Per-resource polling state",
+                {"type": "array", "items": {"$ref": "#/components/schemas/PollingState"}},
+                params=[_ID],
+            )
+        },
+        inst + "/polling/run": {"post": _op("Poll now", params=[_ID], status="202")},
+        inst + "/events": {
+            "get": _op(
+                "The event log, newest first, with delivery status",
+                {"type": "array", "items": {"$ref": "#/components/schemas/Event"}},
+                params=[
+                    _ID,
+                    _q("objectType", {"type": "string"}),
+                    _q("eventType", {"type": "string", "enum": ["CREATED", "UPDATED"]}),
+                    _q("since", {"type": "string", "format": "date-time"}),
+                    *_PAGING,
+                ],
+            )
+        },
+        inst + "/deliveries": {
+            "get": _op(
+                "Deliveries with every attempt",
+                {"type": "array", "items": {"$ref": "#/components/schemas/Delivery"}},
+                params=[_ID, _q("status", _STATUS), *_PAGING],
+            )
+        },
+        inst + "/deliveries/retry": {
+            "post": _op(
+                "Redeliver every delivery of a status (e.g. failed)",
+                {"type": "object", "properties": {"count": {"type": "integer"}}},
+                params=[_ID, _q("status", _STATUS, True)],
+                status="202",
+            )
+        },
+        inst + "/deliveries/{deliveryId}/retry": {
+            "post": _op(
+                "Deliver again now, whatever its status",
+                params=[
+                    _ID,
+                    {
+                        "name": "deliveryId",
+                        "in": "path",
+                        "required": True,
+                        "schema": {"type": "string", "format": "uuid"},
+                    },
+                ],
+                status="202",
+            )
+        },
         "/healthz": {"get": _op("Liveness", auth=False)},
         "/readyz": {"get": _op("Readiness: PostgreSQL, Redis and the broker answer", auth=False)},
         "/metrics": {
@@ -162,6 +214,54 @@ def build_openapi() -> dict[str, Any]:
                         "name": {"type": "string"},
                         "tags": {"type": "array", "items": {"type": "string"}},
                         "configuration": {"type": "object", "additionalProperties": True},
+                    },
+                },
+                "PollingState": {
+                    "type": "object",
+                    "properties": {
+                        "resource": {"type": "string"},
+                        "watermark": {"type": "string", "format": "date-time"},
+                        "lastPolledAt": {"type": "string", "nullable": True},
+                        "lastSuccessAt": {"type": "string", "nullable": True},
+                        "nextPollAt": {"type": "string", "nullable": True},
+                        "consecutiveFailures": {"type": "integer"},
+                        "lastError": {"type": "string", "nullable": True},
+                    },
+                },
+                "Event": {
+                    "type": "object",
+                    "properties": {
+                        "eventId": {"type": "string"},
+                        "elementKey": {"type": "string"},
+                        "eventType": {"type": "string"},
+                        "objectType": {"type": "string"},
+                        "objectId": {"type": "string"},
+                        "date": {"type": "string"},
+                        "deliveryId": {"type": "string", "nullable": True},
+                        "deliveryStatus": {"type": "string", "nullable": True},
+                    },
+                },
+                "Delivery": {
+                    "type": "object",
+                    "properties": {
+                        "id": {"type": "string"},
+                        "status": _STATUS,
+                        "eventCount": {"type": "integer"},
+                        "nextAttemptAt": {"type": "string", "nullable": True},
+                        "attempts": {
+                            "type": "array",
+                            "items": {
+                                "type": "object",
+                                "properties": {
+                                    "attempt": {"type": "integer"},
+                                    "at": {"type": "string"},
+                                    "statusCode": {"type": "integer", "nullable": True},
+                                    "durationMs": {"type": "integer"},
+                                    "error": {"type": "string", "nullable": True},
+                                    "responseBody": {"type": "string", "nullable": True},
+                                },
+                            },
+                        },
                     },
                 },
                 "Instance": {
