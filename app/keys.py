@@ -10,10 +10,6 @@ def watermark(instance_id: int, resource: str) -> str:
     return f"{PREFIX}:wm:{instance_id}:{resource}"
 
 
-def watermark_pattern(instance_id: int) -> str:
-    return f"{PREFIX}:wm:{instance_id}:*"
-
-
 def poll_lock(instance_id: int) -> str:
     """Held while one poll of the instance runs: polls of one instance never overlap."""
     return f"{PREFIX}:lock:poll:{instance_id}"

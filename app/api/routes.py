@@ -147,9 +147,10 @@ async def patch_instance(request: web.Request) -> web.Response:
                 instance = await svc.get_instance(session, principal.organization_id, instance_id)
             except LookupError as exc:
                 raise NotFound(str(exc)) from exc
-            await svc.patch_instance(session, ctx.box, ctx.settings, instance, body)
+            _, removed = await svc.patch_instance(session, ctx.box, ctx.settings, instance, body)
     except svc.InstanceInputError as exc:
         raise _input_error(exc) from exc
+    await svc.forget_watermarks(ctx.redis, instance_id, removed)
     return web.json_response(svc.instance_view(instance, ctx.box))
 
 
@@ -162,8 +163,8 @@ async def delete_instance(request: web.Request) -> web.Response:
             instance = await svc.get_instance(session, principal.organization_id, instance_id)
         except LookupError as exc:
             raise NotFound(str(exc)) from exc
-        await svc.delete_instance(session, instance)
-    await svc.forget_watermarks(ctx.redis, instance_id)
+        polled = await svc.delete_instance(session, instance)
+    await svc.forget_watermarks(ctx.redis, instance_id, polled)
     return web.json_response({"id": instance_id, "deleted": True})
 
 

@@ -232,8 +232,12 @@ async def patch_instance(
     settings: Settings,
     instance: Instance,
     body: object,
-) -> Instance:
-    """Partial update; re-validated as on create. Watermarks of kept resources are untouched."""
+) -> tuple[Instance, set[str]]:
+    """Partial update; re-validated as on create. Watermarks of kept resources are untouched.
+
+    Returns the instance and the resources it no longer polls (their Redis watermarks are
+    dropped by the caller once the change is committed).
+    """
     from app.domain.instanceconfig import FieldError
 
     secrets = box.open(instance.secrets)
@@ -251,8 +255,8 @@ async def patch_instance(
     except FieldError as exc:
         raise InstanceInputError(exc.message) from exc
     await check_callback_dns(spec.callback_url, settings.allow_private_callbacks)
-    await _apply_spec(session, box, instance, spec, secrets)
-    return instance
+    removed = await _apply_spec(session, box, instance, spec, secrets)
+    return instance, removed
 
 
 async def _apply_spec(
@@ -261,7 +265,7 @@ async def _apply_spec(
     instance: Instance,
     spec: InstanceSpec,
     secrets: dict[str, Any],
-) -> None:
+) -> set[str]:
     assert instance.id is not None
     now = utcnow()
     tokens = {k: secrets[k] for k in PROVIDER_TOKEN_KEYS if k in secrets}
@@ -308,10 +312,14 @@ async def _apply_spec(
                 )
             )
     await session.flush()
+    return removed
 
 
-async def delete_instance(session: AsyncSession, instance: Instance) -> None:
-    """Tombstone the instance: no polling, no tokens, pending deliveries cancelled."""
+async def delete_instance(session: AsyncSession, instance: Instance) -> set[str]:
+    """Tombstone the instance: no polling, no tokens, pending deliveries cancelled.
+
+    Returns the resources it polled (their Redis watermarks are dropped after commit).
+    """
     assert instance.id is not None
     now = utcnow()
     instance.deleted_at = now
@@ -320,7 +328,15 @@ async def delete_instance(session: AsyncSession, instance: Instance) -> None:
     instance.events_enabled = False
     instance.next_poll_at = None
     session.add(instance)
-    await session.execute(delete(PollState).where(col(PollState.instance_id) == instance.id))
+    polled = set(
+        (
+            await session.execute(
+                delete(PollState)
+                .where(col(PollState.instance_id) == instance.id)
+                .returning(col(PollState.resource))
+            )
+        ).scalars()
+    )
     await session.execute(
         update(Delivery)
         .where(
@@ -330,10 +346,10 @@ async def delete_instance(session: AsyncSession, instance: Instance) -> None:
         .values(status=DeliveryStatus.CANCELLED, next_attempt_at=None)
     )
     await session.flush()
+    return polled
 
 
-async def forget_watermarks(redis: Redis, instance_id: int) -> None:
-    """Drop an instance's hot state from Redis (after its deletion committed)."""
-    keys_found = [key async for key in redis.scan_iter(match=keys.watermark_pattern(instance_id))]
-    if keys_found:
-        await redis.delete(*keys_found)
+async def forget_watermarks(redis: Redis, instance_id: int, resources: set[str]) -> None:
+    """Drop an instance's hot watermarks from Redis (after the change committed)."""
+    if resources:
+        await redis.delete(*(keys.watermark(instance_id, r) for r in resources))

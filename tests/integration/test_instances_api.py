@@ -10,8 +10,10 @@ from typing import Any
 
 import psycopg
 import pytest
+import redis
 from aiohttp.test_utils import TestClient, TestServer
 
+from app import keys
 from app.api.server import create_app
 from app.security import DecryptionError, SecretBox
 from app.settings import Settings
@@ -401,7 +403,12 @@ async def test_patch_adding_resource_keeps_existing_watermarks(
 async def test_delete_then_404(api: Client, org: dict[str, str], service_urls: ServiceUrls) -> None:
     created = await _create(api, org, create_body())
     url = f"{BASE}/instances/{created['id']}"
+    hot = redis.Redis.from_url(service_urls.redis_url)
+    watermark_key = keys.watermark(created["id"], "contacts")
+    hot.set(watermark_key, "{}")
     assert (await api.delete(url, headers=org)).status == 200
+    assert not hot.exists(watermark_key)  # hot state forgotten with the instance
+    hot.close()
     assert (await api.get(url, headers=org)).status == 404
     assert (await api.patch(url, json={"name": "x"}, headers=org)).status == 404
     assert (await api.delete(url, headers=org)).status == 404
