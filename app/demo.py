@@ -59,54 +59,76 @@ async def authorization_code(
     return code
 
 
+def _auth(state: dict[str, Any]) -> dict[str, str]:
+    return {
+        "Authorization": f"User {state['userSecret']}, Organization {state['organizationSecret']}"
+    }
+
+
+async def _organization(
+    http: aiohttp.ClientSession, api_url: str, database_url: str, state_file: Path
+) -> dict[str, Any]:
+    """The demo organization: the saved one while its credentials still work, else a new one."""
+    if state_file.exists():
+        state: dict[str, Any] = json.loads(state_file.read_text())
+        async with http.get(f"{api_url}/elements/api-v2/instances", headers=_auth(state)) as r:
+            if r.status == 200:
+                return state
+    org = await create(database_url, "demo")
+    return {
+        "organizationId": org.organization_id,
+        "organizationSecret": org.organization_secret,
+        "userSecret": org.user_secret,
+    }
+
+
 async def _setup(
     api_url: str, database_url: str, data_dir: Path, sim: str, sink: str
 ) -> dict[str, Any]:
+    """Organization (kept across runs) and a fresh demo instance.
+
+    The simulator keeps its accounts and tokens in memory, so an instance authorized
+    against the previous run's simulator could no longer refresh its token: each run
+    deletes the previous demo instance and authorizes a new one.
+    """
     state_file = data_dir / "demo.json"
     async with aiohttp.ClientSession() as http:
         await _wait_up(http, f"{sim}/_sim/accounts")
         await _wait_up(http, f"{sink}/_sink/requests")
-        if state_file.exists():
-            state: dict[str, Any] = json.loads(state_file.read_text())
-        else:
-            org = await create(database_url, "demo")
-            code = await authorization_code(
-                http, f"{sim}/app/oauth/authorize", f"{sink}/oauth/callback", DEMO_ACCOUNT
-            )
-            headers = {
-                "Authorization": f"User {org.user_secret}, Organization {org.organization_secret}"
-            }
-            body = {
-                "element": {"key": "infusionsoftrest"},
-                "providerData": {"code": code},
-                "name": "Demo instance",
-                "tags": ["demo"],
-                "configuration": {
-                    "oauth.api.key": DEMO_CLIENT_ID,
-                    "oauth.api.secret": DEMO_CLIENT_SECRET,
-                    "oauth.callback.url": f"{sink}/oauth/callback",
-                    "event.notification.enabled": True,
-                    "event.vendor.type": "polling",
-                    "event.notification.callback.url": f"{sink}/events",
-                    "event.notification.signature.key": "demo-signature-key",
-                    "event.poller.refresh_interval": 1,
-                },
-            }
-            async with http.post(
-                f"{api_url}/elements/api-v2/instances", json=body, headers=headers
-            ) as resp:
-                created = await resp.json()
-                if resp.status != 200:
-                    raise RuntimeError(f"creating the demo instance failed: {created}")
-            state = {
-                "organizationId": org.organization_id,
-                "organizationSecret": org.organization_secret,
-                "userSecret": org.user_secret,
-                "instanceId": created["id"],
-                "instanceToken": created["token"],
-            }
-            state_file.write_text(json.dumps(state, indent=2))
-            state_file.chmod(0o600)
+        state = await _organization(http, api_url, database_url, state_file)
+        if "instanceId" in state:
+            async with http.delete(
+                f"{api_url}/elements/api-v2/instances/{state['instanceId']}", headers=_auth(state)
+            ):
+                pass
+        code = await authorization_code(
+            http, f"{sim}/app/oauth/authorize", f"{sink}/oauth/callback", DEMO_ACCOUNT
+        )
+        body = {
+            "element": {"key": "infusionsoftrest"},
+            "providerData": {"code": code},
+            "name": "Demo instance",
+            "tags": ["demo"],
+            "configuration": {
+                "oauth.api.key": DEMO_CLIENT_ID,
+                "oauth.api.secret": DEMO_CLIENT_SECRET,
+                "oauth.callback.url": f"{sink}/oauth/callback",
+                "event.notification.enabled": True,
+                "event.vendor.type": "polling",
+                "event.notification.callback.url": f"{sink}/events",
+                "event.notification.signature.key": "demo-signature-key",
+                "event.poller.refresh_interval": 1,
+            },
+        }
+        async with http.post(
+            f"{api_url}/elements/api-v2/instances", json=body, headers=_auth(state)
+        ) as resp:
+            created = await resp.json()
+            if resp.status != 200:
+                raise RuntimeError(f"creating the demo instance failed: {created}")
+        state.update(instanceId=created["id"], instanceToken=created["token"])
+        state_file.write_text(json.dumps(state, indent=2))
+        state_file.chmod(0o600)
         async with http.post(
             f"{sim}/_sim/mutator",
             json={
@@ -121,10 +143,7 @@ async def _setup(
         await asyncio.sleep(FIRST_POLL_AFTER_S)
         async with http.post(
             f"{api_url}/elements/api-v2/instances/{state['instanceId']}/polling/run",
-            headers={
-                "Authorization": f"User {state['userSecret']}, "
-                f"Organization {state['organizationSecret']}"
-            },
+            headers=_auth(state),
         ) as resp:
             resp.raise_for_status()
     return state
