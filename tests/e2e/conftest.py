@@ -17,15 +17,17 @@ import time
 import urllib.error
 import urllib.request
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, urlencode, urlsplit
 
 import pytest
+import redis
 
-from app.embedded import free_port
+from app.embedded import drop_database, free_port, scratch_database
+from app.migrate import upgrade
 from tests.conftest import ROOT, SECRET_KEY, ServiceUrls
 
 pytestmark = pytest.mark.e2e
@@ -83,6 +85,7 @@ class Stack:
     sink_url: str
     api_url: str
     procs: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
+    cleanups: list[Callable[[], None]] = field(default_factory=list)
 
     def start(self, name: str, *args: str) -> subprocess.Popen[bytes]:
         log = open(self.workdir / f"{name}.log", "ab")
@@ -113,8 +116,12 @@ class Stack:
             proc.wait()
 
     def stop_all(self) -> None:
+        """Stop every process, then forget this stack's Redis state and database."""
         for name in list(self.procs):
             self.stop(name)
+        for cleanup in reversed(self.cleanups):
+            cleanup()
+        self.cleanups.clear()
 
     def log(self, name: str) -> str:
         path = self.workdir / f"{name}.log"
@@ -303,6 +310,14 @@ def expected_from_changes(
     return result
 
 
+def _flush(redis_url: str) -> None:
+    client = redis.Redis.from_url(redis_url)
+    try:
+        client.flushdb()
+    finally:
+        client.close()
+
+
 def start_stack(
     service_urls: ServiceUrls,
     workdir: Path,
@@ -310,11 +325,19 @@ def start_stack(
     sim_args: tuple[str, ...] = (),
     extra_env: dict[str, str] | None = None,
 ) -> Stack:
+    """A whole stack on its own database, with Redis (broker, locks, watermarks) flushed.
+
+    Stacks of different modules run one after another on the same Redis; instance ids
+    restart in each database, so no key or queued task of one stack may reach the next.
+    """
+    database_url, database = scratch_database(service_urls.database_url, "pollinator_e2e")
+    upgrade(database_url)
+    _flush(service_urls.redis_url)
     sim_port, sink_port, api_port = free_port(), free_port(), free_port()
     sim_url = f"http://127.0.0.1:{sim_port}"
     env = {
         **os.environ,
-        "POLLINATOR_DATABASE_URL": service_urls.database_url,
+        "POLLINATOR_DATABASE_URL": database_url,
         "POLLINATOR_REDIS_URL": service_urls.redis_url,
         "POLLINATOR_SECRET_KEY": SECRET_KEY,
         "POLLINATOR_MIN_REFRESH_MINUTES": str(REFRESH_MINUTES),
@@ -332,6 +355,10 @@ def start_stack(
     stack = Stack(
         workdir, env, sim_url, f"http://127.0.0.1:{sink_port}", f"http://127.0.0.1:{api_port}"
     )
+    stack.cleanups += [
+        lambda: drop_database(service_urls.database_url, database),
+        lambda: _flush(service_urls.redis_url),
+    ]
     stack.start("simulator", "simulate", "--port", str(sim_port), "--seed", "11", *sim_args)
     stack.start("sink", "sink", "--port", str(sink_port), "--out", str(workdir / "sink.jsonl"))
     stack.start("api", "api")

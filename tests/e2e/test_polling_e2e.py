@@ -7,12 +7,11 @@ import signal
 import time
 from typing import Any
 
-import pytest
 import redis
 
 from app import keys
 from tests.conftest import ServiceUrls
-from tests.e2e.conftest import Stack, expected_from_changes, start_stack, wait_for
+from tests.e2e.conftest import Stack, wait_for
 
 TS = "${gmtDate:yyyy-MM-dd'T'HH:mm:ss.SSS'Z'}"
 KEAP = "yyyy-MM-dd'T'HH:mm:ss.SSSZ"
@@ -180,27 +179,3 @@ def test_two_beats_do_not_double_schedule(stack: Stack) -> None:
         assert "scheduled" not in stack.log("beat-2")
     finally:
         stack.stop("beat-2")
-
-
-@pytest.fixture(scope="module")
-def skewed_stack(service_urls: ServiceUrls, tmp_path_factory: pytest.TempPathFactory) -> Any:
-    workdir = tmp_path_factory.mktemp("skewed")
-    running = start_stack(service_urls, workdir, sim_args=("--clock-skew-ms", "2000"))
-    try:
-        yield running
-    finally:
-        running.stop_all()
-
-
-def test_provider_clock_behind_with_poll_delay(skewed_stack: Stack) -> None:
-    tenant = skewed_stack.new_tenant()
-    tenant.create_instance({**contacts_config(pollDelay=3), **orders_config(pollDelay=3)})
-    contacts = [tenant.write("contacts", given_name=f"s{i}") for i in range(3)]
-    orders = [tenant.write("orders", title=f"s{i}") for i in range(3)]
-    expected = keys_of(contacts, "contacts", "CREATED") | keys_of(orders, "orders", "CREATED")
-    tenant.wait_received(expected)
-    time.sleep(1.1)
-    tenant.update("orders", orders[0]["id"], title="later")
-    expected.add(("orders", str(orders[0]["id"]), "UPDATED"))
-    tenant.assert_exactly(expected)
-    assert expected_from_changes(tenant.changes()) >= {e for e in expected if e[2] == "CREATED"}
