@@ -14,7 +14,6 @@ from __future__ import annotations
 import json
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from datetime import datetime
 from typing import Any
 
 from redis.asyncio import Redis
@@ -189,7 +188,3 @@ def gauge_lines(
     lines = [f"# HELP {name} {help_}", f"# TYPE {name} gauge"]
     lines += [f"{name}{_label_text(labels)} {value:g}" for labels, value in samples]
     return lines
-
-
-def iso(dt: datetime) -> str:
-    return dt.isoformat(timespec="milliseconds")

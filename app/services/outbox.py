@@ -74,7 +74,7 @@ class ResourceResult:
 
     resource: str
     delta: DeltaResult | None
-    error: str | None
+    error: str | None  # with a delta: a warning shown as lastError (the poll succeeded)
 
 
 def event_records(instance_id: int, resource: str, delta: DeltaResult) -> list[EventRecord]:

@@ -78,6 +78,10 @@ class ResourceOutcome:
     records: int = 0
     requests: int = 0
     watermark_moved: bool = False
+    # Records the delta could not read (no id, or a date that does not match the configured
+    # format). Not a failed poll, but shown as the resource's lastError: a wrong date format
+    # must not drop events silently.
+    warning: str | None = None
 
 
 @dataclass
@@ -216,6 +220,13 @@ async def _poll_resource(
     baseline = cfg.updated is None and cfg.created is None and state.last_success_at is None
     outcome.delta = compute_delta(fetched.records, cfg, watermark, started, baseline=baseline)
     outcome.watermark_moved = outcome.delta.watermark != watermark
+    skipped = outcome.delta.skipped_unparseable
+    if skipped:
+        object_id, reason = skipped[0]
+        outcome.warning = (
+            f"{len(skipped)} record(s) skipped, unreadable: id {object_id or '?'}: {reason}"
+        )[:MAX_ERROR_LENGTH]
+        log.warning("%s: %s", cfg.name, outcome.warning)
     return outcome
 
 
@@ -290,7 +301,7 @@ async def _poll_locked(
         )
     )
     lease_until = utcnow() + timedelta(seconds=deps.settings.delivery_lease_seconds)
-    results = [ResourceResult(r.resource, r.delta, r.error) for r in outcome.resources]
+    results = [ResourceResult(r.resource, r.delta, r.error or r.warning) for r in outcome.resources]
     async with deps.pg.acquire() as conn:
         if _single_statement(results, snap.poll_failures):
             # Nothing changed and nothing failed: only the checkpoint statement runs,

@@ -7,7 +7,6 @@ ground-truth change log: no change missed, none invented, none repeated.
 from __future__ import annotations
 
 import asyncio
-import json
 import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -354,10 +353,32 @@ async def test_deletes_and_updates_while_walking_pages(harness: Harness) -> None
     assert expected - {str(records[1]["id"])} <= got
 
 
-async def test_unparseable_poller_state_is_not_fatal(harness: Harness) -> None:
+async def test_unreadable_dates_are_reported_not_silently_dropped(harness: Harness) -> None:
+    wrong = {
+        "contacts": {
+            "url": f"/contacts?since={TS}&order=id",
+            "idField": "id",
+            "datesConfiguration": {
+                "updatedDateField": "last_updated",
+                "updatedDateFormat": "yyyy-MM-dd",
+            },
+        }
+    }
+    await harness.create_instance(wrong)
+    await harness.write("contacts", given_name="x")
+    outcome = await harness.poll()
+    assert not outcome.failed
+    assert outcome.events == 0
+    state = harness.state("contacts")
+    assert state["consecutive_failures"] == 0
+    assert "1 record(s) skipped" in state["last_error"]
+    assert "yyyy-MM-dd" in state["last_error"]
+
+
+async def test_quiet_poll_is_not_fatal(harness: Harness) -> None:
     await harness.create_instance(contacts_config())
     outcome = await harness.poll()
     assert outcome.events == 0
     assert not outcome.failed
-    payloads = json.dumps([r.resource for r in outcome.resources])
-    assert "contacts" in payloads
+    assert [r.resource for r in outcome.resources] == ["contacts"]
+    assert harness.state("contacts")["last_error"] is None
