@@ -22,6 +22,9 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "simulate": ("app.simulator.cli", "run the Infusionsoft (Keap) simulator"),
     "sink": ("app.sink", "run a callback receiver that records every request"),
     "loadtest": ("app.loadtest.cli", "run a load test against the whole stack"),
+    "status": ("workers.status", "is the stack healthy, and what is failing (--json)"),
+    "instances": ("app.operator", "instances list|show ID: operator view, all organizations"),
+    "events": ("app.operator", "events tail ID: follow one instance's event log"),
 }
 
 
@@ -42,7 +45,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"pollinator: unknown command {command!r}\n\n{_usage()}", file=sys.stderr)
         return 2
     module = importlib.import_module(COMMANDS[command][0])
-    result: int = module.main(rest)
+    # app.operator serves two commands; it parses the command word itself.
+    result: int = module.main(args if module.__name__ == "app.operator" else rest)
     return result
 
 

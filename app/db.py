@@ -59,15 +59,15 @@ async def transaction(
         yield session
 
 
-def asyncpg_dsn(url: str) -> str:
-    """A DSN for ``asyncpg`` itself (the hot path of polls bypasses the ORM)."""
+def libpq_url(url: str) -> str:
+    """A plain libpq URL, for asyncpg (the hot path bypasses the ORM) and psycopg."""
     return "postgresql://" + _strip_scheme(url)
 
 
 async def create_pg_pool(url: str, size: int) -> asyncpg.Pool:
     """A raw asyncpg pool; statements are prepared and cached per connection."""
     pool = await asyncpg.create_pool(
-        asyncpg_dsn(url), min_size=1, max_size=size, max_inactive_connection_lifetime=300
+        libpq_url(url), min_size=1, max_size=size, max_inactive_connection_lifetime=300
     )
     assert pool is not None
     return pool

@@ -28,3 +28,8 @@ def beat_leader() -> str:
 def app_budget(client_id: str) -> str:
     """Per-OAuth-app request budget (Keap throttles per app, not per instance)."""
     return f"{PREFIX}:budget:{client_id}"
+
+
+def alive(role: str) -> str:
+    """Sorted set of the processes of one role that announced themselves (app.liveness)."""
+    return f"{PREFIX}:alive:{role}"

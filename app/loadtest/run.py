@@ -453,9 +453,9 @@ class LoadTest:
 
     @staticmethod
     async def _all_due(database_url: str, ids: list[int]) -> None:
-        from app.db import asyncpg_dsn
+        from app.db import libpq_url
 
-        conn = await asyncpg.connect(asyncpg_dsn(database_url))
+        conn = await asyncpg.connect(libpq_url(database_url))
         try:
             await conn.execute(
                 "UPDATE instances SET next_poll_at = now() WHERE id = ANY($1::bigint[])", ids

@@ -1,0 +1,116 @@
+"""``pollinator status``, ``instances list|show`` and ``events tail`` as an operator runs them.
+
+The commands run as real subprocesses against the test database and Redis, after
+real polls (one failing, one succeeding) have written the state they report.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import subprocess
+import sys
+from typing import Any
+
+from redis.asyncio import Redis
+
+from app import liveness
+from tests.conftest import SECRET_KEY, ServiceUrls
+from tests.integration.test_polling import Harness, contacts_config, harness  # noqa: F401
+
+
+def pollinator(service_urls: ServiceUrls, *args: str) -> subprocess.CompletedProcess[str]:
+    env = {
+        **os.environ,
+        "POLLINATOR_DATABASE_URL": service_urls.database_url,
+        "POLLINATOR_REDIS_URL": service_urls.redis_url,
+        "POLLINATOR_SECRET_KEY": SECRET_KEY,
+    }
+    env.pop("POLLINATOR_BROKER_URL", None)
+    return subprocess.run(
+        [sys.executable, "-m", "app.cli", *args],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+
+
+async def test_status_names_the_failing_instance_and_the_live_roles(
+    harness: Harness,  # noqa: F811
+    service_urls: ServiceUrls,
+) -> None:
+    healthy = await harness.create_instance(contacts_config())
+    await harness.write("contacts", given_name="Ada")
+    await asyncio.sleep(0.01)
+    await harness.poll()
+    failing = await harness.create_instance(contacts_config())
+    await harness.fault("error500", seconds=60)
+    await harness.poll()
+    redis = Redis.from_url(service_urls.redis_url)
+    await liveness.announce(redis, "api", "ctl-host:1 :8080")
+    await redis.aclose()
+
+    done = await asyncio.to_thread(pollinator, service_urls, "status", "--json")
+    assert done.returncode == 0, done.stderr
+    state: dict[str, Any] = json.loads(done.stdout)
+    assert "ctl-host:1 :8080" in state["roles"]["api"]
+    assert state["roles"]["beat"] == []
+    by_instance = {f["instance_id"]: f for f in state["failing"]}
+    assert failing in by_instance
+    assert healthy not in by_instance
+    assert by_instance[failing]["resource"] == "contacts"
+    assert by_instance[failing]["error_class"] != "unknown"
+    assert set(state["queues"]) == {"poll", "delivery"}
+    assert state["schedule"]["pollableInstances"] >= 2
+
+    text = await asyncio.to_thread(pollinator, service_urls, "status")
+    assert text.returncode == 0, text.stderr
+    assert f"instance {failing}" in text.stdout
+    assert "DOWN beat" in text.stdout
+
+    listed = await asyncio.to_thread(pollinator, service_urls, "instances", "list", "--json")
+    rows = {r["id"]: r for r in json.loads(listed.stdout)}
+    assert rows[failing]["failing_resources"] == 1
+    assert rows[healthy]["failing_resources"] == 0
+
+    shown = await asyncio.to_thread(pollinator, service_urls, "instances", "show", str(failing))
+    detail = json.loads(shown.stdout)
+    assert detail["resources"][0]["consecutive_failures"] == 1
+    assert "secret" not in shown.stdout.lower()
+
+    missing = await asyncio.to_thread(pollinator, service_urls, "instances", "show", "999999999")
+    assert missing.returncode == 1
+
+    tail = await asyncio.to_thread(
+        pollinator, service_urls, "events", "tail", str(healthy), "--no-follow"
+    )
+    assert tail.returncode == 0, tail.stderr
+    assert "CREATED" in tail.stdout
+    assert "contacts/" in tail.stdout
+
+
+async def test_status_exits_2_when_the_state_cannot_be_read(service_urls: ServiceUrls) -> None:
+    broken = ServiceUrls("postgresql://nobody@127.0.0.1:1/none", service_urls.redis_url)
+    done = await asyncio.to_thread(pollinator, broken, "status")
+    assert done.returncode == 2
+    assert "cannot read the state" in done.stderr
+
+
+async def test_liveness_forgets_a_process_that_stopped_announcing(
+    service_urls: ServiceUrls,
+) -> None:
+    import redis as sync_redis
+
+    client = sync_redis.Redis.from_url(service_urls.redis_url)
+    try:
+        liveness.announce_sync(client, "worker-poll", "gone:1")
+        client.zadd("pollinator:alive:worker-poll", {"gone:1": 1.0})  # expired long ago
+        liveness.announce_sync(client, "worker-poll", "here:2")
+        assert liveness.alive(client)["worker-poll"] == ["here:2"]
+        assert client.zscore("pollinator:alive:worker-poll", "gone:1") is None  # pruned
+    finally:
+        client.delete("pollinator:alive:worker-poll")
+        client.close()
