@@ -17,7 +17,6 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-import secrets as pysecrets
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -50,13 +49,13 @@ from app.metrics import MetricsBatch
 from app.models import utcnow
 from app.providers.infusionsoft import InfusionsoftClient, ProviderError
 from app.security import SecretBox
+from app.services.leases import Leases
 from app.services.outbox import ResourceResult, record_failures, store_poll
-from app.services.tokens import InstanceTokens, RedisBudget, RefreshConfig, release_lock
+from app.services.tokens import InstanceTokens, RedisBudget, RefreshConfig
 from app.settings import Settings
 
 log = logging.getLogger(__name__)
 
-POLL_LOCK_TTL_MS = 15 * 60 * 1000
 MAX_ERROR_LENGTH = 500
 
 _LOAD = """
@@ -117,6 +116,10 @@ class PollDeps:
     redis: Redis
     http: aiohttp.ClientSession
     box: SecretBox
+    leases: Leases = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.leases = Leases(self.redis)
 
 
 @dataclass(frozen=True)
@@ -271,13 +274,13 @@ async def poll_instance(
     ``slots`` is the poll slot the caller holds (given back while waiting on the app budget).
     """
     lock_key = keys.poll_lock(instance_id)
-    holder = pysecrets.token_hex(8)
-    if not await deps.redis.set(lock_key, holder, nx=True, px=POLL_LOCK_TTL_MS):
+    holder = await deps.leases.acquire(lock_key)
+    if holder is None:
         return PollOutcome(instance_id, skipped=True)
     try:
         return await _poll_locked(deps, instance_id, slots)
     finally:
-        await release_lock(deps.redis, lock_key, holder)
+        await deps.leases.release(lock_key, holder)
 
 
 async def _poll_locked(
