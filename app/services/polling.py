@@ -67,6 +67,13 @@ _LOAD = """
     FROM instances AS i LEFT JOIN poll_states AS p ON p.instance_id = i.id
     WHERE i.id = $1 AND i.deleted_at IS NULL AND i.events_enabled
 """
+# A poll that found its instance's lease held comes back when that lease would have
+# expired, not a whole interval later: if the holder died, its instances are polled
+# again within the lease TTL (a live holder renews, and the retry is a cheap skip).
+_REARM_BUSY = """
+    UPDATE instances SET next_poll_at = LEAST(next_poll_at, now() + make_interval(secs => $2))
+    WHERE id = ANY($1::bigint[]) AND deleted_at IS NULL
+"""
 
 
 @dataclass
@@ -89,6 +96,7 @@ class PollOutcome:
 
     instance_id: int
     skipped: bool = False
+    busy: bool = False  # skipped because another poll of it holds its lease
     resources: list[ResourceOutcome] = field(default_factory=list)
     events: int = 0
     # (delivery id, ticket): the delivery task claims a delivery only while the lease it
@@ -276,7 +284,7 @@ async def poll_instance(
     lock_key = keys.poll_lock(instance_id)
     holder = await deps.leases.acquire(lock_key)
     if holder is None:
-        return PollOutcome(instance_id, skipped=True)
+        return PollOutcome(instance_id, skipped=True, busy=True)
     try:
         return await _poll_locked(deps, instance_id, slots)
     finally:
@@ -402,6 +410,10 @@ async def run_polls(
         return outcome
 
     done = await asyncio.gather(*(one(i, at) for i, at in items))
+    busy = [o.instance_id for o in done if o is not None and o.busy]
+    if busy:
+        async with deps.pg.acquire() as conn:
+            await conn.execute(_REARM_BUSY, busy, deps.leases.ttl_ms / 1000)
     try:
         await batch.flush(deps.redis)
     except Exception:  # Redis is a cache here; the checkpoints are in PostgreSQL

@@ -6,11 +6,14 @@ import asyncio
 import uuid
 from collections.abc import AsyncIterator
 
+import psycopg
 import pytest
 from redis.asyncio import Redis
 
-from app.services.leases import Leases
+from app import keys
+from app.services.leases import LEASE_TTL_MS, Leases
 from tests.conftest import ServiceUrls
+from tests.integration.test_polling import Harness, contacts_config, harness  # noqa: F401
 
 
 @pytest.fixture
@@ -67,3 +70,26 @@ async def test_a_lost_lease_is_forgotten_and_never_released_for_its_new_owner(
 def test_renewal_must_come_well_within_the_ttl() -> None:
     with pytest.raises(ValueError, match="within their TTL"):
         Leases(Redis(), ttl_ms=1000, renew_every_s=1.0)
+
+
+async def test_a_poll_that_finds_the_lease_held_comes_back_when_it_would_expire(
+    harness: Harness,  # noqa: F811
+) -> None:
+    """A worker SIGKILLed mid-poll leaves its lease; the instance is retried within the TTL."""
+    instance_id = await harness.create_instance(contacts_config())
+    with psycopg.connect(harness.database_url) as conn:
+        conn.execute(
+            "UPDATE instances SET next_poll_at = now() + interval '1 hour' WHERE id = %s",
+            (instance_id,),
+        )
+    await harness.deps.redis.set(keys.poll_lock(instance_id), "dead-worker", px=LEASE_TTL_MS)
+    outcome = await harness.poll()
+    assert outcome.skipped
+    assert outcome.busy
+    with psycopg.connect(harness.database_url) as conn:
+        row = conn.execute(
+            "SELECT extract(epoch FROM next_poll_at - now()) FROM instances WHERE id = %s",
+            (instance_id,),
+        ).fetchone()
+    assert row is not None
+    assert 0 < float(row[0]) <= LEASE_TTL_MS / 1000
