@@ -4,7 +4,7 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed-stamp
 
-.PHONY: install run test lint typecheck fmt migrate clean bench loadtest
+.PHONY: install run test lint typecheck fmt migrate clean bench loadtest cluster-test
 
 $(STAMP): pyproject.toml
 	@$(PYTHON) -c 'import sys; sys.exit(sys.version_info < (3, 11))' || \
@@ -21,6 +21,11 @@ run: install
 
 test: install
 	$(PY) -m pytest
+
+# Six emulated hosts (network namespaces; root), every chaos scenario, ~15 minutes.
+# POLLINATOR_CLUSTER_SCENARIOS=a,b picks some; the table lands in .data/cluster/cluster.md.
+cluster-test: install
+	$(PY) -m pytest tests/cluster -m cluster -s -p no:cacheprovider
 
 lint: install
 	$(VENV)/bin/ruff check .
