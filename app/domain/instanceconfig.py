@@ -21,7 +21,6 @@ from app.domain.pollconfig import (
     parse_poller_configuration,
 )
 from app.domain.signing import standard_webhooks_key
-from app.domain.ssrf import is_forbidden_address, is_forbidden_hostname, parse_ip_literal
 
 ELEMENT_KEY = "infusionsoftrest"
 ELEMENT_NAME = "Infusionsoft REST"
@@ -98,8 +97,14 @@ def parse_refresh_minutes(value: object, minimum: float) -> float:
     return minutes
 
 
-def check_callback_url(url: object, allow_private: bool, field: str) -> str:
-    """Scheme and literal-address checks; DNS answers are checked by the caller and at delivery."""
+def check_callback_url(url: object, field: str) -> str:
+    """Scheme and host presence.
+
+    Whether the host may be reached (SSRF) is judged by the caller, on the host as the
+    HTTP client will read it (``app.services.guarded_http``): that reading needs yarl,
+    which this stdlib-only module does not import, and any other reading of the host
+    lets spellings such as ``127。0。0。1`` through.
+    """
     if not isinstance(url, str) or not url.strip():
         raise FieldError(field, "is required when events are enabled")
     url = url.strip()
@@ -111,10 +116,6 @@ def check_callback_url(url: object, allow_private: bool, field: str) -> str:
         raise FieldError(field, "is not a valid URL") from exc
     if parts.scheme not in {"http", "https"} or not host:
         raise FieldError(field, "must be an http(s) URL with a host")
-    if not allow_private:
-        address = parse_ip_literal(host)
-        if is_forbidden_hostname(host) or (address is not None and is_forbidden_address(address)):
-            raise FieldError(field, "points to a private or loopback address, which is not allowed")
     return url
 
 
@@ -165,7 +166,7 @@ def _poller(config: Mapping[str, Any]) -> tuple[dict[str, Any], dict[str, Resour
 
 
 def validate_configuration(
-    config: object, *, min_refresh_minutes: float, allow_private_callbacks: bool
+    config: object, *, min_refresh_minutes: float
 ) -> tuple[dict[str, Any], dict[str, str], bool, str | None, float, dict[str, ResourceConfig]]:
     """Validate a full ``configuration`` object; split it into public and secret parts."""
     if not isinstance(config, dict):
@@ -181,9 +182,7 @@ def validate_configuration(
         )
     callback = None
     if enabled or config.get(CALLBACK_KEY):
-        callback = check_callback_url(
-            config.get(CALLBACK_KEY), allow_private_callbacks, f"configuration.{CALLBACK_KEY}"
-        )
+        callback = check_callback_url(config.get(CALLBACK_KEY), f"configuration.{CALLBACK_KEY}")
     raw_interval = config.get(INTERVAL_KEY)
     minutes = (
         max(DEFAULT_REFRESH_MINUTES, min_refresh_minutes)
@@ -202,9 +201,7 @@ def validate_configuration(
     return public, secrets, enabled, callback, minutes * 60.0, resources
 
 
-def validate_create(
-    body: object, *, min_refresh_minutes: float, allow_private_callbacks: bool
-) -> tuple[InstanceSpec, str]:
+def validate_create(body: object, *, min_refresh_minutes: float) -> tuple[InstanceSpec, str]:
     """Validate a ``POST /instances`` body; returns the spec and the OAuth grant code."""
     if not isinstance(body, dict):
         raise FieldError("body", "must be a JSON object")
@@ -219,7 +216,6 @@ def validate_create(
     public, secrets, enabled, callback, interval, resources = validate_configuration(
         body.get("configuration"),
         min_refresh_minutes=min_refresh_minutes,
-        allow_private_callbacks=allow_private_callbacks,
     )
     spec = InstanceSpec(
         name=parse_name(body.get("name")),
@@ -242,7 +238,6 @@ def validate_patch(
     body: object,
     *,
     min_refresh_minutes: float,
-    allow_private_callbacks: bool,
 ) -> InstanceSpec:
     """Merge a ``PATCH`` body over the stored instance and re-validate the result as on create."""
     if not isinstance(body, dict):
@@ -261,7 +256,6 @@ def validate_patch(
     public, secrets, enabled, callback, interval, resources = validate_configuration(
         merged,
         min_refresh_minutes=min_refresh_minutes,
-        allow_private_callbacks=allow_private_callbacks,
     )
     return InstanceSpec(
         name=parse_name(body["name"]) if "name" in body else current_name,

@@ -1,20 +1,33 @@
-"""Which callback addresses are off limits (SSRF guard), as pure functions.
+"""Which callback hosts are off limits (SSRF guard), as pure functions.
 
-Hosts arrive in many spellings that all mean loopback: ``127.0.0.1``,
-``0x7f000001``, ``2130706433``, ``0177.0.0.1``, ``127.1``, ``[::1]``,
-``[::ffff:127.0.0.1]``. :func:`parse_ip_literal` reads them the way
-``inet_aton`` and browsers do, so the check sees the address that a connection
-would really reach.
+These rules judge a host *as the HTTP client will use it*. Turning a URL string
+into that host is not done here: the client (yarl, inside aiohttp) applies
+IDNA/UTS-46 mapping, so ``127。0。0。1``, ``１２７．０．０．１`` or ``①②⑦.0.0.①``
+become ``127.0.0.1`` only after parsing, and the one faithful way to know what it
+will connect to is to ask that library. That needs yarl, which this package (stdlib
+only) must not import, so :func:`app.services.guarded_http.connect_host` derives
+the host and hands it to these functions. Judging any other spelling of the host
+(``urlsplit().hostname``, say) is the bug these functions exist to avoid.
+
+Given that host, loopback still comes in many spellings: ``0x7f000001``,
+``2130706433``, ``0177.0.0.1``, ``127.1``, ``::ffff:127.0.0.1``. The resolver
+(``getaddrinfo``) reads the numeric ones the way ``inet_aton`` does, so
+:func:`parse_ip_literal` reads them that way too.
 """
 
 from __future__ import annotations
 
 import ipaddress
+import re
 
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 
 _NAT64 = ipaddress.ip_network("64:ff9b::/96")
 _CGNAT = ipaddress.ip_network("100.64.0.0/10")
+# A DNS label as resolvers accept it: letters, digits, hyphen, and the underscore
+# that real names (``_dmarc``, some cloud host names) carry.
+_LABEL = re.compile(r"[a-z0-9_](?:[a-z0-9_-]{0,61}[a-z0-9_])?", re.ASCII | re.IGNORECASE)
+_MAX_NAME = 253
 
 
 def _parse_ipv4_part(part: str) -> int:
@@ -50,7 +63,7 @@ def parse_ip_literal(host: str) -> IPAddress | None:
     text = host.strip().rstrip(".")
     if text.startswith("[") and text.endswith("]"):
         text = text[1:-1]
-    if "%" in text:  # zone id (fe80::1%eth0)
+    if "%" in text:  # zone id (fe80::1%eth0, or %25eth0 as URLs spell it)
         text = text.split("%", 1)[0]
     try:
         return ipaddress.ip_address(text)
@@ -62,12 +75,18 @@ def parse_ip_literal(host: str) -> IPAddress | None:
 
 
 def is_forbidden_address(address: IPAddress) -> bool:
-    """True for loopback, private, link-local, multicast, reserved and unspecified addresses."""
+    """True for loopback, private, link-local, multicast, reserved and unspecified addresses.
+
+    IPv6 forms that carry an IPv4 address (mapped, 6to4, NAT64) are judged by that
+    address too, and deprecated site-local ``fec0::/10`` counts as private.
+    """
     if isinstance(address, ipaddress.IPv6Address):
         embedded = address.ipv4_mapped or address.sixtofour
         if embedded is None and address in _NAT64:
             embedded = ipaddress.IPv4Address(int(address) & 0xFFFFFFFF)
         if embedded is not None and is_forbidden_address(embedded):
+            return True
+        if address.is_site_local:
             return True
     if isinstance(address, ipaddress.IPv4Address) and address in _CGNAT:
         return True
@@ -86,3 +105,16 @@ def is_forbidden_hostname(host: str) -> bool:
     """Names that always mean this machine, whatever DNS says."""
     name = host.strip().rstrip(".").lower()
     return name == "localhost" or name.endswith(".localhost")
+
+
+def is_dns_name(host: str) -> bool:
+    """An ASCII host name a resolver can look up (``a.example``, ``a.example.``).
+
+    The HTTP client hands anything that is not an address literal to the resolver
+    as is; a host with other characters (``%31%32%37.0.0.1``, spaces, non-ASCII that
+    survived IDNA) cannot be judged, so the guard refuses it rather than guess.
+    """
+    name = host[:-1] if host.endswith(".") else host
+    if not name or len(name) > _MAX_NAME:
+        return False
+    return all(_LABEL.fullmatch(label) for label in name.split("."))

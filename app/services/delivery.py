@@ -17,7 +17,6 @@ import time
 import uuid
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from urllib.parse import urlsplit
 
 import aiohttp
 import asyncpg
@@ -36,7 +35,7 @@ from app.services.breaker import (
     OriginSlots,
     origin_of,
 )
-from app.services.guarded_http import BlockedAddress, check_literal_host
+from app.services.guarded_http import BlockedAddress, check_url
 from app.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -95,7 +94,7 @@ async def post_callback(
     started = time.monotonic()
     try:
         if not allow_private:
-            check_literal_host(urlsplit(url).hostname or "")
+            check_url(url)
         async with http.post(
             url,
             data=body,

@@ -6,13 +6,10 @@ transaction (the API handler commits at the request boundary).
 
 from __future__ import annotations
 
-import asyncio
 import logging
-import socket
 from collections.abc import Sequence
 from datetime import datetime, timedelta
 from typing import Any
-from urllib.parse import urlsplit
 
 import aiohttp
 from redis.asyncio import Redis
@@ -32,17 +29,16 @@ from app.domain.instanceconfig import (
 )
 from app.domain.pollconfig import ResourceConfig
 from app.domain.schedule import first_poll_at
-from app.domain.ssrf import is_forbidden_address, parse_ip_literal
 from app.models import Delivery, DeliveryStatus, Instance, PollState, utcnow
 from app.providers.oauth import GrantRejected, ProviderUnavailable, exchange_code
 from app.security import REDACTED, SecretBox, hash_secret, new_secret
+from app.services.guarded_http import BlockedAddress, check_callback_host
 from app.settings import Settings
 
 log = logging.getLogger(__name__)
 
 PROVIDER_TOKEN_KEYS = ("access_token", "refresh_token", "expires_at")
 SHOWN_TOKEN_KEYS = {"access_token": "oauth.user.token", "refresh_token": "oauth.user.refresh_token"}
-DNS_TIMEOUT_S = 3.0
 
 
 class InstanceInputError(Exception):
@@ -66,36 +62,18 @@ def starting_watermark(enabled_at: datetime, resource: ResourceConfig) -> dateti
     return enabled_at.replace(microsecond=0) - timedelta(seconds=resource.poll_delay)
 
 
-async def resolve_addresses(host: str) -> list[str]:
-    """All addresses a host name resolves to (empty when it does not resolve)."""
-    loop = asyncio.get_running_loop()
-    try:
-        infos = await asyncio.wait_for(
-            loop.getaddrinfo(host, None, type=socket.SOCK_STREAM), DNS_TIMEOUT_S
-        )
-    except (OSError, TimeoutError):
-        return []
-    return sorted({str(info[4][0]) for info in infos})
-
-
 async def check_callback_dns(url: str | None, allow_private: bool) -> None:
-    """Reject a callback host whose DNS answers include a private address.
+    """Refuse a callback URL whose host the delivery client would not be allowed to reach.
 
-    A name that does not resolve yet is accepted: the delivery-time guard checks
-    every connection anyway, and DNS may simply not be published yet.
+    The host is judged as the HTTP client will read it (after IDNA mapping), then its
+    DNS answers; see :func:`app.services.guarded_http.check_callback_host`.
     """
-    if url is None or allow_private:
+    if url is None:
         return
-    host = urlsplit(url).hostname or ""
-    if parse_ip_literal(host) is not None:
-        return  # literal addresses were checked by the pure validator
-    for address in await resolve_addresses(host):
-        parsed = parse_ip_literal(address)
-        if parsed is not None and is_forbidden_address(parsed):
-            raise InstanceInputError(
-                f"configuration.{CALLBACK_KEY}: resolves to a private or loopback address "
-                f"({address}), which is not allowed"
-            )
+    try:
+        await check_callback_host(url, allow_private)
+    except BlockedAddress as exc:  # the message names the host and why it is refused
+        raise InstanceInputError(f"configuration.{CALLBACK_KEY}: {exc}") from exc
 
 
 def instance_view(instance: Instance, box: SecretBox, token: str | None = None) -> dict[str, Any]:
@@ -138,7 +116,6 @@ async def create_instance(
         spec, code = validate_create(
             body,
             min_refresh_minutes=settings.min_refresh_minutes,
-            allow_private_callbacks=settings.allow_private_callbacks,
         )
     except FieldError as exc:
         raise InstanceInputError(exc.message) from exc
@@ -250,7 +227,6 @@ async def patch_instance(
             config_secrets,
             body,
             min_refresh_minutes=settings.min_refresh_minutes,
-            allow_private_callbacks=settings.allow_private_callbacks,
         )
     except FieldError as exc:
         raise InstanceInputError(exc.message) from exc

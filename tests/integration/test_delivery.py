@@ -211,7 +211,30 @@ async def test_plain_key_verifies_as_its_whsec_form(world: World) -> None:
     Webhook(whsec).verify(body, {k.lower(): v for k, v in headers.items()})
 
 
-async def test_failures_are_recorded_and_retried_on_schedule_then_failed(world: World) -> None:
+@pytest.fixture
+async def elsewhere() -> AsyncIterator[tuple[str, list[str]]]:
+    """A second receiver that counts requests of any method: (its URL, the methods seen)."""
+    seen: list[str] = []
+
+    async def count(request: web.Request) -> web.Response:
+        seen.append(request.method)
+        return web.Response(text="followed")
+
+    app = web.Application()
+    app.router.add_route("*", "/{tail:.*}", count)
+    server = TestServer(app)
+    await server.start_server()
+    yield str(server.make_url("/elsewhere")), seen
+    await server.close()
+
+
+async def test_failures_are_recorded_and_retried_on_schedule_then_failed(
+    world: World, elsewhere: tuple[str, list[str]]
+) -> None:
+    # The 302 points at a second receiver: a client following it (as a GET or a POST)
+    # would show there.
+    location, followed = elsewhere
+    world.receiver.headers = {"Location": location}
     instance_id = await world.instance(world.receiver.url)
     delivery_id = await world.delivery(instance_id)
     world.receiver.statuses = [500, 503, 302, 500]
@@ -234,6 +257,7 @@ async def test_failures_are_recorded_and_retried_on_schedule_then_failed(world: 
     assert row["status"] == "failed"
     assert row["next_attempt_at"] is None
     assert len(world.receiver.received) == 4  # 3xx is a failure; redirects are not followed
+    assert followed == []
 
 
 async def test_retry_after_is_honoured_when_longer(world: World) -> None:
