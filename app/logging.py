@@ -21,6 +21,7 @@ import logging
 import re
 import sys
 import traceback
+from collections.abc import Mapping
 from urllib.parse import unquote_plus
 
 from aiohttp.abc import AbstractAccessLogger
@@ -183,27 +184,33 @@ class RedactingFilter(logging.Filter):
     """
 
     def filter(self, record: logging.LogRecord) -> bool:
-        if record.exc_info and record.exc_info[1] is not None:
+        error = record.exc_info[1] if record.exc_info else None
+        if error is not None:
             # Always re-rendered: a handler that ran earlier may have cached the raw text.
-            record.exc_text = format_exception_safely(record.exc_info[1])
-        args = record.args
-        if isinstance(args, tuple) and any(
-            isinstance(a, BaseException) and is_database_error(a) for a in args
-        ):
-            record.args = tuple(
-                describe_database_error(a)
-                if isinstance(a, BaseException) and is_database_error(a)
-                else a
-                for a in args
-            )
+            record.exc_text = format_exception_safely(error)
+        if isinstance(record.args, tuple):
+            record.args = tuple(_redact_arg(a) for a in record.args)
+        elif isinstance(record.args, Mapping):
+            record.args = {k: _redact_arg(v) for k, v in record.args.items()}
         try:
             message = record.getMessage()
         except (TypeError, ValueError):  # a bad format string: leave it to the handler
             return True
+        if error is not None and is_database_error(error):
+            # Celery's "Task ... raised unexpected: %(exc)s" passes the error's repr as text.
+            for quoted in (repr(error), str(error)):  # the repr contains the str
+                if quoted:
+                    message = message.replace(quoted, describe_database_error(error))
         masked = mask_url(message)
         if record.args or masked != record.msg:
             record.msg, record.args = masked, None
         return True
+
+
+def _redact_arg(value: object) -> object:
+    if isinstance(value, BaseException) and is_database_error(value):
+        return describe_database_error(value)
+    return value
 
 
 class MaskingAccessLogger(AbstractAccessLogger):

@@ -205,3 +205,22 @@ def test_access_logger_masks_the_request_line_and_referer() -> None:
     assert f'"GET /elements/api-v2/elements/infusionsoftrest/oauth/url?apiKey={MASK}' in line
     assert " 200 0 0.012s " in line
     assert '"ua"' in line
+
+
+def test_filter_redacts_a_database_error_quoted_as_text_like_celery_does(
+    captured: tuple[logging.Logger, io.StringIO],
+) -> None:
+    logger, stream = captured
+    exc = asyncpg.exceptions.DataError("invalid input for query argument $1: 'S3CRET'")
+    try:
+        raise exc
+    except asyncpg.exceptions.DataError:
+        # celery.app.trace: a mapping of context with the exception's safe_repr.
+        logger.error(
+            "Task %(name)s raised unexpected: %(exc)s",
+            {"name": "delivery.sweep", "exc": repr(exc)},
+            exc_info=True,
+        )
+    out = stream.getvalue()
+    assert "S3CRET" not in out
+    assert "Task delivery.sweep raised unexpected: DataError (SQLSTATE 22000; detail hidden)" in out
