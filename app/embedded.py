@@ -191,6 +191,11 @@ def start_postgres(data_dir: Path, database: str = DATABASE_NAME) -> tuple[str, 
     except ImportError:
         return _start_postgres_from_path(pgdata, database)
     server = pgserver.get_server(pgdata, cleanup_mode="stop")  # type: ignore[attr-defined]
+    if pgdata.stat().st_uid != os.geteuid():
+        # Run as root, pgserver runs PostgreSQL as its own system user and opens every
+        # parent of the cluster to group/other (read + traverse). That user only needs to
+        # traverse the data dir, not list it.
+        os.chmod(pgdata.parent, PRIVATE_DIR_MODE | stat.S_IXGRP | stat.S_IXOTH)
     admin_url: str = server.get_uri()
     _create_database(admin_url, database)
     return _with_database(admin_url, database), server.cleanup

@@ -216,8 +216,8 @@ def main(argv: list[str]) -> int:
     # the sink's records, demo credentials) is owner-only; what is there already is tightened.
     os.umask(PRIVATE_UMASK)
     secure_data_dir(data_dir)
-    flower_auth = base.flower_basic_auth or load_or_create_flower_auth(data_dir)
     try:
+        flower_auth = base.flower_basic_auth or load_or_create_flower_auth(data_dir)
         services = ensure_services(base.database_url, base.redis_url, data_dir)
     except EmbeddedError as exc:
         _say(f"pollinator: {exc}")
