@@ -22,6 +22,7 @@ import re
 import sys
 import traceback
 from collections.abc import Mapping
+from functools import lru_cache
 from urllib.parse import unquote_plus
 
 from aiohttp.abc import AbstractAccessLogger
@@ -54,6 +55,7 @@ _PARAM = re.compile(r"(?P<lead>[?&;#])(?P<name>[^=&;#?\s'\"<>]+)=(?P<value>[^&;#
 _USERINFO = re.compile(r"(?P<scheme>\b[a-zA-Z][a-zA-Z0-9+.\-]*://)(?P<userinfo>[^/?#@\s'\"<>]+)@")
 
 
+@lru_cache(maxsize=1024)  # a handful of names recur in every line; bounded for tenant names
 def is_sensitive_name(name: str) -> bool:
     """Whether a query parameter of this name may carry a secret (case and ``_-.`` ignored)."""
     normalized = "".join(ch for ch in unquote_plus(name).lower() if ch.isalnum())
