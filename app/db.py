@@ -35,9 +35,14 @@ def sync_url(url: str) -> str:
 
 
 def create_engine(url: str, *, pool_size: int = 10, max_overflow: int = 10) -> AsyncEngine:
-    """An async engine; one per process (API, each worker process)."""
+    """An async engine; one per process (API, each worker process).
+
+    ``hide_parameters``: SQLAlchemy's errors otherwise quote the statement's parameters
+    (secrets, tenant data) into every traceback that reaches a log.
+    """
     return create_async_engine(
         async_url(url),
+        hide_parameters=True,
         pool_size=pool_size,
         max_overflow=max_overflow,
         pool_pre_ping=True,

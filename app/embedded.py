@@ -15,9 +15,11 @@ import contextlib
 import glob
 import logging
 import os
+import secrets
 import shutil
 import signal
 import socket
+import stat
 import subprocess
 import sys
 import time
@@ -32,6 +34,12 @@ import redis
 log = logging.getLogger(__name__)
 
 DATABASE_NAME = "pollinator"
+# The data dir holds the secret key, service passwords, logs and the databases' files:
+# nobody but its owner reads any of it.
+PRIVATE_DIR_MODE = 0o700
+PRIVATE_FILE_MODE = 0o600
+PRIVATE_UMASK = 0o077
+REDIS_PASSWORD_FILE = "redis_password"
 
 
 class EmbeddedError(RuntimeError):
@@ -51,6 +59,52 @@ class EmbeddedServices:
         while self._stoppers:
             with contextlib.suppress(Exception):
                 self._stoppers.pop()()
+
+
+def secure_data_dir(data_dir: Path) -> None:
+    """Create the data dir owner-only and take group/other access from all already in it.
+
+    Files created by earlier versions (or under a looser umask) were world-readable:
+    logs, ``runtime.json`` with the service URLs, the Redis append-only file. Entries
+    this user does not own are left alone (chmod would fail on them anyway).
+    """
+    data_dir.mkdir(mode=PRIVATE_DIR_MODE, parents=True, exist_ok=True)
+    os.chmod(data_dir, PRIVATE_DIR_MODE)
+    for root, dirs, files in os.walk(data_dir):
+        for name in dirs + files:
+            path = os.path.join(root, name)
+            with contextlib.suppress(OSError):
+                mode = os.lstat(path).st_mode
+                if not stat.S_ISLNK(mode) and mode & 0o077:
+                    os.chmod(path, stat.S_IMODE(mode) & ~0o077)
+
+
+def write_private(path: Path, text: str) -> None:
+    """Write ``text`` to ``path`` readable by its owner only (an existing file is tightened)."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, PRIVATE_FILE_MODE)
+    with os.fdopen(fd, "w") as fh:
+        os.fchmod(fh.fileno(), PRIVATE_FILE_MODE)
+        fh.write(text)
+
+
+def load_or_create_secret(path: Path, generate: Callable[[], str]) -> str:
+    """The secret stored in ``path``, generated once (mode 0600) and kept across runs.
+
+    Two processes racing to create it agree: the loser of ``O_EXCL`` reads the winner's.
+    """
+    path.parent.mkdir(mode=PRIVATE_DIR_MODE, parents=True, exist_ok=True)
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, PRIVATE_FILE_MODE)
+    except FileExistsError:
+        os.chmod(path, PRIVATE_FILE_MODE)
+        value = path.read_text().strip()
+        if not value:
+            raise EmbeddedError(f"{path} is empty; delete it to generate a new one") from None
+        return value
+    value = generate()
+    with os.fdopen(fd, "w") as fh:
+        fh.write(value)
+    return value
 
 
 def free_port(host: str = "127.0.0.1") -> int:
@@ -137,6 +191,11 @@ def start_postgres(data_dir: Path, database: str = DATABASE_NAME) -> tuple[str, 
     except ImportError:
         return _start_postgres_from_path(pgdata, database)
     server = pgserver.get_server(pgdata, cleanup_mode="stop")  # type: ignore[attr-defined]
+    if pgdata.stat().st_uid != os.geteuid():
+        # Run as root, pgserver runs PostgreSQL as its own system user and opens every
+        # parent of the cluster to group/other (read + traverse). That user only needs to
+        # traverse the data dir, not list it.
+        os.chmod(pgdata.parent, PRIVATE_DIR_MODE | stat.S_IXGRP | stat.S_IXOTH)
     admin_url: str = server.get_uri()
     _create_database(admin_url, database)
     return _with_database(admin_url, database), server.cleanup
@@ -212,14 +271,23 @@ def start_redis(data_dir: Path, timeout: float = 15.0) -> tuple[str, Callable[[]
     """Start Redis under ``data_dir/redis`` on a free loopback port; return its URL and a stopper.
 
     Append-only persistence is on because Redis is also the default Celery broker:
-    a restart must not lose queued deliveries.
+    a restart must not lose queued deliveries. Every local user can reach a loopback
+    port, so the server requires a password, generated once into the data dir; it is
+    handed over in a 0600 config file (on the command line it would show in ``ps``)
+    and is part of the returned URL.
     """
     workdir = (data_dir / "redis").resolve()
-    workdir.mkdir(parents=True, exist_ok=True)
+    workdir.mkdir(mode=PRIVATE_DIR_MODE, parents=True, exist_ok=True)
+    password = load_or_create_secret(
+        data_dir / REDIS_PASSWORD_FILE, lambda: secrets.token_urlsafe(32)
+    )
+    config = workdir / "redis.conf"
+    write_private(config, f"requirepass {password}\n")
     port = free_port()
     proc = subprocess.Popen(
         [
             _redis_binary(),
+            str(config),
             "--port",
             str(port),
             "--bind",
@@ -240,7 +308,7 @@ def start_redis(data_dir: Path, timeout: float = 15.0) -> tuple[str, Callable[[]
         stderr=subprocess.DEVNULL,
         start_new_session=True,
     )
-    url = f"redis://127.0.0.1:{port}/0"
+    url = f"redis://:{password}@127.0.0.1:{port}/0"
     deadline = time.monotonic() + timeout
     client = redis.Redis.from_url(url)
     try:
@@ -296,6 +364,8 @@ def main(argv: list[str]) -> int:
     parser.add_argument("action", choices=["up"])
     parser.parse_args(argv)
     settings = load_settings_or_exit()
+    os.umask(PRIVATE_UMASK)
+    secure_data_dir(settings.data_dir)
     try:
         services = ensure_services(settings.database_url, settings.redis_url, settings.data_dir)
     except EmbeddedError as exc:

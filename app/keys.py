@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import hashlib
+
 PREFIX = "pollinator"
 
 
@@ -25,9 +27,19 @@ def beat_leader() -> str:
     return f"{PREFIX}:lock:beat"
 
 
-def app_budget(client_id: str) -> str:
-    """Per-OAuth-app request budget (Keap throttles per app, not per instance)."""
-    return f"{PREFIX}:budget:{client_id}"
+def app_budget(organization_id: int, client_id: str) -> str:
+    """Request budget of one OAuth app *as used by one organization*.
+
+    Keap throttles per app (client id), so the budget is shared by every instance of
+    the app, but only within one organization: the client id is tenant input, and a
+    budget keyed by it alone let one tenant spend (or exhaust) another's by claiming
+    the same client id. The cost of scoping: two organizations that really share one
+    Keap app each get the full rate, and if together they exceed Keap's limit the
+    provider's 429s (handled with ``Retry-After``) slow only that app's instances.
+    The client id is hashed so a tenant's string never shapes a Redis key.
+    """
+    digest = hashlib.sha256(client_id.encode()).hexdigest()[:32]
+    return f"{PREFIX}:budget:{organization_id}:{digest}"
 
 
 def alive(role: str) -> str:

@@ -39,6 +39,8 @@ class Settings(BaseSettings):
     api_host: str = "127.0.0.1"
     api_port: int = Field(default=8080, ge=0, le=65535)
     flower_port: int = Field(default=5555, ge=0, le=65535)
+    # ``user:password`` for Flower (SPEC §8); ``up`` generates one into the data dir if unset.
+    flower_basic_auth: str | None = Field(default=None, repr=False)
     min_refresh_minutes: float = Field(default=1.0, gt=0)
     allow_private_callbacks: bool = False
     infusionsoft_api_url: str = "https://api.infusionsoft.com/crm/rest/v1"
@@ -78,6 +80,18 @@ class Settings(BaseSettings):
     def _strong_secret(cls, value: str | None) -> str | None:
         if value is not None and len(value) < MIN_SECRET_KEY_LENGTH:
             raise ValueError(f"must be at least {MIN_SECRET_KEY_LENGTH} characters")
+        return value
+
+    @field_validator("flower_basic_auth")
+    @classmethod
+    def _user_and_password(cls, value: str | None) -> str | None:
+        if value is None:
+            return None
+        user, sep, password = value.partition(":")
+        if not sep or not user or not password:
+            raise ValueError("must be user:password")
+        if "," in value:  # Flower reads a comma-separated list of credentials
+            raise ValueError("must not contain a comma")
         return value
 
     @field_validator("database_url")

@@ -21,13 +21,25 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from app.embedded import EmbeddedError, ensure_services, wait_http
+from app.embedded import (
+    PRIVATE_DIR_MODE,
+    PRIVATE_FILE_MODE,
+    PRIVATE_UMASK,
+    EmbeddedError,
+    ensure_services,
+    load_or_create_secret,
+    secure_data_dir,
+    wait_http,
+    write_private,
+)
 from app.settings import RUNTIME_FILE, load_settings_or_exit
 
 RESTART_BACKOFF_S = (1, 2, 5, 10, 30)
 STOP_GRACE_S = 10.0
 SIMULATOR_PORT = 8090
 SINK_PORT = 8091
+FLOWER_AUTH_FILE = "flower_basic_auth"
+FLOWER_USER = "pollinator"
 
 
 def _say(message: str) -> None:
@@ -36,15 +48,18 @@ def _say(message: str) -> None:
 
 def load_or_create_secret_key(data_dir: Path) -> str:
     """The key that encrypts secrets at rest, generated once into the data dir (mode 0600)."""
-    path = data_dir / "secret_key"
-    if path.exists():
-        return path.read_text().strip()
-    data_dir.mkdir(parents=True, exist_ok=True)
-    key = secrets.token_urlsafe(48)
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    with os.fdopen(fd, "w") as fh:
-        fh.write(key)
-    return key
+    return load_or_create_secret(data_dir / "secret_key", lambda: secrets.token_urlsafe(48))
+
+
+def load_or_create_flower_auth(data_dir: Path) -> str:
+    """Flower's ``user:password`` when none is configured, generated once (mode 0600).
+
+    Flower shows every task's arguments and can revoke tasks and shut workers down, so
+    ``up`` never runs it open, not even on loopback (every local user can reach that).
+    """
+    return load_or_create_secret(
+        data_dir / FLOWER_AUTH_FILE, lambda: f"{FLOWER_USER}:{secrets.token_urlsafe(24)}"
+    )
 
 
 @dataclass
@@ -53,6 +68,8 @@ class Child:
 
     name: str
     argv: list[str]
+    # Variables only this child gets (Flower's credentials).
+    env: dict[str, str] = field(default_factory=dict, repr=False)
     proc: subprocess.Popen[bytes] | None = None
     restarts: int = 0
     next_start: float = 0.0
@@ -60,16 +77,19 @@ class Child:
 
     def start(self, env: dict[str, str], log_dir: Path) -> None:
         self.log_path = log_dir / f"{self.name}.log"
-        log = open(self.log_path, "ab")
-        self.proc = subprocess.Popen(
-            self.argv,
-            env=env,
-            stdin=subprocess.DEVNULL,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
-        log.close()
+        fd = os.open(self.log_path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, PRIVATE_FILE_MODE)
+        try:
+            os.fchmod(fd, PRIVATE_FILE_MODE)  # a log from an older run may be world-readable
+            self.proc = subprocess.Popen(
+                self.argv,
+                env={**env, **self.env},
+                stdin=subprocess.DEVNULL,
+                stdout=fd,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
+        finally:
+            os.close(fd)
 
     def alive(self) -> bool:
         return self.proc is not None and self.proc.poll() is None
@@ -87,27 +107,37 @@ def _pollinator(*args: str) -> list[str]:
     return [sys.executable, "-m", "app.cli", *args]
 
 
-def roles(data_dir: Path, demo: bool, flower_port: int) -> list[Child]:
+def flower_child(port: int, basic_auth: str) -> Child:
+    """Flower on loopback behind HTTP basic auth (UI and ``/api/*`` alike).
+
+    The credentials go in ``FLOWER_BASIC_AUTH`` rather than ``--basic_auth=``, where
+    any local user would read them in ``ps``.
+    """
+    return Child(
+        "flower",
+        [
+            sys.executable,
+            "-m",
+            "celery",
+            "-A",
+            "workers.celery_entry",
+            "flower",
+            f"--port={port}",
+            "--address=127.0.0.1",
+            "--max_tasks=10000",
+        ],
+        env={"FLOWER_BASIC_AUTH": basic_auth},
+    )
+
+
+def roles(data_dir: Path, demo: bool, flower_port: int, flower_auth: str) -> list[Child]:
     """Every process ``up`` runs."""
     children = [
         Child("api", _pollinator("api")),
         Child("beat", _pollinator("beat")),
         Child("worker-poll", _pollinator("worker", "--queues", "poll")),
         Child("worker-delivery", _pollinator("worker", "--queues", "delivery")),
-        Child(
-            "flower",
-            [
-                sys.executable,
-                "-m",
-                "celery",
-                "-A",
-                "workers.celery_entry",
-                "flower",
-                f"--port={flower_port}",
-                "--address=127.0.0.1",
-                "--max_tasks=10000",
-            ],
-        ),
+        flower_child(flower_port, flower_auth),
     ]
     if demo:
         children += [
@@ -132,7 +162,8 @@ class Supervisor:
         self.stopping = False
 
     def start_all(self) -> None:
-        self.log_dir.mkdir(parents=True, exist_ok=True)
+        self.log_dir.mkdir(mode=PRIVATE_DIR_MODE, parents=True, exist_ok=True)
+        os.chmod(self.log_dir, PRIVATE_DIR_MODE)
         for child in self.children:
             child.start(self.env, self.log_dir)
 
@@ -181,7 +212,12 @@ def main(argv: list[str]) -> int:
     args = parser.parse_args(argv)
     base = load_settings_or_exit()
     data_dir = base.data_dir.resolve()
+    # Everything this process and its children create (logs, the Redis append-only file,
+    # the sink's records, demo credentials) is owner-only; what is there already is tightened.
+    os.umask(PRIVATE_UMASK)
+    secure_data_dir(data_dir)
     try:
+        flower_auth = base.flower_basic_auth or load_or_create_flower_auth(data_dir)
         services = ensure_services(base.database_url, base.redis_url, data_dir)
     except EmbeddedError as exc:
         _say(f"pollinator: {exc}")
@@ -209,7 +245,9 @@ def main(argv: list[str]) -> int:
     from app.migrate import upgrade
 
     upgrade(services.database_url)
-    supervisor = Supervisor(roles(data_dir, args.demo, base.flower_port), env, data_dir / "logs")
+    supervisor = Supervisor(
+        roles(data_dir, args.demo, base.flower_port, flower_auth), env, data_dir / "logs"
+    )
     stop = False
 
     def _stop(*_: object) -> None:
@@ -218,6 +256,7 @@ def main(argv: list[str]) -> int:
 
     signal.signal(signal.SIGTERM, _stop)
     signal.signal(signal.SIGINT, _stop)
+    flower_login = "from POLLINATOR_FLOWER_BASIC_AUTH" if base.flower_basic_auth else flower_auth
     try:
         supervisor.start_all()
         api_url = f"http://{base.api_host}:{base.api_port}"
@@ -226,6 +265,7 @@ def main(argv: list[str]) -> int:
             f"Pollinator is up.\n  API      {api_url}/elements/api-v2"
             f"  (docs: {api_url}/openapi.json)"
             f"\n  health   {api_url}/readyz\n  flower   http://127.0.0.1:{base.flower_port}"
+            f"  (basic auth: {flower_login})"
             f"\n  metrics  {api_url}/metrics\n  logs     {data_dir / 'logs'}"
             f"\n  services export POLLINATOR_DATABASE_URL='{services.database_url}'"
             f"\n           export POLLINATOR_REDIS_URL='{services.redis_url}'"
@@ -247,6 +287,9 @@ def main(argv: list[str]) -> int:
 
 
 def write_runtime_env(data_dir: Path, values: dict[str, Any]) -> None:
-    """``.data/runtime.json``: the URLs of the running stack, for CLI commands run beside it."""
+    """``.data/runtime.json``: the URLs of the running stack, for CLI commands run beside it.
+
+    The URLs carry the embedded Redis password, so the file is owner-only (0600).
+    """
     public = {k: v for k, v in values.items() if k != "POLLINATOR_SECRET_KEY"}
-    (data_dir / RUNTIME_FILE).write_text(json.dumps(public, indent=2))
+    write_private(data_dir / RUNTIME_FILE, json.dumps(public, indent=2))

@@ -14,7 +14,7 @@ from app.api.context import ApiContext
 from app.api.errors import error_middleware
 from app.api.ui import add_ui_routes
 from app.db import create_engine, create_redis, session_factory
-from app.logging import setup_logging
+from app.logging import MaskingAccessLogger, setup_logging
 from app.security import SecretBox
 from app.settings import Settings
 
@@ -67,6 +67,7 @@ def main(argv: list[str]) -> int:
         host=args.host,
         port=args.port,
         access_log=logging.getLogger("pollinator.access"),
+        access_log_class=MaskingAccessLogger,
         print=None,
     )
     return 0

@@ -17,6 +17,8 @@ from typing import Any, Protocol
 import aiohttp
 from yarl import URL
 
+from app.logging import mask_url
+
 log = logging.getLogger(__name__)
 
 MAX_PAGE_SIZE = 1000
@@ -192,7 +194,7 @@ class InfusionsoftClient:
             if consistent:
                 return FetchResult(records, stats)
             stats.restarts += 1
-        log.warning("pages kept shifting under %s; accepting the last walk", path)
+        log.warning("pages kept shifting under %s; accepting the last walk", mask_url(path))
         return FetchResult(records, stats)
 
     async def _walk(

@@ -261,7 +261,12 @@ def _client_for(
         ),
     )
     budget = (
-        RedisBudget(deps.redis, snap.client_id, settings.provider_app_rate_per_second, slots)
+        RedisBudget(
+            deps.redis,
+            keys.app_budget(snap.info.organization_id, snap.client_id),
+            settings.provider_app_rate_per_second,
+            slots,
+        )
         if settings.provider_app_rate_per_second > 0
         else None
     )

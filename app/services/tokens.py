@@ -152,25 +152,26 @@ class RedisBudget:
     Keap's spike arrest counts per app; without a shared budget a few hundred
     instances of one app would all be throttled at once. A poll waiting for its
     app's next second gives its poll slot back while it sleeps (``slots``), so
-    polls of one busy app never crowd out polls of the others.
+    polls of one busy app never crowd out polls of the others. ``key`` names the
+    budget: :func:`app.keys.app_budget`, per organization and client id.
     """
 
     def __init__(
         self,
         redis: Redis,
-        client_id: str,
+        key: str,
         per_second: int,
         slots: asyncio.Semaphore | None = None,
     ) -> None:
         self.redis = redis
-        self.client_id = client_id
+        self.key = key
         self.per_second = per_second
         self.slots = slots
 
     async def acquire(self) -> None:
         while True:
             second = int(time.time())
-            key = f"{keys.app_budget(self.client_id)}:{second}"
+            key = f"{self.key}:{second}"
             async with self.redis.pipeline(transaction=False) as pipe:
                 pipe.incr(key)
                 pipe.expire(key, 2)
