@@ -101,9 +101,6 @@ class Claim:
     polls: list[Claimed] = field(default_factory=list)
     quarantined: list[Quarantined] = field(default_factory=list)
 
-    def __bool__(self) -> bool:
-        return bool(self.polls or self.quarantined)
-
     @property
     def size(self) -> int:
         return len(self.polls) + len(self.quarantined)
@@ -118,7 +115,7 @@ def next_slot(due: datetime | None, interval_s: float, now: datetime) -> datetim
     return next_poll_at(due, interval_s, now)
 
 
-def _plan(rows: Sequence[Any], now: datetime) -> tuple[list[tuple[Claimed, datetime]], Claim]:
+def plan_claim(rows: Sequence[Any], now: datetime) -> tuple[list[tuple[Claimed, datetime]], Claim]:
     """Each row's next slot, or its quarantine: one row's arithmetic never fails the batch."""
     scheduled: list[tuple[Claimed, datetime]] = []
     claim = Claim()
@@ -151,26 +148,10 @@ def _reschedule(conn: Connection, slots: Sequence[tuple[Claimed, datetime]]) -> 
     )
 
 
-def _reschedule_isolated(
+def _reschedule_one_by_one(
     conn: Connection, slots: Sequence[tuple[Claimed, datetime]], claim: Claim
 ) -> None:
-    """Move every row to its slot; a row the database refuses is quarantined, not the batch.
-
-    The batch is one statement inside a savepoint. Only if the database refuses it (a
-    constraint or trigger, say) is each row retried in a savepoint of its own. A lost or
-    timed-out connection (``OperationalError``) is no row's fault: it fails the claim, the
-    transaction rolls back and every row stays due for the next tick.
-    """
-    try:
-        with conn.begin_nested():
-            _reschedule(conn, slots)
-    except OperationalError:
-        raise
-    except Exception:
-        log.exception("rescheduling %d claimed instances failed; retrying one by one", len(slots))
-    else:
-        claim.polls.extend(c for c, _ in slots)
-        return
+    """Each row in a savepoint of its own: a row the database refuses is quarantined."""
     for claimed, slot in slots:
         try:
             with conn.begin_nested():
@@ -188,19 +169,17 @@ def _reschedule_isolated(
             claim.polls.append(claimed)
 
 
-def claim_due(engine: Engine, now: datetime, batch: int = CLAIM_BATCH) -> Claim:
-    """Claim up to ``batch`` due instances: move each to its next slot or quarantine it.
-
-    Both happen in one transaction, so a quarantined row is never claimed again and the
-    rest of its batch is scheduled in the same tick.
-    """
+def _claim(engine: Engine, now: datetime, batch: int, *, one_by_one: bool) -> Claim:
     with engine.begin() as conn:
         rows = conn.execute(
             _CLAIM, {"now": now, "batch": batch, "slot_min": SLOT_MIN, "slot_max": SLOT_MAX}
         ).all()
-        scheduled, claim = _plan(rows, now)
-        if scheduled:
-            _reschedule_isolated(conn, scheduled, claim)
+        scheduled, claim = plan_claim(rows, now)
+        if one_by_one:
+            _reschedule_one_by_one(conn, scheduled, claim)
+        elif scheduled:
+            _reschedule(conn, scheduled)
+            claim.polls.extend(c for c, _ in scheduled)
         if claim.quarantined:
             conn.execute(
                 _QUARANTINE,
@@ -213,46 +192,69 @@ def claim_due(engine: Engine, now: datetime, batch: int = CLAIM_BATCH) -> Claim:
     return claim
 
 
+def claim_due(engine: Engine, now: datetime, batch: int = CLAIM_BATCH) -> Claim:
+    """Claim up to ``batch`` due instances: move each to its next slot or quarantine it.
+
+    Both happen in one transaction, so a quarantined row is never claimed again and the
+    rest of its batch is scheduled in the same tick. The batch is moved with one
+    statement; should the database refuse it (a constraint or trigger on one row, say),
+    the transaction rolls back and the batch is claimed again with a savepoint per row,
+    so only the refused row is quarantined. A lost or timed-out connection
+    (``OperationalError``) is no row's fault: it propagates, and every row stays due.
+    """
+    try:
+        return _claim(engine, now, batch, one_by_one=False)
+    except OperationalError:
+        raise
+    except Exception:
+        log.exception("claiming due instances failed; claiming them again row by row")
+        return _claim(engine, now, batch, one_by_one=True)
+
+
 SendPolls = Callable[[Sequence[Claimed]], None]
 
 
 def dispatch_due(engine: Engine, send: SendPolls, metrics_client: redis.Redis | None = None) -> int:
     """Claim due instances batch by batch and ``send`` each batch's polls; returns how many.
 
-    Quarantines are logged one line per instance and counted in
-    ``pollinator_quarantines_total``. A batch whose claim fails (the database is gone)
-    ends the tick, since every following claim would fail the same way; its rows stay due.
-    A batch whose sending fails is logged and the following batches are still claimed and
-    sent (the failed batch's instances were moved and poll at their next slot).
+    No row can fail a claim (see :func:`claim_due`), so one tenant's row never stops the
+    tick's other batches. Quarantines are logged one line per instance and counted in
+    ``pollinator_quarantines_total``, also when a later batch fails. What still ends the
+    tick is the database or the broker failing, which would fail every following batch
+    too: a failed claim leaves its rows due for the next tick; a failed send is logged
+    (its instances were moved and poll at their next slot).
     """
-    sent = quarantined = 0
+    claimed = sent = quarantined = 0
     started = time.monotonic()
-    while sent + quarantined < MAX_CLAIM_PER_TICK:
-        claim = claim_due(engine, utcnow())
-        if not claim:
-            break
-        for q in claim.quarantined:
-            log.warning("instance %s quarantined: %s", q.instance_id, q.reason)
-        quarantined += len(claim.quarantined)
-        if claim.polls:
-            try:
-                send(claim.polls)
-            except Exception:
-                log.exception("sending %d polls failed", len(claim.polls))
-            else:
+    try:
+        while claimed < MAX_CLAIM_PER_TICK:
+            claim = claim_due(engine, utcnow())
+            claimed += claim.size
+            for q in claim.quarantined:
+                log.warning("instance %s quarantined: %s", q.instance_id, q.reason)
+            quarantined += len(claim.quarantined)
+            if claim.polls:
+                try:
+                    send(claim.polls)
+                except Exception:
+                    log.exception("sending %d polls failed", len(claim.polls))
+                    break
                 sent += len(claim.polls)
-        if claim.size < CLAIM_BATCH:
-            break
-    if quarantined and metrics_client is not None:
-        try:
-            metrics.inc_sync(
-                metrics_client, metrics.QUARANTINES, {"cause": "schedule"}, quarantined
-            )
-        except redis.RedisError as exc:
-            log.warning("counting %d quarantines failed (%s)", quarantined, type(exc).__name__)
+            if claim.size < CLAIM_BATCH:
+                break
+    finally:
+        if quarantined and metrics_client is not None:
+            _count_quarantines(metrics_client, quarantined)
     if sent:
         log.info("scheduled %d polls in %.0f ms", sent, (time.monotonic() - started) * 1000)
     return sent
+
+
+def _count_quarantines(client: redis.Redis, count: int) -> None:
+    try:
+        metrics.inc_sync(client, metrics.QUARANTINES, {"cause": "schedule"}, count)
+    except redis.RedisError as exc:  # a metric must not fail the tick
+        log.warning("counting %d quarantines failed (%s)", count, type(exc).__name__)
 
 
 class LeaderLock:
