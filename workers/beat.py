@@ -100,10 +100,7 @@ class Claim:
 
     polls: list[Claimed] = field(default_factory=list)
     quarantined: list[Quarantined] = field(default_factory=list)
-
-    @property
-    def size(self) -> int:
-        return len(self.polls) + len(self.quarantined)
+    rows: int = 0  # claimed rows (a row the database refuses to touch is in neither list)
 
 
 def next_slot(due: datetime | None, interval_s: float, now: datetime) -> datetime:
@@ -148,10 +145,25 @@ def _reschedule(conn: Connection, slots: Sequence[tuple[Claimed, datetime]]) -> 
     )
 
 
-def _reschedule_one_by_one(
-    conn: Connection, slots: Sequence[tuple[Claimed, datetime]], claim: Claim
+def _quarantine(conn: Connection, now: datetime, quarantined: Sequence[Quarantined]) -> None:
+    conn.execute(
+        _QUARANTINE,
+        {
+            "now": now,
+            "ids": [q.instance_id for q in quarantined],
+            "reasons": [q.reason for q in quarantined],
+        },
+    )
+
+
+def _one_by_one(
+    conn: Connection, now: datetime, slots: Sequence[tuple[Claimed, datetime]], claim: Claim
 ) -> None:
-    """Each row in a savepoint of its own: a row the database refuses is quarantined."""
+    """Each row in a savepoint of its own, so a row the database refuses fails alone.
+
+    A row whose new slot is refused is quarantined; one whose quarantine is refused too
+    is left as it is (logged), and the rest of the batch is still scheduled.
+    """
     for claimed, slot in slots:
         try:
             with conn.begin_nested():
@@ -167,6 +179,23 @@ def _reschedule_one_by_one(
             )
         else:
             claim.polls.append(claimed)
+    stored: list[Quarantined] = []
+    for q in claim.quarantined:
+        try:
+            with conn.begin_nested():
+                _quarantine(conn, now, [q])
+        except OperationalError:
+            raise
+        except Exception as exc:
+            log.error(
+                "instance %s can be neither scheduled nor quarantined (%s): %s",
+                q.instance_id,
+                type(exc).__name__,
+                q.reason,
+            )
+        else:
+            stored.append(q)
+    claim.quarantined = stored
 
 
 def _claim(engine: Engine, now: datetime, batch: int, *, one_by_one: bool) -> Claim:
@@ -175,20 +204,15 @@ def _claim(engine: Engine, now: datetime, batch: int, *, one_by_one: bool) -> Cl
             _CLAIM, {"now": now, "batch": batch, "slot_min": SLOT_MIN, "slot_max": SLOT_MAX}
         ).all()
         scheduled, claim = plan_claim(rows, now)
+        claim.rows = len(rows)
         if one_by_one:
-            _reschedule_one_by_one(conn, scheduled, claim)
-        elif scheduled:
+            _one_by_one(conn, now, scheduled, claim)
+            return claim
+        if scheduled:
             _reschedule(conn, scheduled)
             claim.polls.extend(c for c, _ in scheduled)
         if claim.quarantined:
-            conn.execute(
-                _QUARANTINE,
-                {
-                    "now": now,
-                    "ids": [q.instance_id for q in claim.quarantined],
-                    "reasons": [q.reason for q in claim.quarantined],
-                },
-            )
+            _quarantine(conn, now, claim.quarantined)
     return claim
 
 
@@ -199,7 +223,7 @@ def claim_due(engine: Engine, now: datetime, batch: int = CLAIM_BATCH) -> Claim:
     rest of its batch is scheduled in the same tick. The batch is moved with one
     statement; should the database refuse it (a constraint or trigger on one row, say),
     the transaction rolls back and the batch is claimed again with a savepoint per row,
-    so only the refused row is quarantined. A lost or timed-out connection
+    so only the refused row is affected. A lost or timed-out connection
     (``OperationalError``) is no row's fault: it propagates, and every row stays due.
     """
     try:
@@ -229,7 +253,7 @@ def dispatch_due(engine: Engine, send: SendPolls, metrics_client: redis.Redis | 
     try:
         while claimed < MAX_CLAIM_PER_TICK:
             claim = claim_due(engine, utcnow())
-            claimed += claim.size
+            claimed += claim.rows
             for q in claim.quarantined:
                 log.warning("instance %s quarantined: %s", q.instance_id, q.reason)
             quarantined += len(claim.quarantined)
@@ -240,7 +264,7 @@ def dispatch_due(engine: Engine, send: SendPolls, metrics_client: redis.Redis | 
                     log.exception("sending %d polls failed", len(claim.polls))
                     break
                 sent += len(claim.polls)
-            if claim.size < CLAIM_BATCH:
+            if claim.rows < CLAIM_BATCH:
                 break
     finally:
         if quarantined and metrics_client is not None:

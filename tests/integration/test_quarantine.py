@@ -176,10 +176,8 @@ async def test_unschedulable_rows_are_quarantined_and_the_rest_of_the_batch_is_s
     assert huge in {c.instance_id for c in lifted}
 
 
-def test_a_row_the_database_refuses_to_move_is_quarantined_alone(
-    service_urls: ServiceUrls, engine: Engine
-) -> None:
-    """Whatever fails one row's reschedule (here a trigger an operator added) fails only it."""
+def test_rows_the_database_refuses_fail_alone(service_urls: ServiceUrls, engine: Engine) -> None:
+    """Whatever fails one row's update (here triggers an operator added) fails only that row."""
     with psycopg.connect(service_urls.database_url, autocommit=True) as conn:
         org = conn.execute(
             "INSERT INTO organizations (name, secret_hash) VALUES ('refusal', md5(random()::text))"
@@ -193,33 +191,39 @@ def test_a_row_the_database_refuses_to_move_is_quarantined_alone(
                 " configuration, events_enabled, disabled, valid, refresh_interval_s,"
                 " next_poll_at)"
                 " SELECT %s, 'i' || g, 'infusionsoftrest', md5(random()::text), '{}', true,"
-                " false, true, 60, now() - interval '1 second' FROM generate_series(1, 4) g"
+                " false, true, 60, now() - interval '1 second' FROM generate_series(1, 5) g"
                 " RETURNING id",
                 (org[0],),
             ).fetchall()
         ]
-        refused = ids[1]
+        # One row may not move; another may not be updated at all.
+        unmovable, untouchable = ids[1], ids[3]
         conn.execute(
-            "CREATE FUNCTION refuse_one() RETURNS trigger LANGUAGE plpgsql AS $$"
-            f" BEGIN IF NEW.id = {refused} AND NEW.next_poll_at IS DISTINCT FROM"
-            " OLD.next_poll_at THEN RAISE EXCEPTION 'refused'; END IF; RETURN NEW; END $$"
+            "CREATE FUNCTION refuse_rows() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN"
+            f" IF NEW.id = {untouchable} OR (NEW.id = {unmovable}"
+            " AND NEW.next_poll_at IS DISTINCT FROM OLD.next_poll_at)"
+            " THEN RAISE EXCEPTION 'refused'; END IF; RETURN NEW; END $$"
         )
         conn.execute(
-            "CREATE TRIGGER refuse_one BEFORE UPDATE ON instances"
-            " FOR EACH ROW EXECUTE FUNCTION refuse_one()"
+            "CREATE TRIGGER refuse_rows BEFORE UPDATE ON instances"
+            " FOR EACH ROW EXECUTE FUNCTION refuse_rows()"
         )
         try:
             claim = claim_due(engine, utcnow_db(conn))
         finally:
-            conn.execute("DROP TRIGGER refuse_one ON instances")
-            conn.execute("DROP FUNCTION refuse_one()")
-        assert set(ids) - {refused} <= {c.instance_id for c in claim.polls}
-        assert [q.instance_id for q in claim.quarantined if q.instance_id in ids] == [refused]
-        row = conn.execute(
-            "SELECT quarantine_reason FROM instances WHERE id = %s", (refused,)
-        ).fetchone()
-        assert row is not None
-        assert "cannot be stored" in row[0]
+            conn.execute("DROP TRIGGER refuse_rows ON instances")
+            conn.execute("DROP FUNCTION refuse_rows()")
+        polled = {c.instance_id for c in claim.polls}
+        assert set(ids) - {unmovable, untouchable} <= polled
+        assert [q.instance_id for q in claim.quarantined if q.instance_id in ids] == [unmovable]
+        rows = dict(
+            conn.execute(
+                "SELECT id, quarantine_reason FROM instances WHERE id = ANY(%s)", (ids,)
+            ).fetchall()
+        )
+        assert "cannot be stored" in rows[unmovable]
+        assert rows[untouchable] is None  # left due: tried again next tick, logged each time
+        assert untouchable not in polled
 
 
 def utcnow_db(conn: psycopg.Connection[Any]) -> Any:
