@@ -86,7 +86,9 @@ async def metrics(request: web.Request) -> web.Response:
         [({}, overdue_s)],
     )
     lines += gauge_lines(
-        "pollinator_instances_polling", "Instances with events enabled", [({}, polling)]
+        "pollinator_instances_polling",
+        "Instances beat schedules (events enabled, not disabled, not quarantined)",
+        [({}, polling)],
     )
     lines += gauge_lines(
         "pollinator_polls_overdue", "Instances more than 10 s past their poll time", [({}, late)]
