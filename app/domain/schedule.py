@@ -77,13 +77,15 @@ def _interval_us(interval_s: float) -> int:
 
 
 def _add_us(start: datetime, offset_us: int, what: str) -> datetime:
-    """``start + offset_us``, or :class:`ScheduleError` when that passes :data:`SLOT_MAX`.
+    """``start + offset_us``, or :class:`ScheduleError` when that is outside the slot range.
 
     Differences of aware datetimes never overflow (a ``timedelta`` spans far more than the
-    calendar), so the bound is checked before any datetime is built.
+    calendar), so the bounds are checked before any datetime is built.
     """
     if offset_us > (SLOT_MAX - start) // _MICROSECOND:
         raise ScheduleError(f"{what} falls after {SLOT_MAX.date().isoformat()}")
+    if offset_us < -((start - SLOT_MIN) // _MICROSECOND):
+        raise ScheduleError(f"{what} falls before {SLOT_MIN.date().isoformat()}")
     return start + timedelta(microseconds=offset_us)
 
 

@@ -20,6 +20,7 @@ import pytest
 import redis
 from sqlalchemy import Engine, create_engine, text
 
+from app import metrics
 from app.db import sync_url
 from app.services.polling import QUARANTINE_AFTER_CRASHES, PollOutcome, run_polls
 from tests.conftest import ServiceUrls
@@ -179,23 +180,7 @@ async def test_unschedulable_rows_are_quarantined_and_the_rest_of_the_batch_is_s
 def test_rows_the_database_refuses_fail_alone(service_urls: ServiceUrls, engine: Engine) -> None:
     """Whatever fails one row's update (here triggers an operator added) fails only that row."""
     with psycopg.connect(service_urls.database_url, autocommit=True) as conn:
-        org = conn.execute(
-            "INSERT INTO organizations (name, secret_hash) VALUES ('refusal', md5(random()::text))"
-            " RETURNING id"
-        ).fetchone()
-        assert org is not None
-        ids = [
-            int(row[0])
-            for row in conn.execute(
-                "INSERT INTO instances (organization_id, name, element_key, token_hash,"
-                " configuration, events_enabled, disabled, valid, refresh_interval_s,"
-                " next_poll_at)"
-                " SELECT %s, 'i' || g, 'infusionsoftrest', md5(random()::text), '{}', true,"
-                " false, true, 60, now() - interval '1 second' FROM generate_series(1, 5) g"
-                " RETURNING id",
-                (org[0],),
-            ).fetchall()
-        ]
+        ids = insert_due_instances(conn, 5)
         # One row may not move; another may not be updated at all.
         unmovable, untouchable = ids[1], ids[3]
         conn.execute(
@@ -224,6 +209,53 @@ def test_rows_the_database_refuses_fail_alone(service_urls: ServiceUrls, engine:
         assert "cannot be stored" in rows[unmovable]
         assert rows[untouchable] is None  # left due: tried again next tick, logged each time
         assert untouchable not in polled
+
+
+def insert_due_instances(conn: psycopg.Connection[Any], count: int) -> list[int]:
+    """Bare due instances of a new organization, straight into PostgreSQL."""
+    org = conn.execute(
+        "INSERT INTO organizations (name, secret_hash) VALUES ('raw', md5(random()::text))"
+        " RETURNING id"
+    ).fetchone()
+    assert org is not None
+    return [
+        int(row[0])
+        for row in conn.execute(
+            "INSERT INTO instances (organization_id, name, element_key, token_hash,"
+            " configuration, events_enabled, disabled, valid, refresh_interval_s, next_poll_at)"
+            " SELECT %s, 'i' || g, 'infusionsoftrest', md5(random()::text), '{}', true,"
+            " false, true, 60, now() - interval '1 second' FROM generate_series(1, %s) g"
+            " RETURNING id",
+            (org[0], count),
+        ).fetchall()
+    ]
+
+
+def schedule_quarantines(client: redis.Redis) -> float:
+    raw = client.hgetall(metrics.QUARANTINES.key)
+    for line in metrics.render_metric(metrics.QUARANTINES, raw):
+        if line.startswith('pollinator_quarantines_total{cause="schedule"} '):
+            return float(line.rsplit(" ", 1)[1])
+    return 0.0
+
+
+def test_a_failed_send_ends_the_tick_and_its_quarantines_still_count(
+    service_urls: ServiceUrls, engine: Engine, sync_redis: redis.Redis
+) -> None:
+    with psycopg.connect(service_urls.database_url, autocommit=True) as conn:
+        healthy, poisoned = insert_due_instances(conn, 2)
+        conn.execute("UPDATE instances SET refresh_interval_s = 'NaN' WHERE id = %s", (poisoned,))
+    before = schedule_quarantines(sync_redis)
+    attempts: list[list[int]] = []
+
+    def broker_down(polls: Sequence[Claimed]) -> None:
+        attempts.append([c.instance_id for c in polls])
+        raise ConnectionError("broker down")
+
+    assert dispatch_due(engine, broker_down, sync_redis) == 0
+    assert len(attempts) == 1  # the tick stopped at the first failed send
+    assert healthy in attempts[0]
+    assert schedule_quarantines(sync_redis) == before + 1
 
 
 def utcnow_db(conn: psycopg.Connection[Any]) -> Any:

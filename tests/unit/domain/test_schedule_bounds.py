@@ -69,6 +69,16 @@ def test_stored_times_at_the_ends_of_the_calendar() -> None:
         next_poll_at(NOW + timedelta(microseconds=1), step.total_seconds(), NOW)
 
 
+def test_a_slot_before_the_range_is_a_schedule_error() -> None:
+    # 0001-01-02 00:00 at UTC+14 is 0001-01-01 10:00 UTC: representable, but a session in
+    # a western time zone could not read it back.
+    east = timezone(timedelta(hours=14))
+    scheduled = datetime(1, 1, 2, tzinfo=east)
+    with pytest.raises(ScheduleError, match="before 0001-01-02"):
+        next_poll_at(scheduled, 60.0, scheduled)
+    assert next_poll_at(scheduled, 86400.0, scheduled) == scheduled + timedelta(days=1)
+
+
 def test_intervals_below_a_microsecond_still_move_forward() -> None:
     # Previously a loop of k += 1 whose float product could stop changing.
     nxt = next_poll_at(NOW - timedelta(days=3650), 1e-9, NOW)
