@@ -72,8 +72,14 @@ _RESCHEDULE = text("""
     FROM unnest(CAST(:ids AS bigint[]), CAST(:nexts AS timestamptz[])) AS u(id, next_at)
     WHERE i.id = u.id
 """)
+# A stored slot Python cannot read is cleared as well: the API reads the row (GET, and the
+# PATCH that lifts the quarantine, which gives a cleared row a fresh first slot).
 _QUARANTINE = text("""
-    UPDATE instances AS i SET quarantined_at = :now, quarantine_reason = u.reason
+    UPDATE instances AS i SET
+        quarantined_at = :now,
+        quarantine_reason = u.reason,
+        next_poll_at = CASE WHEN i.next_poll_at BETWEEN :slot_min AND :slot_max
+                            THEN i.next_poll_at END
     FROM unnest(CAST(:ids AS bigint[]), CAST(:reasons AS text[])) AS u(id, reason)
     WHERE i.id = u.id
 """)
@@ -152,6 +158,8 @@ def _quarantine(conn: Connection, now: datetime, quarantined: Sequence[Quarantin
             "now": now,
             "ids": [q.instance_id for q in quarantined],
             "reasons": [q.reason for q in quarantined],
+            "slot_min": SLOT_MIN,
+            "slot_max": SLOT_MAX,
         },
     )
 

@@ -176,6 +176,19 @@ async def test_unschedulable_rows_are_quarantined_and_the_rest_of_the_batch_is_s
     dispatch_due(engine, lifted.extend, sync_redis)
     assert huge in {c.instance_id for c in lifted}
 
+    # The slot Python could not read was cleared when quarantined, so the API can read the
+    # row, and lifting gives it a fresh first slot within one interval.
+    [state] = await polling(harness, end_of_time)
+    assert state["lastError"].startswith("quarantined: ")
+    await patch_interval(harness, end_of_time, 1)
+    [[fresh]] = sql(
+        harness,
+        "SELECT next_poll_at BETWEEN now() AND now() + interval '60 seconds'"
+        " FROM instances WHERE id = %s AND quarantined_at IS NULL",
+        end_of_time,
+    )
+    assert fresh is True
+
 
 def test_rows_the_database_refuses_fail_alone(service_urls: ServiceUrls, engine: Engine) -> None:
     """Whatever fails one row's update (here triggers an operator added) fails only that row."""
