@@ -16,6 +16,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from redis import Redis as SyncRedis
 from redis.asyncio import Redis
 
 from app.keys import PREFIX
@@ -63,6 +64,12 @@ DELIVERY_ATTEMPTS = Metric(
 DELIVERY_LATENCY = Metric(
     "pollinator_delivery_duration_seconds", "histogram", "Callback POST duration", DURATION_BUCKETS
 )
+QUARANTINES = Metric(
+    "pollinator_quarantines_total",
+    "counter",
+    "Instances quarantined, by cause (schedule: next poll time cannot be computed or stored; "
+    "crash: polls kept crashing)",
+)
 ALL_METRICS = (
     POLLS,
     POLL_EVENTS,
@@ -72,6 +79,7 @@ ALL_METRICS = (
     POLL_DURATION,
     DELIVERY_ATTEMPTS,
     DELIVERY_LATENCY,
+    QUARANTINES,
 )
 
 
@@ -135,6 +143,13 @@ class MetricsBatch:
         self._ops.clear()
         self._journal.clear()
         self._sets.clear()
+
+
+def inc_sync(
+    client: SyncRedis, metric: Metric, labels: Mapping[str, str] | None = None, amount: float = 1.0
+) -> None:
+    """One counter increment from a synchronous process (beat has no event loop)."""
+    client.hincrbyfloat(metric.key, _labels(labels), amount)
 
 
 def _escape(value: str) -> str:

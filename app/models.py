@@ -98,6 +98,11 @@ class User(SQLModel, table=True):
     created_at: datetime = _ts(default=True)
 
 
+#: Instances beat schedules. Quarantined ones are left out so their stuck (overdue) rows
+#: neither sit at the head of the due index nor are claimed again every tick.
+DUE_PREDICATE = "events_enabled AND NOT disabled AND deleted_at IS NULL AND quarantined_at IS NULL"
+
+
 class Instance(SQLModel, table=True):
     """A connector instance: one tenant's authenticated Infusionsoft account plus its events setup.
 
@@ -109,10 +114,12 @@ class Instance(SQLModel, table=True):
 
     __tablename__ = "instances"
     __table_args__ = (
+        # Beat's claim predicate (workers/beat.py) must imply this one word for word, or
+        # the planner cannot use the index and every tick scans the whole table.
         Index(
             "ix_instances_due",
             "next_poll_at",
-            postgresql_where=text("events_enabled AND NOT disabled AND deleted_at IS NULL"),
+            postgresql_where=text(DUE_PREDICATE),
         ),
     )
 
@@ -146,6 +153,16 @@ class Instance(SQLModel, table=True):
     poll_failures: int = Field(
         default=0, sa_column=Column(Integer, nullable=False, server_default="0")
     )
+    # Polls in a row that crashed (an unexpected error, not provider weather); at
+    # app.services.polling.QUARANTINE_AFTER_CRASHES the instance is quarantined.
+    poll_crashes: int = Field(
+        default=0, sa_column=Column(Integer, nullable=False, server_default="0")
+    )
+    # Set when the scheduler isolated this instance (its next poll time cannot be computed
+    # or its polls keep crashing): beat no longer claims it, the reason is every resource's
+    # lastError, and any PATCH of the instance lifts it.
+    quarantined_at: datetime | None = _ts(nullable=True)
+    quarantine_reason: str | None = Field(default=None, sa_column=Column(Text, nullable=True))
     created_at: datetime = _ts(default=True)
     updated_at: datetime = _ts(default=True)
     deleted_at: datetime | None = _ts(nullable=True)

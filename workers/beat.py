@@ -3,10 +3,17 @@
 Beat keeps no per-instance entries in memory. Each tick claims the instances
 whose ``next_poll_at`` has passed (a partial index makes that cost grow with the
 number of *due* instances, not the total), moves each one's ``next_poll_at`` to
-its next drift-free slot and sends one ``poll.instance`` task per instance.
-``FOR UPDATE SKIP LOCKED`` plus a Redis leader lock mean two beats never
-double-schedule: only the leader ticks, and even a split-brain moment cannot
-claim the same row twice.
+its next drift-free slot and sends them as ``poll.instances`` tasks of up to
+``TASK_BATCH`` instances each. ``FOR UPDATE SKIP LOCKED`` plus a Redis leader lock
+mean two beats never double-schedule: only the leader ticks, and even a
+split-brain moment cannot claim the same row twice.
+
+One row never fails its neighbours. A claimed instance whose next slot cannot be
+computed or stored (an interval past validation, a slot at the end of the
+calendar) is *quarantined* in the same transaction that schedules the rest of
+its batch: beat stops claiming it, its resources' ``lastError`` says why, and a
+PATCH of the instance lifts it (see :mod:`app.services.polling` for instances
+whose polls keep crashing).
 """
 
 from __future__ import annotations
@@ -16,17 +23,20 @@ import logging
 import random
 import secrets as pysecrets
 import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
 import redis
 from celery.beat import Scheduler
-from sqlalchemy import Engine, create_engine, text
+from sqlalchemy import Connection, Engine, create_engine, text
+from sqlalchemy.exc import OperationalError
 
-from app import keys
+from app import keys, metrics
 from app.db import sync_url
-from app.domain.schedule import next_poll_at
-from app.models import utcnow
+from app.domain.schedule import SLOT_MAX, SLOT_MIN, ScheduleError, next_poll_at
+from app.models import DUE_PREDICATE, utcnow
 from app.settings import get_settings
 from workers.queues import POLL_INSTANCES, TASK_BATCH, Queue
 
@@ -43,9 +53,16 @@ if redis.call('get', KEYS[1]) == ARGV[1] then return redis.call('pexpire', KEYS[
 return 0
 """
 
-_CLAIM = text("""
-    SELECT id, next_poll_at, refresh_interval_s FROM instances
-    WHERE events_enabled AND NOT disabled AND deleted_at IS NULL AND next_poll_at <= :now
+# The WHERE clause is the due index's predicate word for word (app.models.DUE_PREDICATE),
+# so the planner walks that index. A stored slot outside SLOT_MIN..SLOT_MAX (PostgreSQL
+# stores up to 294276 AD and ±infinity) comes back as NULL instead of failing the
+# driver's conversion to a Python datetime, which would fail the whole batch.
+_CLAIM = text(f"""
+    SELECT id,
+           CASE WHEN next_poll_at BETWEEN :slot_min AND :slot_max THEN next_poll_at END,
+           refresh_interval_s
+    FROM instances
+    WHERE {DUE_PREDICATE} AND next_poll_at <= :now
     ORDER BY next_poll_at
     LIMIT :batch
     FOR UPDATE SKIP LOCKED
@@ -55,23 +72,221 @@ _RESCHEDULE = text("""
     FROM unnest(CAST(:ids AS bigint[]), CAST(:nexts AS timestamptz[])) AS u(id, next_at)
     WHERE i.id = u.id
 """)
+# A stored slot Python cannot read is cleared as well: the API reads the row (GET, and the
+# PATCH that lifts the quarantine, which gives a cleared row a fresh first slot).
+_QUARANTINE = text("""
+    UPDATE instances AS i SET
+        quarantined_at = :now,
+        quarantine_reason = u.reason,
+        next_poll_at = CASE WHEN i.next_poll_at BETWEEN :slot_min AND :slot_max
+                            THEN i.next_poll_at END
+    FROM unnest(CAST(:ids AS bigint[]), CAST(:reasons AS text[])) AS u(id, reason)
+    WHERE i.id = u.id
+""")
 
 
-def claim_due(
-    engine: Engine, now: datetime, batch: int = CLAIM_BATCH
-) -> list[tuple[int, float, datetime]]:
-    """Claim up to ``batch`` due instances and move them to their next slot.
+@dataclass(frozen=True)
+class Claimed:
+    """An instance to poll now: its interval and the slot that was due."""
 
-    Returns (id, interval, the slot that was due) per claimed instance.
+    instance_id: int
+    interval_s: float
+    due: datetime
+
+
+@dataclass(frozen=True)
+class Quarantined:
+    instance_id: int
+    reason: str
+
+
+@dataclass
+class Claim:
+    """One claimed batch: what to poll, and what was quarantined instead."""
+
+    polls: list[Claimed] = field(default_factory=list)
+    quarantined: list[Quarantined] = field(default_factory=list)
+    rows: int = 0  # claimed rows (a row the database refuses to touch is in neither list)
+
+
+def next_slot(due: datetime | None, interval_s: float, now: datetime) -> datetime:
+    """The claimed row's next slot; :class:`ScheduleError` when it has none."""
+    if due is None:
+        raise ScheduleError(
+            f"the stored next poll time is outside {SLOT_MIN.date()} .. {SLOT_MAX.date()}"
+        )
+    return next_poll_at(due, interval_s, now)
+
+
+def plan_claim(rows: Sequence[Any], now: datetime) -> tuple[list[tuple[Claimed, datetime]], Claim]:
+    """Each row's next slot, or its quarantine: one row's arithmetic never fails the batch."""
+    scheduled: list[tuple[Claimed, datetime]] = []
+    claim = Claim()
+    for row in rows:
+        instance_id, due, interval_s = int(row[0]), row[1], float(row[2])
+        try:
+            slot = next_slot(due, interval_s, now)
+        except ScheduleError as exc:
+            claim.quarantined.append(
+                Quarantined(instance_id, f"next poll time cannot be computed: {exc}")
+            )
+            continue
+        except Exception as exc:  # a bug must cost this row only, not every tenant's polls
+            log.exception("instance %s: computing its next poll time failed", instance_id)
+            claim.quarantined.append(
+                Quarantined(
+                    instance_id, f"next poll time cannot be computed ({type(exc).__name__})"
+                )
+            )
+            continue
+        assert due is not None  # next_slot refuses None
+        scheduled.append((Claimed(instance_id, interval_s, due), slot))
+    return scheduled, claim
+
+
+def _reschedule(conn: Connection, slots: Sequence[tuple[Claimed, datetime]]) -> None:
+    conn.execute(
+        _RESCHEDULE,
+        {"ids": [c.instance_id for c, _ in slots], "nexts": [slot for _, slot in slots]},
+    )
+
+
+def _quarantine(conn: Connection, now: datetime, quarantined: Sequence[Quarantined]) -> None:
+    conn.execute(
+        _QUARANTINE,
+        {
+            "now": now,
+            "ids": [q.instance_id for q in quarantined],
+            "reasons": [q.reason for q in quarantined],
+            "slot_min": SLOT_MIN,
+            "slot_max": SLOT_MAX,
+        },
+    )
+
+
+def _one_by_one(
+    conn: Connection, now: datetime, slots: Sequence[tuple[Claimed, datetime]], claim: Claim
+) -> None:
+    """Each row in a savepoint of its own, so a row the database refuses fails alone.
+
+    A row whose new slot is refused is quarantined; one whose quarantine is refused too
+    is left as it is (logged), and the rest of the batch is still scheduled.
     """
+    for claimed, slot in slots:
+        try:
+            with conn.begin_nested():
+                _reschedule(conn, [(claimed, slot)])
+        except OperationalError:
+            raise
+        except Exception as exc:
+            claim.quarantined.append(
+                Quarantined(
+                    claimed.instance_id,
+                    f"next poll time {slot.isoformat()} cannot be stored ({type(exc).__name__})",
+                )
+            )
+        else:
+            claim.polls.append(claimed)
+    stored: list[Quarantined] = []
+    for q in claim.quarantined:
+        try:
+            with conn.begin_nested():
+                _quarantine(conn, now, [q])
+        except OperationalError:
+            raise
+        except Exception as exc:
+            log.error(
+                "instance %s can be neither scheduled nor quarantined (%s): %s",
+                q.instance_id,
+                type(exc).__name__,
+                q.reason,
+            )
+        else:
+            stored.append(q)
+    claim.quarantined = stored
+
+
+def _claim(engine: Engine, now: datetime, batch: int, *, one_by_one: bool) -> Claim:
     with engine.begin() as conn:
-        rows = conn.execute(_CLAIM, {"now": now, "batch": batch}).all()
-        if not rows:
-            return []
-        ids = [int(r[0]) for r in rows]
-        nexts = [next_poll_at(r[1], float(r[2]), now) for r in rows]
-        conn.execute(_RESCHEDULE, {"ids": ids, "nexts": nexts})
-    return [(int(r[0]), float(r[2]), r[1]) for r in rows]
+        rows = conn.execute(
+            _CLAIM, {"now": now, "batch": batch, "slot_min": SLOT_MIN, "slot_max": SLOT_MAX}
+        ).all()
+        scheduled, claim = plan_claim(rows, now)
+        claim.rows = len(rows)
+        if one_by_one:
+            _one_by_one(conn, now, scheduled, claim)
+            return claim
+        if scheduled:
+            _reschedule(conn, scheduled)
+            claim.polls.extend(c for c, _ in scheduled)
+        if claim.quarantined:
+            _quarantine(conn, now, claim.quarantined)
+    return claim
+
+
+def claim_due(engine: Engine, now: datetime, batch: int = CLAIM_BATCH) -> Claim:
+    """Claim up to ``batch`` due instances: move each to its next slot or quarantine it.
+
+    Both happen in one transaction, so a quarantined row is never claimed again and the
+    rest of its batch is scheduled in the same tick. The batch is moved with one
+    statement; should the database refuse it (a constraint or trigger on one row, say),
+    the transaction rolls back and the batch is claimed again with a savepoint per row,
+    so only the refused row is affected. A lost or timed-out connection
+    (``OperationalError``) is no row's fault: it propagates, and every row stays due.
+    """
+    try:
+        return _claim(engine, now, batch, one_by_one=False)
+    except OperationalError:
+        raise
+    except Exception:
+        log.exception("claiming due instances failed; claiming them again row by row")
+        return _claim(engine, now, batch, one_by_one=True)
+
+
+SendPolls = Callable[[Sequence[Claimed]], None]
+
+
+def dispatch_due(engine: Engine, send: SendPolls, metrics_client: redis.Redis | None = None) -> int:
+    """Claim due instances batch by batch and ``send`` each batch's polls; returns how many.
+
+    No row can fail a claim (see :func:`claim_due`), so one tenant's row never stops the
+    tick's other batches. Quarantines are logged one line per instance and counted in
+    ``pollinator_quarantines_total``, also when a later batch fails. What still ends the
+    tick is the database or the broker failing, which would fail every following batch
+    too: a failed claim leaves its rows due for the next tick; a failed send is logged
+    (its instances were moved and poll at their next slot).
+    """
+    claimed = sent = quarantined = 0
+    started = time.monotonic()
+    try:
+        while claimed < MAX_CLAIM_PER_TICK:
+            claim = claim_due(engine, utcnow())
+            claimed += claim.rows
+            for q in claim.quarantined:
+                log.warning("instance %s quarantined: %s", q.instance_id, q.reason)
+            quarantined += len(claim.quarantined)
+            if claim.polls:
+                try:
+                    send(claim.polls)
+                except Exception:
+                    log.exception("sending %d polls failed", len(claim.polls))
+                    break
+                sent += len(claim.polls)
+            if claim.rows < CLAIM_BATCH:
+                break
+    finally:
+        if quarantined and metrics_client is not None:
+            _count_quarantines(metrics_client, quarantined)
+    if sent:
+        log.info("scheduled %d polls in %.0f ms", sent, (time.monotonic() - started) * 1000)
+    return sent
+
+
+def _count_quarantines(client: redis.Redis, count: int) -> None:
+    try:
+        metrics.inc_sync(client, metrics.QUARANTINES, {"cause": "schedule"}, count)
+    except redis.RedisError as exc:  # a metric must not fail the tick
+        log.warning("counting %d quarantines failed (%s)", count, type(exc).__name__)
 
 
 class LeaderLock:
@@ -122,33 +337,26 @@ class DueInstanceScheduler(Scheduler):
 
     def dispatch_due(self) -> int:
         """Send one poll per due instance; returns how many were sent."""
-        sent = 0
-        started = time.monotonic()
-        while sent < MAX_CLAIM_PER_TICK:
-            claimed = claim_due(self.engine, utcnow())
-            if not claimed:
-                break
-            # Neighbouring ids often share an OAuth app (one platform onboards a tenant
-            # batch at a time); shuffled batches spread each app's request budget over
-            # many worker threads instead of queueing one app's polls behind each other.
-            random.shuffle(claimed)
-            with self.app.producer_or_acquire() as producer:
-                for start in range(0, len(claimed), TASK_BATCH):
-                    chunk = claimed[start : start + TASK_BATCH]
-                    self.app.send_task(
-                        POLL_INSTANCES,
-                        args=[[[instance_id, due.isoformat()] for instance_id, _, due in chunk]],
-                        queue=Queue.POLL.value,
-                        expires=max(min(interval for _, interval, _ in chunk), MIN_TASK_EXPIRY_S),
-                        producer=producer,
-                    )
-            sent += len(claimed)
-            if len(claimed) < CLAIM_BATCH:
-                break
-        if sent:
-            self.polls_sent += sent
-            log.info("scheduled %d polls in %.0f ms", sent, (time.monotonic() - started) * 1000)
+        sent = dispatch_due(self.engine, self._send, self.leader.client)
+        self.polls_sent += sent
         return sent
+
+    def _send(self, claimed: Sequence[Claimed]) -> None:
+        # Neighbouring ids often share an OAuth app (one platform onboards a tenant
+        # batch at a time); shuffled batches spread each app's request budget over
+        # many worker threads instead of queueing one app's polls behind each other.
+        polls = list(claimed)
+        random.shuffle(polls)
+        with self.app.producer_or_acquire() as producer:
+            for start in range(0, len(polls), TASK_BATCH):
+                chunk = polls[start : start + TASK_BATCH]
+                self.app.send_task(
+                    POLL_INSTANCES,
+                    args=[[[c.instance_id, c.due.isoformat()] for c in chunk]],
+                    queue=Queue.POLL.value,
+                    expires=max(min(c.interval_s for c in chunk), MIN_TASK_EXPIRY_S),
+                    producer=producer,
+                )
 
     def close(self) -> None:
         super().close()

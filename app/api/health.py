@@ -11,6 +11,7 @@ from sqlalchemy import text
 from app.api.openapi import build_openapi
 from app.api.routes import CTX
 from app.metrics import gauge_lines, render_all
+from app.models import DUE_PREDICATE
 
 PROBE_TIMEOUT_S = 3.0
 
@@ -53,19 +54,19 @@ async def readyz(request: web.Request) -> web.Response:
     return web.json_response({"status": "ready"})
 
 
-_GAUGES = text("""
+# Polling gauges use beat's due predicate: a quarantined instance stays overdue forever
+# and would otherwise read as a stuck scheduler; it is counted on its own instead.
+_GAUGES = text(f"""
     SELECT
       (SELECT count(*) FROM deliveries WHERE status = 'pending'),
       (SELECT coalesce(extract(epoch FROM now() - min(next_attempt_at)), 0)
          FROM deliveries WHERE status = 'pending' AND next_attempt_at <= now()),
+      (SELECT count(*) FROM instances WHERE {DUE_PREDICATE}),
       (SELECT count(*) FROM instances
-         WHERE events_enabled AND NOT disabled AND deleted_at IS NULL),
-      (SELECT count(*) FROM instances
-         WHERE events_enabled AND NOT disabled AND deleted_at IS NULL
-           AND next_poll_at < now() - interval '10 seconds'),
+         WHERE {DUE_PREDICATE} AND next_poll_at < now() - interval '10 seconds'),
       (SELECT coalesce(extract(epoch FROM now() - min(next_poll_at)), 0) FROM instances
-         WHERE events_enabled AND NOT disabled AND deleted_at IS NULL
-           AND next_poll_at <= now())
+         WHERE {DUE_PREDICATE} AND next_poll_at <= now()),
+      (SELECT count(*) FROM instances WHERE quarantined_at IS NOT NULL AND deleted_at IS NULL)
 """)
 
 
@@ -75,7 +76,7 @@ async def metrics(request: web.Request) -> web.Response:
     lines = await render_all(ctx.redis)
     async with ctx.engine.connect() as conn:
         row = (await conn.execute(_GAUGES)).one()
-    pending, overdue_s, polling, late, late_s = (float(v or 0) for v in row)
+    pending, overdue_s, polling, late, late_s, quarantined = (float(v or 0) for v in row)
     lines += gauge_lines(
         "pollinator_deliveries_pending", "Deliveries not yet delivered or failed", [({}, pending)]
     )
@@ -85,13 +86,20 @@ async def metrics(request: web.Request) -> web.Response:
         [({}, overdue_s)],
     )
     lines += gauge_lines(
-        "pollinator_instances_polling", "Instances with events enabled", [({}, polling)]
+        "pollinator_instances_polling",
+        "Instances beat schedules (events enabled, not disabled, not quarantined)",
+        [({}, polling)],
     )
     lines += gauge_lines(
         "pollinator_polls_overdue", "Instances more than 10 s past their poll time", [({}, late)]
     )
     lines += gauge_lines(
         "pollinator_poll_overdue_seconds", "How late the most overdue instance is", [({}, late_s)]
+    )
+    lines += gauge_lines(
+        "pollinator_instances_quarantined",
+        "Instances not polled because their schedule failed or their polls kept crashing",
+        [({}, quarantined)],
     )
     process = await asyncio.to_thread(generate_latest)
     body = process + ("\n".join(lines) + "\n").encode()

@@ -26,6 +26,10 @@ def iso(value: datetime | None) -> str | None:
 
 
 async def polling_state(session: AsyncSession, instance: Instance) -> list[dict[str, Any]]:
+    # A quarantined instance is not polled: no next poll, and its reason is every
+    # resource's lastError (it is the one thing the tenant needs to act on).
+    quarantined = instance.quarantined_at is not None
+    polling = instance.events_enabled and not quarantined
     rows = (
         await session.execute(
             select(PollState)
@@ -39,9 +43,11 @@ async def polling_state(session: AsyncSession, instance: Instance) -> list[dict[
             "watermark": iso(s.watermark_at),
             "lastPolledAt": iso(s.last_polled_at),
             "lastSuccessAt": iso(s.last_success_at),
-            "nextPollAt": iso(instance.next_poll_at) if instance.events_enabled else None,
+            "nextPollAt": iso(instance.next_poll_at) if polling else None,
             "consecutiveFailures": s.consecutive_failures,
-            "lastError": s.last_error,
+            "lastError": f"quarantined: {instance.quarantine_reason}"
+            if quarantined
+            else s.last_error,
         }
         for s in rows
     ]

@@ -90,7 +90,9 @@ def instance_view(instance: Instance, box: SecretBox, token: str | None = None) 
         "element": {"key": ELEMENT_KEY, "name": ELEMENT_NAME},
         "tags": [{"name": t} for t in instance.tags],
         "valid": instance.valid,
-        "disabled": instance.disabled,
+        # SPEC §3 has no quarantine field: a quarantined instance does not poll, so it shows
+        # as disabled; its resources' lastError (GET .../polling) says why.
+        "disabled": instance.disabled or instance.quarantined_at is not None,
         "eventsEnabled": instance.events_enabled,
         "configuration": configuration,
         "createdDate": instance.created_at.isoformat().replace("+00:00", "Z"),
@@ -260,6 +262,11 @@ async def _apply_spec(
     ):
         instance.next_poll_at = min(instance.next_poll_at, next_by_interval)
     instance.refresh_interval_s = spec.refresh_interval_s
+    # Any accepted PATCH (the configuration was just re-validated) lifts a quarantine: the
+    # next claim or poll tries again and re-quarantines if the cause is still there.
+    instance.quarantined_at = None
+    instance.quarantine_reason = None
+    instance.poll_crashes = 0
     instance.updated_at = now
     session.add(instance)
     existing = set(

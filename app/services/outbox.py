@@ -14,7 +14,7 @@ import json
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta
+from datetime import datetime
 from typing import TypeAlias
 
 import asyncpg
@@ -22,7 +22,7 @@ from asyncpg.pool import PoolConnectionProxy
 
 from app.domain.delta import DeltaResult
 from app.domain.events import EventRecord, InstanceInfo, build_payload, chunk_events, event_id
-from app.domain.schedule import failure_backoff_s
+from app.domain.schedule import retry_at
 from app.models import DeliveryStatus
 
 # A pooled connection or a plain one: both run the same prepared statements.
@@ -190,7 +190,6 @@ async def record_failures(
     """A failed poll backs off (beat's next slot may be too soon); a success resets the count."""
     if failed:
         failures = failures_before + 1
-        backoff_at = now + timedelta(seconds=failure_backoff_s(failures, interval_s))
-        await conn.execute(_FAILED, instance_id, failures, backoff_at)
+        await conn.execute(_FAILED, instance_id, failures, retry_at(now, failures, interval_s))
     elif failures_before:
         await conn.execute(_RESET, instance_id)

@@ -10,6 +10,13 @@ leaves every watermark where it was; one that dies after it has lost nothing
 This is the hot path of the whole system (every instance, every interval), so
 it reads with one query, writes with one transaction of a few statements, and
 talks to Redis in as few round trips as it can.
+
+A poll that *crashes* (an unexpected exception — not provider weather, which
+fails the poll cleanly and backs off) is counted on the instance; after
+``QUARANTINE_AFTER_CRASHES`` crashes in a row the instance is quarantined like
+one beat cannot schedule: no longer claimed, its resources' ``lastError`` says
+why, and a PATCH lifts it. A stored row that cannot be polled then costs one
+crash per interval a few times, never a traceback every interval forever.
 """
 
 from __future__ import annotations
@@ -25,7 +32,9 @@ from functools import lru_cache
 
 import aiohttp
 import asyncpg
+import sqlalchemy.exc
 from redis.asyncio import Redis
+from redis.exceptions import RedisError
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from app import keys, metrics
@@ -41,14 +50,16 @@ from app.domain.events import InstanceInfo
 from app.domain.fieldpath import compile_path
 from app.domain.instanceconfig import ELEMENT_KEY
 from app.domain.pollconfig import (
+    ConfigError,
     ResourceConfig,
     default_poller_configuration,
     parse_poller_configuration,
 )
+from app.domain.schedule import ScheduleError
 from app.metrics import MetricsBatch
 from app.models import utcnow
 from app.providers.infusionsoft import InfusionsoftClient, ProviderError
-from app.security import SecretBox
+from app.security import DecryptionError, SecretBox
 from app.services.leases import Leases
 from app.services.outbox import ResourceResult, record_failures, store_poll
 from app.services.tokens import InstanceTokens, RedisBudget, RefreshConfig
@@ -57,15 +68,50 @@ from app.settings import Settings
 log = logging.getLogger(__name__)
 
 MAX_ERROR_LENGTH = 500
+#: Polls of one instance that crash in a row before it is quarantined. More than one, so a
+#: crash that a retry would not repeat (a race with a concurrent PATCH) costs nothing.
+QUARANTINE_AFTER_CRASHES = 3
+
+# Failures of the shared machinery rather than of one instance's data: they never count
+# towards quarantine, or a Redis or PostgreSQL outage (or a worker started with the wrong
+# POLLINATOR_SECRET_KEY) would quarantine every instance it touched.
+_NOT_THE_INSTANCES_FAULT: tuple[type[Exception], ...] = (
+    OSError,
+    TimeoutError,
+    RedisError,
+    aiohttp.ClientError,
+    asyncpg.InterfaceError,
+    asyncpg.PostgresConnectionError,
+    asyncpg.InsufficientResourcesError,
+    asyncpg.OperatorInterventionError,
+    asyncpg.TransactionRollbackError,
+    sqlalchemy.exc.OperationalError,
+    sqlalchemy.exc.InterfaceError,
+    DecryptionError,
+)
+# Domain errors whose message is written for the tenant; any other crash is reported by
+# its type only (the traceback, which may show internals, is in the worker's log).
+_EXPLAINED = (ConfigError, ScheduleError)
 
 _LOAD = """
     SELECT i.name, CAST(i.tags AS text), i.organization_id,
            i.configuration ->> 'oauth.api.key',
            CAST(i.configuration -> 'event.poller.configuration' AS text),
-           i.secrets, i.poll_failures, i.refresh_interval_s,
+           i.secrets, i.poll_failures, i.refresh_interval_s, i.poll_crashes,
            p.resource, p.watermark_at, CAST(p.watermark_ids AS text), p.last_success_at
     FROM instances AS i LEFT JOIN poll_states AS p ON p.instance_id = i.id
     WHERE i.id = $1 AND i.deleted_at IS NULL AND i.events_enabled
+      AND i.quarantined_at IS NULL
+"""
+_RESET_CRASHES = "UPDATE instances SET poll_crashes = 0 WHERE id = $1"
+# Counts a crash; the one that reaches the limit quarantines (later ones match no row).
+_CRASHED = """
+    UPDATE instances SET
+        poll_crashes = poll_crashes + 1,
+        quarantined_at = CASE WHEN poll_crashes + 1 >= $2::int THEN $3::timestamptz END,
+        quarantine_reason = CASE WHEN poll_crashes + 1 >= $2::int THEN $4::text END
+    WHERE id = $1 AND deleted_at IS NULL AND quarantined_at IS NULL
+    RETURNING quarantined_at IS NOT NULL
 """
 # A poll that found its instance's lease held comes back when that lease would have
 # expired, not a whole interval later: if the holder died, its instances are polled
@@ -147,6 +193,7 @@ class Snapshot:
     secrets: bytes | None
     poll_failures: int
     interval_s: float
+    poll_crashes: int
     states: list[ResourceState]
 
 
@@ -177,9 +224,9 @@ async def load_snapshot(pg: asyncpg.Pool, instance_id: int) -> Snapshot | None:
     first = rows[0]
     resources = resources_from(first[4])
     states = [
-        ResourceState(r[8], Watermark(r[9], frozenset(json.loads(r[10]))), r[11])
+        ResourceState(r[9], Watermark(r[10], frozenset(json.loads(r[11]))), r[12])
         for r in rows
-        if r[8] is not None and r[8] in resources
+        if r[9] is not None and r[9] in resources
     ]
     return Snapshot(
         info=InstanceInfo(instance_id, first[0], json.loads(first[1]), first[2], ELEMENT_KEY),
@@ -188,6 +235,7 @@ async def load_snapshot(pg: asyncpg.Pool, instance_id: int) -> Snapshot | None:
         secrets=first[5],
         poll_failures=first[6],
         interval_s=first[7],
+        poll_crashes=first[8],
         states=states,
     )
 
@@ -319,7 +367,7 @@ async def _poll_locked(
     lease_until = utcnow() + timedelta(seconds=deps.settings.delivery_lease_seconds)
     results = [ResourceResult(r.resource, r.delta, r.error or r.warning) for r in outcome.resources]
     async with deps.pg.acquire() as conn:
-        if _single_statement(results, snap.poll_failures):
+        if _single_statement(results, snap.poll_failures) and not snap.poll_crashes:
             # Nothing changed and nothing failed: only the checkpoint statement runs,
             # and one statement is atomic without a BEGIN/COMMIT round trip each.
             outcome.events, outcome.deliveries = await store_poll(
@@ -338,6 +386,8 @@ async def _poll_locked(
                     snap.interval_s,
                     started,
                 )
+                if snap.poll_crashes:  # this poll ran to the end: the crashes were not "in a row"
+                    await conn.execute(_RESET_CRASHES, instance_id)
     outcome.finished_at = utcnow()
     return outcome
 
@@ -392,6 +442,38 @@ def _record(batch: MetricsBatch, outcome: PollOutcome, scheduled_at: datetime | 
             )
 
 
+def crash_reason(exc: Exception) -> str:
+    """The quarantine reason shown as the resources' ``lastError``."""
+    what = f"{type(exc).__name__}: {exc}" if isinstance(exc, _EXPLAINED) else type(exc).__name__
+    return (
+        f"polls crashed {QUARANTINE_AFTER_CRASHES} times in a row ({what}); "
+        "polling is paused until the instance is updated"
+    )[:MAX_ERROR_LENGTH]
+
+
+async def count_crash(
+    deps: PollDeps, batch: MetricsBatch, instance_id: int, exc: Exception
+) -> None:
+    """Count a crashed poll against its instance; quarantine it at the limit."""
+    if isinstance(exc, _NOT_THE_INSTANCES_FAULT):
+        return
+    reason = crash_reason(exc)
+    try:
+        quarantined = await deps.pg.fetchval(
+            _CRASHED, instance_id, QUARANTINE_AFTER_CRASHES, utcnow(), reason
+        )
+    except Exception as write_exc:  # best effort: the next crash counts again
+        log.warning(
+            "instance %s: counting a crashed poll failed (%s)",
+            instance_id,
+            type(write_exc).__name__,
+        )
+        return
+    if quarantined:
+        log.warning("instance %s quarantined: %s", instance_id, reason)
+        batch.inc(metrics.QUARANTINES, {"cause": "crash"})
+
+
 async def run_polls(
     deps: PollDeps, items: Sequence[tuple[int, datetime | None]], slots: asyncio.Semaphore
 ) -> list[PollOutcome]:
@@ -400,7 +482,8 @@ async def run_polls(
     Redis watermarks and metrics of the whole batch go out in one round trip at the
     end: the PostgreSQL checkpoints are already committed, Redis is the hot copy.
     One poll's unexpected crash is logged and does not take the batch down: its
-    watermarks did not move, so the next scheduled poll covers the same ground.
+    watermarks did not move, so the next scheduled poll covers the same ground; and it
+    counts towards quarantining that instance (:func:`count_crash`).
     """
     batch = MetricsBatch()
 
@@ -408,8 +491,9 @@ async def run_polls(
         async with slots:
             try:
                 outcome = await poll_instance(deps, instance_id, slots)
-            except Exception:
+            except Exception as exc:
                 log.exception("instance %s: poll crashed", instance_id)
+                await count_crash(deps, batch, instance_id, exc)
                 return None
         _record(batch, outcome, scheduled_at)
         return outcome
