@@ -9,12 +9,15 @@ died simply stops being listed once its score passes.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import os
 import socket
 import time
 from typing import Final
 
 from redis import Redis
+from redis import exceptions as redis_exceptions
 from redis.asyncio import Redis as AsyncRedis
 
 from app import keys
@@ -67,3 +70,26 @@ def alive(redis: Redis) -> dict[str, list[str]]:
         role: sorted(m.decode() if isinstance(m, bytes) else str(m) for m in found)
         for role, found in zip(ROLES, answers, strict=True)
     }
+
+
+async def announce_forever(redis: AsyncRedis, role: str, name: str) -> None:
+    """Re-announce every :data:`ANNOUNCE_EVERY_S` until cancelled; Redis blips are skipped."""
+    while True:
+        with contextlib.suppress(redis_exceptions.RedisError, OSError):
+            await announce(redis, role, name)
+        await asyncio.sleep(ANNOUNCE_EVERY_S)
+
+
+class SyncAnnouncer:
+    """For a synchronous loop (beat's tick): announces when the last one is getting old."""
+
+    def __init__(self, redis: Redis, role: str, name: str) -> None:
+        self.redis, self.role, self.name = redis, role, name
+        self.last = 0.0
+
+    def maybe_announce(self) -> None:
+        if time.monotonic() - self.last < ANNOUNCE_EVERY_S:
+            return
+        self.last = time.monotonic()
+        with contextlib.suppress(redis_exceptions.RedisError, OSError):
+            announce_sync(self.redis, self.role, self.name)

@@ -33,7 +33,7 @@ from celery.beat import Scheduler
 from sqlalchemy import Connection, Engine, create_engine, text
 from sqlalchemy.exc import OperationalError
 
-from app import keys, metrics
+from app import keys, liveness, metrics
 from app.db import sync_url
 from app.domain.schedule import SLOT_MAX, SLOT_MIN, ScheduleError, next_poll_at
 from app.models import DUE_PREDICATE, utcnow
@@ -317,15 +317,19 @@ class DueInstanceScheduler(Scheduler):
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         settings = get_settings()
         self.engine = create_engine(
-            sync_url(settings.require("database_url")), pool_size=2, pool_pre_ping=True
+            sync_url(settings.require("database_url")),
+            pool_size=2,
+            pool_pre_ping=True,
+            hide_parameters=True,  # tenant values never reach a log through a SQL error
         )
-        self.leader = LeaderLock(
-            redis.Redis.from_url(settings.require("redis_url")), keys.beat_leader()
-        )
+        client = redis.Redis.from_url(settings.require("redis_url"))
+        self.leader = LeaderLock(client, keys.beat_leader())
+        self.announcer = liveness.SyncAnnouncer(client, "beat", liveness.member())
         self.polls_sent = 0
         super().__init__(*args, **kwargs)
 
     def tick(self, *args: Any, **kwargs: Any) -> float:
+        self.announcer.maybe_announce()
         if not self.leader.ensure():
             return POLL_TICK_S
         delay = float(super().tick(*args, **kwargs))

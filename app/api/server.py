@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import argparse
+import asyncio
 import logging
 from collections.abc import AsyncIterator
 
 import aiohttp
 from aiohttp import web
 
+from app import liveness
 from app.api import health, routes
 from app.api.context import ApiContext
 from app.api.errors import error_middleware
@@ -40,7 +42,11 @@ def create_app(settings: Settings) -> web.Application:
             http=http,
             box=SecretBox(secret_key),
         )
+        announcer = asyncio.create_task(
+            liveness.announce_forever(redis, "api", liveness.member(f":{settings.api_port}"))
+        )
         yield
+        announcer.cancel()
         await http.close()
         await redis.aclose()
         await engine.dispose()
