@@ -31,6 +31,8 @@ from pathlib import Path
 
 import redis
 
+from app.procs import spawn
+
 log = logging.getLogger(__name__)
 
 DATABASE_NAME = "pollinator"
@@ -284,7 +286,7 @@ def start_redis(data_dir: Path, timeout: float = 15.0) -> tuple[str, Callable[[]
     config = workdir / "redis.conf"
     write_private(config, f"requirepass {password}\n")
     port = free_port()
-    proc = subprocess.Popen(
+    proc = spawn(
         [
             _redis_binary(),
             str(config),
@@ -302,11 +304,7 @@ def start_redis(data_dir: Path, timeout: float = 15.0) -> tuple[str, Callable[[]
             "no",
             "--logfile",
             str(workdir / "redis.log"),
-        ],
-        stdin=subprocess.DEVNULL,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-        start_new_session=True,
+        ]
     )
     url = f"redis://:{password}@127.0.0.1:{port}/0"
     deadline = time.monotonic() + timeout

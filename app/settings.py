@@ -59,6 +59,8 @@ class Settings(BaseSettings):
     # has its delivery re-sent after this.
     delivery_lease_seconds: float = Field(default=60.0, ge=16.0)
     log_level: str = "INFO"
+    # Set by `pollinator up` for its children; the API echoes it in /healthz.
+    run_id: str | None = None
 
     @field_validator("delivery_retry_schedule", mode="before")
     @classmethod

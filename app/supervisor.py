@@ -17,6 +17,7 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -27,15 +28,18 @@ from app.embedded import (
     PRIVATE_UMASK,
     EmbeddedError,
     ensure_services,
+    free_port,
     load_or_create_secret,
     secure_data_dir,
-    wait_http,
     write_private,
 )
+from app.procs import port_free, port_holder, spawn
 from app.settings import RUNTIME_FILE, load_settings_or_exit
 
 RESTART_BACKOFF_S = (1, 2, 5, 10, 30)
 STOP_GRACE_S = 10.0
+API_READY_TIMEOUT_S = 60.0
+# The demo's simulator and sink take these when free, else any free port (and say which).
 SIMULATOR_PORT = 8090
 SINK_PORT = 8091
 FLOWER_AUTH_FILE = "flower_basic_auth"
@@ -80,14 +84,9 @@ class Child:
         fd = os.open(self.log_path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, PRIVATE_FILE_MODE)
         try:
             os.fchmod(fd, PRIVATE_FILE_MODE)  # a log from an older run may be world-readable
-            self.proc = subprocess.Popen(
-                self.argv,
-                env={**env, **self.env},
-                stdin=subprocess.DEVNULL,
-                stdout=fd,
-                stderr=subprocess.STDOUT,
-                start_new_session=True,
-            )
+            # Its own session (a stop reaches what it forks) and SIGTERM from the kernel
+            # if this supervisor dies without stopping it (SIGKILL, OOM): no orphans.
+            self.proc = spawn(self.argv, env={**env, **self.env}, stdout=fd)
         finally:
             os.close(fd)
 
@@ -130,7 +129,47 @@ def flower_child(port: int, basic_auth: str) -> Child:
     )
 
 
-def roles(data_dir: Path, demo: bool, flower_port: int, flower_auth: str) -> list[Child]:
+@dataclass(frozen=True)
+class DemoPorts:
+    simulator: int
+    sink: int
+
+
+def demo_ports(host: str = "127.0.0.1") -> DemoPorts:
+    """The usual ports when free; otherwise free ones, so a second stack never collides."""
+    taken: set[int] = set()
+
+    def pick(preferred: int) -> int:
+        port = preferred if port_free(host, preferred) else free_port(host)
+        while port in taken:
+            port = free_port(host)
+        taken.add(port)
+        return port
+
+    return DemoPorts(pick(SIMULATOR_PORT), pick(SINK_PORT))
+
+
+class PortTaken(RuntimeError):
+    """A port ``up`` must listen on is held by another process."""
+
+
+def check_ports(ports: dict[str, tuple[str, int]]) -> None:
+    """Refuse to start when a configured port is taken, naming it and its holder.
+
+    Checked before anything starts: a role that cannot bind would restart forever
+    while another process answered its readiness checks.
+    """
+    for setting, (host, port) in ports.items():
+        if port and not port_free(host, port):
+            raise PortTaken(
+                f"pollinator: port {port} ({setting}) is in use by {port_holder(port)};"
+                f" stop it or set {setting}"
+            )
+
+
+def roles(
+    data_dir: Path, demo: DemoPorts | None, flower_port: int, flower_auth: str
+) -> list[Child]:
     """Every process ``up`` runs."""
     children = [
         Child("api", _pollinator("api")),
@@ -139,13 +178,13 @@ def roles(data_dir: Path, demo: bool, flower_port: int, flower_auth: str) -> lis
         Child("worker-delivery", _pollinator("worker", "--queues", "delivery")),
         flower_child(flower_port, flower_auth),
     ]
-    if demo:
+    if demo is not None:
         children += [
-            Child("simulator", _pollinator("simulate", "--port", str(SIMULATOR_PORT))),
+            Child("simulator", _pollinator("simulate", "--port", str(demo.simulator))),
             Child(
                 "sink",
                 _pollinator(
-                    "sink", "--port", str(SINK_PORT), "--out", str(data_dir / "sink.jsonl")
+                    "sink", "--port", str(demo.sink), "--out", str(data_dir / "sink.jsonl")
                 ),
             ),
         ]
@@ -217,6 +256,19 @@ def main(argv: list[str]) -> int:
     os.umask(PRIVATE_UMASK)
     secure_data_dir(data_dir)
     try:
+        check_ports(
+            {
+                "POLLINATOR_API_PORT": (base.api_host, base.api_port),
+                "POLLINATOR_FLOWER_PORT": ("127.0.0.1", base.flower_port),
+            }
+        )
+    except PortTaken as exc:
+        _say(str(exc))
+        return 1
+    demo = demo_ports() if args.demo else None
+    # The API echoes this run's id in /healthz, so "ready" means *our* API answered.
+    run_id = secrets.token_hex(8)
+    try:
         flower_auth = base.flower_basic_auth or load_or_create_flower_auth(data_dir)
         services = ensure_services(base.database_url, base.redis_url, data_dir)
     except EmbeddedError as exc:
@@ -230,9 +282,10 @@ def main(argv: list[str]) -> int:
         "POLLINATOR_ALLOW_PRIVATE_CALLBACKS": os.environ.get(
             "POLLINATOR_ALLOW_PRIVATE_CALLBACKS", "true"
         ),
+        "POLLINATOR_RUN_ID": run_id,
     }
-    if args.demo:
-        sim = f"http://127.0.0.1:{SIMULATOR_PORT}"
+    if demo is not None:
+        sim = f"http://127.0.0.1:{demo.simulator}"
         overrides.update(
             {
                 "POLLINATOR_INFUSIONSOFT_API_URL": f"{sim}/crm/rest/v1",
@@ -246,7 +299,7 @@ def main(argv: list[str]) -> int:
 
     upgrade(services.database_url)
     supervisor = Supervisor(
-        roles(data_dir, args.demo, base.flower_port, flower_auth), env, data_dir / "logs"
+        roles(data_dir, demo, base.flower_port, flower_auth), env, data_dir / "logs"
     )
     stop = False
 
@@ -254,13 +307,22 @@ def main(argv: list[str]) -> int:
         nonlocal stop
         stop = True
 
-    signal.signal(signal.SIGTERM, _stop)
-    signal.signal(signal.SIGINT, _stop)
+    for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):  # SIGHUP: the terminal closed
+        signal.signal(sig, _stop)
     flower_login = "from POLLINATOR_FLOWER_BASIC_AUTH" if base.flower_basic_auth else flower_auth
+    code = 0
     try:
         supervisor.start_all()
         api_url = f"http://{base.api_host}:{base.api_port}"
-        wait_http(f"{api_url}/healthz", 60)
+        if not wait_own_api(api_url, run_id, API_READY_TIMEOUT_S, lambda: stop):
+            if not stop:
+                _say(
+                    f"pollinator: the API did not come up on port {base.api_port}"
+                    f" ({port_holder(base.api_port)} answers there); see {data_dir / 'logs'}"
+                    "/api.log"
+                )
+                code = 1
+            return code
         _say(
             f"Pollinator is up.\n  API      {api_url}/elements/api-v2"
             f"  (docs: {api_url}/openapi.json)"
@@ -270,10 +332,10 @@ def main(argv: list[str]) -> int:
             f"\n  services export POLLINATOR_DATABASE_URL='{services.database_url}'"
             f"\n           export POLLINATOR_REDIS_URL='{services.redis_url}'"
         )
-        if args.demo:
+        if demo is not None:
             from app.demo import setup_demo
 
-            _say(setup_demo(api_url, services.database_url, data_dir, SIMULATOR_PORT, SINK_PORT))
+            _say(setup_demo(api_url, services.database_url, data_dir, demo.simulator, demo.sink))
         _say("Press Ctrl-C to stop.")
         while not stop:
             supervisor.tick()
@@ -283,7 +345,23 @@ def main(argv: list[str]) -> int:
         supervisor.stop_all()
         services.stop()
         (data_dir / RUNTIME_FILE).unlink(missing_ok=True)
-    return 0
+    return code
+
+
+def wait_own_api(api_url: str, run_id: str, timeout: float, stopped: Callable[[], bool]) -> bool:
+    """Until ``/healthz`` answers with this run's id (another process on the port never does)."""
+    import urllib.request
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline and not stopped():
+        try:
+            with urllib.request.urlopen(f"{api_url}/healthz", timeout=2) as resp:
+                if json.loads(resp.read() or b"{}").get("run") == run_id:
+                    return True
+        except (OSError, ValueError, AttributeError):
+            pass
+        time.sleep(0.2)
+    return False
 
 
 def write_runtime_env(data_dir: Path, values: dict[str, Any]) -> None:

@@ -16,8 +16,13 @@ from app.models import DUE_PREDICATE
 PROBE_TIMEOUT_S = 3.0
 
 
-async def healthz(_: web.Request) -> web.Response:
-    return web.json_response({"status": "ok"})
+async def healthz(request: web.Request) -> web.Response:
+    """200 while the process runs; ``run`` lets ``pollinator up`` know the API is its own."""
+    body = {"status": "ok"}
+    run_id = request.app[CTX].settings.run_id
+    if run_id:
+        body["run"] = run_id
+    return web.json_response(body)
 
 
 def _check_broker(url: str) -> None:
