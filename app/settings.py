@@ -57,6 +57,8 @@ class Settings(BaseSettings):
     # has its delivery re-sent after this.
     delivery_lease_seconds: float = Field(default=60.0, ge=16.0)
     log_level: str = "INFO"
+    # Worker/beat liveness file (workers/heartbeat.py), kept fresh by the work loop; unset = off.
+    heartbeat_file: Path | None = None
 
     @field_validator("delivery_retry_schedule", mode="before")
     @classmethod

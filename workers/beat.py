@@ -28,6 +28,7 @@ from app.db import sync_url
 from app.domain.schedule import next_poll_at
 from app.models import utcnow
 from app.settings import get_settings
+from workers.heartbeat import Heartbeat
 from workers.queues import POLL_INSTANCES, TASK_BATCH, Queue
 
 log = logging.getLogger(__name__)
@@ -108,9 +109,13 @@ class DueInstanceScheduler(Scheduler):
             redis.Redis.from_url(settings.require("redis_url")), keys.beat_leader()
         )
         self.polls_sent = 0
+        # Standbys beat too: they are alive, and take over when the leader's lock expires.
+        self.heartbeat = Heartbeat(settings.heartbeat_file) if settings.heartbeat_file else None
         super().__init__(*args, **kwargs)
 
     def tick(self, *args: Any, **kwargs: Any) -> float:
+        if self.heartbeat is not None:
+            self.heartbeat.beat()
         if not self.leader.ensure():
             return POLL_TICK_S
         delay = float(super().tick(*args, **kwargs))
