@@ -501,14 +501,15 @@ def test_redis_list_names_are_the_keys_celery_fills(service_urls: ServiceUrls) -
     scratch_db = 13  # away from the database the other tests use
     url = urlsplit(service_urls.redis_url)._replace(path=f"/{scratch_db}").geturl()
     client = redis.Redis.from_url(url)
-    client.flushdb()
+    lists = [meta["listName"] for meta in triggers]
+    client.delete(*lists)
     app = create_celery(Settings(redis_url=url, _env_file=None))  # type: ignore[call-arg]
     try:
-        for meta in triggers:
-            app.send_task(POLL_INSTANCES, args=[[]], queue=meta["listName"])
-            assert client.llen(meta["listName"]) == 1, meta
+        for name in lists:
+            app.send_task(POLL_INSTANCES, args=[[]], queue=name)
+            assert client.llen(name) == 1, name
     finally:
-        client.flushdb()
+        client.delete(*lists)
         client.close()
         app.close()
 
