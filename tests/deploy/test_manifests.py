@@ -133,6 +133,21 @@ def compose() -> Doc:
     return doc
 
 
+# Compose interpolates `$NAME`, `${...}` and `$$` (a literal `$`) in every value and
+# rejects any other `$`, such as a shell's `$(...)`.
+_COMPOSE_DOLLAR = re.compile(r"\$(\$|\{[^}]*\}|[A-Za-z_][A-Za-z0-9_]*)?")
+
+
+def compose_literal(value: str) -> str:
+    """A value with no variable in it as compose passes it on: `$$` becomes `$`."""
+
+    def replace(match: re.Match[str]) -> str:
+        assert match.group(1) == "$", f"not a literal: {value!r}"
+        return "$"
+
+    return _COMPOSE_DOLLAR.sub(replace, value)
+
+
 def compose_roles() -> dict[tuple[str, ...], str]:
     roles = {}
     for name, service in compose()["services"].items():
@@ -235,6 +250,14 @@ def compose_spec() -> Doc:
 
 def test_compose_file_matches_the_compose_spec() -> None:
     jsonschema.validate(compose(), compose_spec())
+
+
+def test_compose_interpolates_only_variables() -> None:
+    """`docker compose` refuses a file with a bare `$` (e.g. an unescaped `$(...)`)."""
+    for line in COMPOSE.read_text().splitlines():
+        if not line.lstrip().startswith("#"):
+            for match in _COMPOSE_DOLLAR.finditer(line):
+                assert match.group(1), f"unescaped $ in compose: {line.strip()}"
 
 
 # ---------------------------------------------------------------- roles
@@ -379,7 +402,7 @@ def _heartbeat_commands() -> list[tuple[str, str]]:
         if role in HEARTBEAT_ROLES:
             test = compose()["services"][name]["healthcheck"]["test"]
             assert test[0] == "CMD-SHELL", name
-            commands.append((f"compose/{name}", test[1]))
+            commands.append((f"compose/{name}", compose_literal(test[1])))
     return commands
 
 
