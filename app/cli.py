@@ -27,6 +27,17 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "events": ("app.operator", "events tail ID: follow one instance's event log"),
 }
 
+# The processes of a multi-host deployment, as ``pollinator`` arguments: deploy/ (compose,
+# Kubernetes, systemd) runs each of them, and tests/deploy checks that it does. Flower, the
+# other deployed process, is Celery's own command: ``celery -A workers.celery_entry flower``.
+DEPLOY_ROLES: tuple[tuple[str, ...], ...] = (
+    ("migrate",),
+    ("api",),
+    ("beat",),
+    ("worker", "--queues", "poll"),
+    ("worker", "--queues", "delivery"),
+)
+
 
 def _usage() -> str:
     lines = ["usage: pollinator COMMAND [ARGS...]", "", "commands:"]

@@ -61,6 +61,8 @@ class Settings(BaseSettings):
     log_level: str = "INFO"
     # Set by `pollinator up` for its children; the API echoes it in /healthz.
     run_id: str | None = None
+    # Worker/beat liveness file (workers/heartbeat.py), kept fresh by the work loop; unset = off.
+    heartbeat_file: Path | None = None
 
     @field_validator("delivery_retry_schedule", mode="before")
     @classmethod

@@ -38,6 +38,7 @@ from app.db import sync_url
 from app.domain.schedule import SLOT_MAX, SLOT_MIN, ScheduleError, next_poll_at
 from app.models import DUE_PREDICATE, utcnow
 from app.settings import get_settings
+from workers.heartbeat import Heartbeat
 from workers.queues import POLL_INSTANCES, TASK_BATCH, Queue
 
 log = logging.getLogger(__name__)
@@ -326,10 +327,14 @@ class DueInstanceScheduler(Scheduler):
         self.leader = LeaderLock(client, keys.beat_leader())
         self.announcer = liveness.SyncAnnouncer(client, "beat", liveness.member())
         self.polls_sent = 0
+        # Standbys beat too: they are alive, and take over when the leader's lock expires.
+        self.heartbeat = Heartbeat(settings.heartbeat_file) if settings.heartbeat_file else None
         super().__init__(*args, **kwargs)
 
     def tick(self, *args: Any, **kwargs: Any) -> float:
         self.announcer.maybe_announce()
+        if self.heartbeat is not None:
+            self.heartbeat.beat()
         if not self.leader.ensure():
             return POLL_TICK_S
         delay = float(super().tick(*args, **kwargs))

@@ -14,6 +14,7 @@ import asyncio
 import logging
 import threading
 from collections.abc import Coroutine
+from concurrent.futures import Future
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
@@ -27,6 +28,7 @@ from app.security import SecretBox
 from app.services.breaker import OriginSlots
 from app.services.guarded_http import callback_session
 from app.settings import Settings, get_settings
+from workers.heartbeat import Heartbeat
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -93,6 +95,11 @@ class Runtime:
         self._thread = threading.Thread(target=self._run, name="pollinator-loop", daemon=True)
         self._thread.start()
         self.clients: Clients = self.submit(Clients.create(settings))
+        # Beats from the loop itself: a loop that stops running coroutines stops the beat.
+        self._heartbeat: Future[None] | None = None
+        if settings.heartbeat_file is not None:
+            beat = Heartbeat(settings.heartbeat_file).run()
+            self._heartbeat = asyncio.run_coroutine_threadsafe(beat, self.loop)
 
     def _run(self) -> None:
         asyncio.set_event_loop(self.loop)
@@ -104,6 +111,8 @@ class Runtime:
         return future.result(timeout)
 
     def close(self) -> None:
+        if self._heartbeat is not None:
+            self._heartbeat.cancel()
         try:
             self.submit(self.clients.close(), timeout=10)
         finally:

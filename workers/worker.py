@@ -7,9 +7,18 @@ import math
 import os
 import socket
 
-from celery.signals import worker_shutdown
+from celery.signals import worker_ready, worker_shutdown
 
 from workers.queues import TASK_BATCH, Queue
+
+
+@worker_ready.connect
+def _open_runtime(**_: object) -> None:
+    """Open the runtime before the first task: its loop beats the heartbeat file
+    (an idle worker is alive too), and an unreachable database shows at start."""
+    from workers.runtime import get_runtime
+
+    get_runtime()
 
 
 @worker_shutdown.connect
