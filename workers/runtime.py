@@ -13,7 +13,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import threading
-from collections.abc import Coroutine
+from collections.abc import Coroutine, Sequence
 from concurrent.futures import Future
 from dataclasses import dataclass
 from typing import Any, TypeVar
@@ -23,6 +23,7 @@ import asyncpg
 from redis.asyncio import Redis
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
+from app import liveness
 from app.db import create_engine, create_pg_pool, create_redis, session_factory
 from app.security import SecretBox
 from app.services.breaker import OriginSlots
@@ -89,7 +90,7 @@ def _new_loop() -> asyncio.AbstractEventLoop:
 class Runtime:
     """The event loop thread and its clients."""
 
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: Settings, roles: Sequence[str] = ()) -> None:
         self.settings = settings
         self.loop = _new_loop()
         self._thread = threading.Thread(target=self._run, name="pollinator-loop", daemon=True)
@@ -100,6 +101,13 @@ class Runtime:
         if settings.heartbeat_file is not None:
             beat = Heartbeat(settings.heartbeat_file).run()
             self._heartbeat = asyncio.run_coroutine_threadsafe(beat, self.loop)
+        # Listed by `pollinator status` while this loop runs (app.liveness).
+        self._announcers = [
+            asyncio.run_coroutine_threadsafe(
+                liveness.announce_forever(self.clients.redis, role, liveness.member()), self.loop
+            )
+            for role in roles
+        ]
 
     def _run(self) -> None:
         asyncio.set_event_loop(self.loop)
@@ -111,6 +119,8 @@ class Runtime:
         return future.result(timeout)
 
     def close(self) -> None:
+        for announcer in self._announcers:
+            announcer.cancel()
         if self._heartbeat is not None:
             self._heartbeat.cancel()
         try:
@@ -121,6 +131,15 @@ class Runtime:
 
 
 _runtime: Runtime | None = None
+_roles: list[str] = []
+
+
+def announce_as(roles: Sequence[str]) -> None:
+    """The liveness roles the process's runtime announces (``worker-poll`` ...); set before
+    the runtime starts."""
+    _roles[:] = roles
+
+
 _lock = threading.Lock()
 
 
@@ -129,7 +148,7 @@ def get_runtime() -> Runtime:
     global _runtime
     with _lock:
         if _runtime is None:
-            _runtime = Runtime(get_settings())
+            _runtime = Runtime(get_settings(), _roles)
         return _runtime
 
 

@@ -70,6 +70,9 @@ def main(argv: list[str]) -> int:
     # twice as many batches as it takes to fill the slots keeps them busy.
     threads = max(4, 2 * math.ceil(in_flight / TASK_BATCH))
     setup_logging(args.loglevel)
+    from workers.runtime import announce_as
+
+    announce_as([f"worker-{q}" for q in queues])
     name = f"{'+'.join(queues)}-{os.getpid()}@{socket.gethostname()}"
     get_celery().worker_main(
         [
