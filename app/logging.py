@@ -17,11 +17,15 @@ Three pieces close those paths:
 
 from __future__ import annotations
 
+import json
 import logging
 import re
 import sys
 import traceback
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from contextvars import ContextVar
+from datetime import UTC, datetime
 from functools import lru_cache
 from urllib.parse import unquote_plus
 
@@ -240,8 +244,66 @@ class MaskingAccessLogger(AbstractAccessLogger):
         )
 
 
-def setup_logging(level: str = "INFO") -> None:
-    """One line per record on stderr, with the process role in the logger name."""
+#: The ids a record carries when they apply (``POLLINATOR_LOG_FORMAT=json`` prints them).
+CONTEXT_FIELDS = ("request_id", "organization_id", "instance_id", "resource", "delivery_id")
+_context: ContextVar[Mapping[str, object] | None] = ContextVar(
+    "pollinator_log_context", default=None
+)
+
+
+@contextmanager
+def log_context(**ids: object) -> Iterator[None]:
+    """Attach ids (``instance_id=…``) to every record logged inside the block.
+
+    A context variable, so concurrent polls on one event loop each keep their own.
+    """
+    current = _context.get() or {}
+    token = _context.set({**current, **{k: v for k, v in ids.items() if v is not None}})
+    try:
+        yield
+    finally:
+        _context.reset(token)
+
+
+def bind_log_context(**ids: object) -> None:
+    """Like :func:`log_context` for the rest of the current task (its context is its own)."""
+    current = _context.get() or {}
+    _context.set({**current, **{k: v for k, v in ids.items() if v is not None}})
+
+
+class ContextFilter(logging.Filter):
+    """Copies the ids of :func:`log_context` onto each record (explicit ``extra`` wins)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        for key, value in (_context.get() or {}).items():
+            if not hasattr(record, key):
+                setattr(record, key, value)
+        return True
+
+
+class JsonFormatter(logging.Formatter):
+    """One JSON object per line: time, level, logger, message, the ids, the exception."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        data: dict[str, object] = {
+            "time": datetime.fromtimestamp(record.created, UTC).isoformat(timespec="milliseconds"),
+            "level": record.levelname,
+            "logger": record.name,
+            "message": record.getMessage(),
+        }
+        for key in CONTEXT_FIELDS:
+            value = getattr(record, key, None)
+            if value is not None:
+                data[key] = value
+        if record.exc_info and not record.exc_text:
+            record.exc_text = self.formatException(record.exc_info)
+        if record.exc_text:
+            data["exception"] = record.exc_text
+        return json.dumps(data, default=str, ensure_ascii=False)
+
+
+def setup_logging(level: str = "INFO", fmt: str = "text") -> None:
+    """One line per record on stderr: text (role in the logger name) or JSON (``fmt``)."""
     logging.basicConfig(
         level=level.upper(),
         stream=sys.stderr,
@@ -249,4 +311,8 @@ def setup_logging(level: str = "INFO") -> None:
         force=True,
     )
     for handler in logging.getLogger().handlers:
+        # Redaction first: the JSON formatter prints the message and traceback it leaves.
         handler.addFilter(RedactingFilter())
+        handler.addFilter(ContextFilter())
+        if fmt == "json":
+            handler.setFormatter(JsonFormatter())

@@ -11,7 +11,7 @@ import json
 import sys
 from functools import lru_cache
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Literal
 
 from pydantic import Field, ValidationError, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
@@ -59,6 +59,8 @@ class Settings(BaseSettings):
     # has its delivery re-sent after this.
     delivery_lease_seconds: float = Field(default=60.0, ge=16.0)
     log_level: str = "INFO"
+    # text (default) or json: one object per line with instance/resource/delivery/request ids.
+    log_format: Literal["text", "json"] = "text"
     # Set by `pollinator up` for its children; the API echoes it in /healthz.
     run_id: str | None = None
     # Worker/beat liveness file (workers/heartbeat.py), kept fresh by the work loop; unset = off.

@@ -382,7 +382,7 @@ def main(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(prog="pollinator beat")
     parser.add_argument("--loglevel", default=settings.log_level)
     args = parser.parse_args(argv)
-    setup_logging(args.loglevel)
+    setup_logging(args.loglevel, settings.log_format)
     get_celery().start(
         [
             "beat",

@@ -69,7 +69,7 @@ def main(argv: list[str]) -> int:
     # Each Celery thread carries one batch (of up to 20) whose items share the slots;
     # twice as many batches as it takes to fill the slots keeps them busy.
     threads = max(4, 2 * math.ceil(in_flight / TASK_BATCH))
-    setup_logging(args.loglevel)
+    setup_logging(args.loglevel, settings.log_format)
     from workers.runtime import announce_as
 
     announce_as([f"worker-{q}" for q in queues])

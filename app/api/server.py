@@ -67,7 +67,7 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--host", default=settings.api_host)
     parser.add_argument("--port", type=int, default=settings.api_port)
     args = parser.parse_args(argv)
-    setup_logging(settings.log_level)
+    setup_logging(settings.log_level, settings.log_format)
     web.run_app(
         create_app(settings),
         host=args.host,

@@ -25,6 +25,7 @@ from redis.asyncio import Redis
 from app import metrics
 from app.domain.backoff import next_attempt_delay, parse_retry_after
 from app.domain.signing import signed_headers
+from app.logging import log_context
 from app.metrics import MetricsBatch
 from app.models import DeliveryStatus, utcnow
 from app.security import SecretBox
@@ -267,11 +268,12 @@ async def deliver_many(
     batch = MetricsBatch()
 
     async def one(delivery_id: uuid.UUID, ticket: datetime | None) -> str:
-        try:
-            return await deliver(deps, delivery_id, ticket, slots, batch)
-        except Exception:
-            log.exception("delivery %s crashed", delivery_id)
-            return "crashed"
+        with log_context(delivery_id=str(delivery_id)):
+            try:
+                return await deliver(deps, delivery_id, ticket, slots, batch)
+            except Exception:
+                log.exception("delivery %s crashed", delivery_id)
+                return "crashed"
 
     statuses = list(await asyncio.gather(*(one(d, t) for d, t in items)))
     try:

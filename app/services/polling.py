@@ -56,6 +56,7 @@ from app.domain.pollconfig import (
     parse_poller_configuration,
 )
 from app.domain.schedule import ScheduleError
+from app.logging import bind_log_context, log_context
 from app.metrics import MetricsBatch
 from app.models import utcnow
 from app.providers.infusionsoft import InfusionsoftClient, ProviderError
@@ -263,6 +264,7 @@ async def _poll_resource(
     watermark: Watermark,
     started: datetime,
 ) -> ResourceOutcome:
+    bind_log_context(resource=cfg.name)  # this coroutine runs as its own task (gather)
     outcome = ResourceOutcome(cfg.name)
     path = cfg.url.render(lower_bound(watermark, cfg), UTC)
     try:
@@ -488,13 +490,14 @@ async def run_polls(
     batch = MetricsBatch()
 
     async def one(instance_id: int, scheduled_at: datetime | None) -> PollOutcome | None:
-        async with slots:
-            try:
-                outcome = await poll_instance(deps, instance_id, slots)
-            except Exception as exc:
-                log.exception("instance %s: poll crashed", instance_id)
-                await count_crash(deps, batch, instance_id, exc)
-                return None
+        with log_context(instance_id=instance_id):
+            async with slots:
+                try:
+                    outcome = await poll_instance(deps, instance_id, slots)
+                except Exception as exc:
+                    log.exception("instance %s: poll crashed", instance_id)
+                    await count_crash(deps, batch, instance_id, exc)
+                    return None
         _record(batch, outcome, scheduled_at)
         return outcome
 
