@@ -33,6 +33,7 @@ from aiohttp.helpers import is_ip_address
 from aiohttp.resolver import DefaultResolver
 from yarl import URL
 
+from app import USER_AGENT
 from app.domain.ssrf import (
     is_dns_name,
     is_forbidden_address,
@@ -209,4 +210,5 @@ def callback_session(
             resolver=GuardedResolver(resolver),
             use_dns_cache=False,
         )
-    return aiohttp.ClientSession(connector=connector, **kwargs)
+    headers = {"User-Agent": USER_AGENT, **kwargs.pop("headers", {})}
+    return aiohttp.ClientSession(connector=connector, headers=headers, **kwargs)

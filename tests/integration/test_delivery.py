@@ -7,6 +7,7 @@ import base64
 import hashlib
 import hmac
 import json
+import re
 import time
 import uuid
 from collections.abc import AsyncIterator
@@ -186,6 +187,7 @@ async def test_exact_bytes_signed_both_ways(world: World) -> None:
     assert body == world.row(delivery_id)["body"]
     assert headers["webhook-id"] == str(delivery_id)
     assert abs(int(headers["webhook-timestamp"]) - time.time()) < 60
+    assert re.fullmatch(r"Pollinator/\d[\w.+]*", headers["User-Agent"])  # SPEC §8
     # Standard Webhooks, verified by the reference library (not our code).
     Webhook(SIGNING_KEY).verify(body, {k.lower(): v for k, v in headers.items()})
     # Open Connectors: an independent HMAC of the raw body.
