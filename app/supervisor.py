@@ -124,6 +124,9 @@ def flower_child(port: int, basic_auth: str) -> Child:
             f"--port={port}",
             "--address=127.0.0.1",
             "--max_tasks=10000",
+            # A busy worker answers the queue inspection slowly; at 1 s (the default) the
+            # Broker page listed only the queues of the workers that answered in time.
+            "--inspect_timeout=5000",
         ],
         env={"FLOWER_BASIC_AUTH": basic_auth},
     )

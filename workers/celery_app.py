@@ -8,7 +8,7 @@ from celery import Celery
 from kombu import Queue as KombuQueue
 
 from app.settings import Settings, get_settings
-from workers.queues import DELIVERY_SEND, DELIVERY_SWEEP, POLL_INSTANCES, Queue
+from workers.queues import DELIVERY_BATCH, DELIVERY_SWEEP, POLL_INSTANCES, Queue
 
 SWEEP_EVERY_S = 2.0
 
@@ -22,7 +22,7 @@ def create_celery(settings: Settings) -> Celery:
         task_queues=[KombuQueue(Queue.POLL.value), KombuQueue(Queue.DELIVERY.value)],
         task_routes={
             POLL_INSTANCES: {"queue": Queue.POLL.value},
-            DELIVERY_SEND: {"queue": Queue.DELIVERY.value},
+            DELIVERY_BATCH: {"queue": Queue.DELIVERY.value},
             DELIVERY_SWEEP: {"queue": Queue.DELIVERY.value},
         },
         # Polls are re-scheduled by beat and deliveries re-enqueued by the sweeper
@@ -46,8 +46,10 @@ def create_celery(settings: Settings) -> Celery:
                 "options": {"expires": 30},
             },
         },
-        worker_send_task_events=True,
-        task_send_sent_event=True,
+        # Flower lists one task per poll and per delivery, sent by the workers themselves
+        # (workers/taskview.py); the batch messages and the sweeper send no task events.
+        worker_send_task_events=False,
+        task_send_sent_event=False,
         worker_hijack_root_logger=False,
     )
     app.conf.imports = ["workers.tasks.poll", "workers.tasks.delivery"]

@@ -10,9 +10,13 @@ class Queue(enum.StrEnum):
     DELIVERY = "delivery"
 
 
+# Transport: the Celery messages, each a batch.
 POLL_INSTANCES = "poll.instances"
-DELIVERY_SEND = "delivery.send"
+DELIVERY_BATCH = "delivery.batch"
 DELIVERY_SWEEP = "delivery.sweep"
+# What Flower lists: one task per poll and per delivery (workers/taskview.py).
+POLL_UNIT = "poll.instance"
+DELIVERY_UNIT = "delivery.send"
 
 # Polls and deliveries travel in batches of this many per Celery message.
 TASK_BATCH = 20

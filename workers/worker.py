@@ -87,7 +87,6 @@ def main(argv: list[str]) -> int:
             name,
             "--loglevel",
             args.loglevel,
-            "-E",
             "--without-mingle",
             "--without-gossip",
         ]

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import enum
 import logging
 import random
 import time
@@ -69,6 +70,35 @@ class AttemptResult:
     @property
     def ok(self) -> bool:
         return self.error is None and self.status_code is not None and 200 <= self.status_code < 300
+
+
+class Outcome(enum.StrEnum):
+    """What one call of :func:`deliver` did (the delivery's status, or why nothing was sent)."""
+
+    DELIVERED = DeliveryStatus.DELIVERED.value
+    RETRY = DeliveryStatus.PENDING.value  # the attempt failed; the next one is scheduled
+    FAILED = DeliveryStatus.FAILED.value  # the attempt failed and the schedule is spent
+    CANCELLED = DeliveryStatus.CANCELLED.value  # its instance was deleted
+    DEFERRED = "deferred"  # held back (open breaker, saturated origin); no attempt spent
+    NOT_PENDING = "not-pending"  # a stale or duplicate message: already sent or re-armed
+    CRASHED = "crashed"  # an unexpected error; the lease runs out and the sweeper re-sends
+
+
+@dataclass(frozen=True)
+class DeliveryOutcome:
+    """One delivery's result, with the attempt made (if any) and when it ran."""
+
+    delivery_id: uuid.UUID
+    outcome: Outcome
+    started: float  # epoch seconds
+    finished: float
+    instance_id: int | None = None
+    attempt: AttemptResult | None = None
+    error: str | None = None  # CRASHED: the exception's class and message
+
+    @property
+    def failed_attempt(self) -> bool:
+        return self.attempt is not None and not self.attempt.ok
 
 
 def classify_client_error(exc: BaseException) -> str:
@@ -184,23 +214,24 @@ class Claimed:
 
 async def claim(
     deps: DeliveryDeps, delivery_id: uuid.UUID, ticket: datetime | None
-) -> Claimed | None | str:
+) -> Claimed | Outcome:
     """Lease a pending delivery so the sweeper leaves it alone while we POST.
 
     ``ticket`` is the ``next_attempt_at`` the delivery had when it was enqueued: a
     message whose ticket no longer matches is stale (the delivery was already sent,
     rescheduled or re-enqueued since) and claims nothing, so duplicates in the queue
     never become duplicate POSTs. ``None`` claims any pending delivery. Returns
-    ``"cancelled"`` for a delivery whose instance was deleted.
+    :attr:`Outcome.NOT_PENDING` when there is nothing to claim and
+    :attr:`Outcome.CANCELLED` for a delivery whose instance was deleted.
     """
     lease_until = utcnow() + timedelta(seconds=deps.settings.delivery_lease_seconds)
     row = await deps.pg.fetchrow(_CLAIM, delivery_id, lease_until, ticket)
     if row is None:
-        return None
+        return Outcome.NOT_PENDING
     body, instance_id, deleted, url, secrets = row
     if deleted:
         await deps.pg.execute(_CANCEL, delivery_id)
-        return DeliveryStatus.CANCELLED.value
+        return Outcome.CANCELLED
     key = deps.box.open(secrets).get("event.notification.signature.key")
     return Claimed(delivery_id, instance_id, bytes(body), url or "", key)
 
@@ -211,26 +242,27 @@ async def deliver(
     ticket: datetime | None = None,
     slots: asyncio.Semaphore | None = None,
     metrics_batch: MetricsBatch | None = None,
-) -> str:
-    """Attempt one delivery now; returns its status afterwards (see :func:`claim`).
+) -> DeliveryOutcome:
+    """Attempt one delivery now (see :func:`claim` for what is not attempted).
 
     ``slots`` bounds the POSTs in flight in this process. It is taken only once the
     delivery's origin has admitted it, so deliveries queued behind a slow origin
     never hold slots that deliveries to healthy origins could use.
     """
+    started = time.time()
     claimed = await claim(deps, delivery_id, ticket)
-    if claimed is None:
-        return "not-pending"
-    if isinstance(claimed, str):
-        return claimed
+    if isinstance(claimed, Outcome):
+        return DeliveryOutcome(delivery_id, claimed, started, time.time())
     origin = origin_of(claimed.url)
     admission = await deps.breakers.admit(origin)
     if not admission.allowed:
         await defer(deps, claimed.id, admission.retry_in_s)
-        return "deferred"
+        return DeliveryOutcome(delivery_id, Outcome.DEFERRED, started, time.time(),
+                               claimed.instance_id)  # fmt: skip
     if not await deps.slots.acquire(origin, ORIGIN_WAIT_S):
         await defer(deps, claimed.id, SATURATED_DEFER_S)
-        return "deferred"
+        return DeliveryOutcome(delivery_id, Outcome.DEFERRED, started, time.time(),
+                               claimed.instance_id)  # fmt: skip
     try:
         headers = signed_headers(
             claimed.body, str(claimed.id), int(time.time()), claimed.signature_key
@@ -248,17 +280,19 @@ async def deliver(
     up = receiver_is_up(result)
     if not (up and admission.clean):
         await deps.breakers.record(origin, up)
-    status = await record_attempt(deps, claimed, result)
+    outcome = await record_attempt(deps, claimed, result)
     if metrics_batch is not None:
-        _add_metrics(metrics_batch, result, status)
-    return status
+        _add_metrics(metrics_batch, result, outcome)
+    return DeliveryOutcome(
+        delivery_id, outcome, started, time.time(), claimed.instance_id, attempt=result
+    )
 
 
 async def deliver_many(
     deps: DeliveryDeps,
     items: list[tuple[uuid.UUID, datetime | None]],
     slots: asyncio.Semaphore,
-) -> list[str]:
+) -> list[DeliveryOutcome]:
     """Deliver a batch concurrently, at most ``slots`` POSTs at once in this process.
 
     An unexpected crash of one delivery is logged and leaves it pending: its lease
@@ -267,13 +301,17 @@ async def deliver_many(
 
     batch = MetricsBatch()
 
-    async def one(delivery_id: uuid.UUID, ticket: datetime | None) -> str:
+    async def one(delivery_id: uuid.UUID, ticket: datetime | None) -> DeliveryOutcome:
+        started = time.time()
         with log_context(delivery_id=str(delivery_id)):
             try:
                 return await deliver(deps, delivery_id, ticket, slots, batch)
-            except Exception:
+            except Exception as exc:
                 log.exception("delivery %s crashed", delivery_id)
-                return "crashed"
+                error = f"{type(exc).__name__}: {exc}"[:500]
+                return DeliveryOutcome(
+                    delivery_id, Outcome.CRASHED, started, time.time(), error=error
+                )
 
     statuses = list(await asyncio.gather(*(one(d, t) for d, t in items)))
     try:
@@ -297,13 +335,13 @@ async def defer(deps: DeliveryDeps, delivery_id: uuid.UUID, seconds: float) -> N
     await deps.pg.execute(_DEFER, delivery_id, at)
 
 
-def _add_metrics(batch: MetricsBatch, result: AttemptResult, status: str) -> None:
-    outcome = status if status != DeliveryStatus.PENDING else f"retry_{result.error or 'http'}"
-    batch.inc(metrics.DELIVERY_ATTEMPTS, {"outcome": outcome})
+def _add_metrics(batch: MetricsBatch, result: AttemptResult, outcome: Outcome) -> None:
+    label = outcome.value if outcome != Outcome.RETRY else f"retry_{result.error or 'http'}"
+    batch.inc(metrics.DELIVERY_ATTEMPTS, {"outcome": label})
     batch.observe(metrics.DELIVERY_LATENCY, result.duration_ms / 1000.0)
 
 
-async def record_attempt(deps: DeliveryDeps, claimed: Claimed, result: AttemptResult) -> str:
+async def record_attempt(deps: DeliveryDeps, claimed: Claimed, result: AttemptResult) -> Outcome:
     """Store the attempt and decide: delivered, retry after a delay, or failed."""
     now = utcnow()
     status: str | None
@@ -337,7 +375,7 @@ async def record_attempt(deps: DeliveryDeps, claimed: Claimed, result: AttemptRe
             log.warning(
                 "instance %s: callback answered 410 Gone; events disabled", claimed.instance_id
             )
-    return status or DeliveryStatus.PENDING.value
+    return Outcome(status) if status else Outcome.RETRY
 
 
 async def due_deliveries(

@@ -144,6 +144,7 @@ class PollOutcome:
     instance_id: int
     skipped: bool = False
     busy: bool = False  # skipped because another poll of it holds its lease
+    crash: str | None = None  # an unexpected error ended the poll ("Type: message")
     resources: list[ResourceOutcome] = field(default_factory=list)
     events: int = 0
     # (delivery id, ticket): the delivery task claims a delivery only while the lease it
@@ -489,7 +490,7 @@ async def run_polls(
     """
     batch = MetricsBatch()
 
-    async def one(instance_id: int, scheduled_at: datetime | None) -> PollOutcome | None:
+    async def one(instance_id: int, scheduled_at: datetime | None) -> PollOutcome:
         with log_context(instance_id=instance_id):
             async with slots:
                 try:
@@ -497,12 +498,13 @@ async def run_polls(
                 except Exception as exc:
                     log.exception("instance %s: poll crashed", instance_id)
                     await count_crash(deps, batch, instance_id, exc)
-                    return None
+                    crash = f"{type(exc).__name__}: {exc}"[:MAX_ERROR_LENGTH]
+                    return PollOutcome(instance_id, skipped=True, crash=crash)
         _record(batch, outcome, scheduled_at)
         return outcome
 
     done = await asyncio.gather(*(one(i, at) for i, at in items))
-    busy = [o.instance_id for o in done if o is not None and o.busy]
+    busy = [o.instance_id for o in done if o.busy]
     if busy:
         async with deps.pg.acquire() as conn:
             await conn.execute(_REARM_BUSY, busy, deps.leases.ttl_ms / 1000)
@@ -510,4 +512,4 @@ async def run_polls(
         await batch.flush(deps.redis)
     except Exception:  # Redis is a cache here; the checkpoints are in PostgreSQL
         log.warning("writing Redis watermarks/metrics of a poll batch failed", exc_info=True)
-    return [outcome for outcome in done if outcome is not None]
+    return done

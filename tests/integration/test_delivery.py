@@ -182,7 +182,7 @@ async def guarded_world(service_urls: ServiceUrls) -> AsyncIterator[World]:
 async def test_exact_bytes_signed_both_ways(world: World) -> None:
     instance_id = await world.instance(world.receiver.url)
     delivery_id = await world.delivery(instance_id)
-    assert await deliver(world.deps, delivery_id) == "delivered"
+    assert (await deliver(world.deps, delivery_id)).outcome == "delivered"
     headers, body = world.receiver.received[0]
     assert body == world.row(delivery_id)["body"]
     assert headers["webhook-id"] == str(delivery_id)
@@ -241,15 +241,15 @@ async def test_failures_are_recorded_and_retried_on_schedule_then_failed(
     delivery_id = await world.delivery(instance_id)
     world.receiver.statuses = [500, 503, 302, 500]
     before = utcnow()
-    assert await deliver(world.deps, delivery_id) == "pending"
+    assert (await deliver(world.deps, delivery_id)).outcome == "pending"
     row = world.row(delivery_id)
     # Retry 1 after ~1 s (±10 %), from the schedule 1,2,3.
     assert timedelta(seconds=0.85) <= row["next_attempt_at"] - before <= timedelta(seconds=1.3)
     for _ in range(2):
         world.make_due(delivery_id)
-        assert await deliver(world.deps, delivery_id) == "pending"
+        assert (await deliver(world.deps, delivery_id)).outcome == "pending"
     world.make_due(delivery_id)
-    assert await deliver(world.deps, delivery_id) == "failed"  # schedule exhausted
+    assert (await deliver(world.deps, delivery_id)).outcome == "failed"  # schedule exhausted
     attempts = world.attempts(delivery_id)
     assert [a["status_code"] for a in attempts] == [500, 503, 302, 500]
     assert [a["attempt"] for a in attempts] == [1, 2, 3, 4]
@@ -277,7 +277,7 @@ async def test_gone_disables_events_and_keeps_the_delivery(world: World) -> None
     instance_id = await world.instance(world.receiver.url)
     delivery_id = await world.delivery(instance_id)
     world.receiver.statuses = [410]
-    assert await deliver(world.deps, delivery_id) == "failed"
+    assert (await deliver(world.deps, delivery_id)).outcome == "failed"
     with psycopg.connect(world.database_url) as conn:
         row = conn.execute(
             "SELECT events_enabled FROM instances WHERE id = %s", (instance_id,)
@@ -311,7 +311,7 @@ async def test_private_callbacks_blocked_at_delivery_time(guarded_world: World, 
     port = guarded_world.receiver.url.split(":")[2].split("/")[0]
     instance_id = await guarded_world.instance(url.format(port=port))
     delivery_id = await guarded_world.delivery(instance_id)
-    assert await deliver(guarded_world.deps, delivery_id) == "pending"
+    assert (await deliver(guarded_world.deps, delivery_id)).outcome == "pending"
     [attempt] = guarded_world.attempts(delivery_id)
     assert attempt["error"] == "ssrf_blocked", attempt
     assert guarded_world.receiver.received == []
@@ -325,7 +325,7 @@ async def test_breaker_opens_and_defers_without_spending_attempts(world: World) 
         await deliver(world.deps, delivery_id)
     # Five consecutive failures opened the circuit: the rest wait, unspent.
     for delivery_id in ids[5:]:
-        assert await deliver(world.deps, delivery_id) == "deferred"
+        assert (await deliver(world.deps, delivery_id)).outcome == "deferred"
         assert world.attempts(delivery_id) == []
         assert world.row(delivery_id)["status"] == "pending"
     assert len(world.receiver.received) == 5
@@ -340,7 +340,8 @@ async def test_sweeper_claims_due_deliveries_once(world: World) -> None:
     assert not (ids & set(second))  # leased: not enqueued twice
     # A stale message (wrong ticket) claims nothing; the right ticket delivers once.
     some = next(iter(ids))
-    assert await deliver(world.deps, some, first[some] - timedelta(seconds=1)) == "not-pending"
-    assert await deliver(world.deps, some, first[some]) == "delivered"
-    assert await deliver(world.deps, some, first[some]) == "not-pending"
+    stale = await deliver(world.deps, some, first[some] - timedelta(seconds=1))
+    assert stale.outcome == "not-pending"
+    assert (await deliver(world.deps, some, first[some])).outcome == "delivered"
+    assert (await deliver(world.deps, some, first[some])).outcome == "not-pending"
     assert len(world.receiver.received) == 1

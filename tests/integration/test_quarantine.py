@@ -298,7 +298,7 @@ def test_the_claim_uses_the_due_index(engine: Engine) -> None:
 
 
 async def poll_round(h: Harness, ids: Sequence[int]) -> dict[int, PollOutcome]:
-    """One worker batch, as ``poll.instances`` runs it; crashed polls return nothing."""
+    """One worker batch, as ``poll.instances`` runs it."""
     outcomes = await run_polls(h.deps, [(i, None) for i in ids], asyncio.Semaphore(4))
     return {o.instance_id: o for o in outcomes}
 
@@ -321,7 +321,9 @@ async def test_an_instance_whose_polls_keep_crashing_is_quarantined_and_neighbou
     for n in range(1, QUARANTINE_AFTER_CRASHES + 1):
         await harness.write("contacts", given_name=f"n{n}")
         outcomes = await poll_round(harness, [crashing, neighbour])
-        assert crashing not in outcomes
+        crash = outcomes[crashing].crash
+        assert crash is not None
+        assert crash.startswith("ConfigError")
         assert not outcomes[neighbour].failed
         seen += outcomes[neighbour].events
         at, _, crashes = quarantine_of(harness, crashing)
@@ -370,5 +372,7 @@ async def test_crashes_count_only_in_a_row_and_never_for_shared_failures(
     # bad row; counting them would quarantine every instance such a worker touches.
     sql(harness, "UPDATE instances SET secrets = 'not a fernet token' WHERE id = %s", undecryptable)
     for _ in range(QUARANTINE_AFTER_CRASHES + 1):
-        assert undecryptable not in await poll_round(harness, [undecryptable])
+        crash = (await poll_round(harness, [undecryptable]))[undecryptable].crash
+        assert crash is not None
+        assert crash.startswith("DecryptionError")
     assert quarantine_of(harness, undecryptable) == (None, None, 0)

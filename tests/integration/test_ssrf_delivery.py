@@ -67,7 +67,7 @@ async def _deliver_once(world: World, url: str, http: aiohttp.ClientSession | No
     if http is not None:
         world.deps = dataclasses.replace(world.deps, http=http)
     delivery_id = await world.delivery(await world.instance(url))
-    assert await deliver(world.deps, delivery_id) == "pending"
+    assert (await deliver(world.deps, delivery_id)).outcome == "pending"
     [attempt] = world.attempts(delivery_id)
     return attempt
 

@@ -1,4 +1,4 @@
-"""``delivery.send`` (a batch of deliveries) and ``delivery.sweep``."""
+"""``delivery.batch`` (Flower shows each delivery as ``delivery.send``); ``delivery.sweep``."""
 
 from __future__ import annotations
 
@@ -12,8 +12,9 @@ from celery import Celery, shared_task
 
 from app.services.breaker import CircuitBreakers
 from app.services.delivery import DeliveryDeps, deliver_many, due_deliveries
-from workers.queues import DELIVERY_SEND, DELIVERY_SWEEP, TASK_BATCH, Queue
+from workers.queues import DELIVERY_BATCH, DELIVERY_SWEEP, TASK_BATCH, Queue
 from workers.runtime import get_runtime
+from workers.taskview import task_view
 
 log = logging.getLogger(__name__)
 SEND_TIMEOUT_S = 120.0
@@ -34,22 +35,23 @@ def enqueue_deliveries(app: Celery, tickets: Iterable[tuple[uuid.UUID, datetime]
     with app.producer_or_acquire() as producer:
         for start in range(0, len(items), TASK_BATCH):
             app.send_task(
-                DELIVERY_SEND,
+                DELIVERY_BATCH,
                 args=[items[start : start + TASK_BATCH]],
                 queue=Queue.DELIVERY.value,
                 producer=producer,
             )
 
 
-@shared_task(name=DELIVERY_SEND, ignore_result=True)
+@shared_task(name=DELIVERY_BATCH, ignore_result=True)
 def send_deliveries_task(items: list[list[str]]) -> None:
     """POST ``[[delivery id, ticket], ...]`` concurrently; failures reschedule in PostgreSQL."""
     runtime = get_runtime()
     batch = [(uuid.UUID(i), datetime.fromisoformat(t) if t else None) for i, t in items]
-    statuses = runtime.submit(
+    outcomes = runtime.submit(
         deliver_many(_deps(), batch, runtime.clients.delivery_slots), timeout=SEND_TIMEOUT_S
     )
-    log.info("deliveries: %s", dict(Counter(statuses)))
+    task_view(send_deliveries_task.app, send_deliveries_task.request.hostname).deliveries(outcomes)
+    log.info("deliveries: %s", dict(Counter(o.outcome.value for o in outcomes)))
 
 
 @shared_task(name=DELIVERY_SWEEP, ignore_result=True)

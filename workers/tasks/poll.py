@@ -1,4 +1,7 @@
-"""``poll.instances``: a batch of polls, run concurrently on the process loop."""
+"""``poll.instances``: a batch of polls, run concurrently on the process loop.
+
+Flower shows each poll as its own ``poll.instance`` task (:mod:`workers.taskview`).
+"""
 
 from __future__ import annotations
 
@@ -11,6 +14,7 @@ from app.services.polling import PollDeps, run_polls
 from workers.queues import POLL_INSTANCES
 from workers.runtime import get_runtime
 from workers.tasks.delivery import enqueue_deliveries
+from workers.taskview import task_view
 
 log = logging.getLogger(__name__)
 BATCH_TIMEOUT_S = 14 * 60.0
@@ -29,12 +33,21 @@ def poll_instances_task(items: list[list[object]]) -> None:
     deps = PollDeps(c.settings, c.pg, c.sessions, c.redis, c.http, c.box)
     batch = [(int(str(i)), datetime.fromisoformat(str(at)) if at else None) for i, at in items]
     outcomes = runtime.submit(run_polls(deps, batch, c.poll_slots), timeout=BATCH_TIMEOUT_S)
+    scheduled = {i: at.isoformat() if at else None for i, at in batch}
+    task_view(poll_instances_task.app, poll_instances_task.request.hostname).polls(
+        outcomes, scheduled
+    )
     # A lost message is fine: the sweeper re-enqueues a delivery when its lease runs out.
     enqueue_deliveries(poll_instances_task.app, (d for o in outcomes for d in o.deliveries))
     for outcome in outcomes:
         if outcome.failed:
             errors = "; ".join(f"{r.resource}: {r.error}" for r in outcome.resources if r.error)
-            log.warning("instance %s: poll failed: %s", outcome.instance_id, errors)
+            log.warning(
+                "instance %s: poll failed: %s",
+                outcome.instance_id,
+                errors,
+                extra={"instance_id": outcome.instance_id},
+            )
     log.info(
         "polled %d instances: %d events, %d deliveries",
         len(outcomes),

@@ -1,0 +1,204 @@
+"""What Flower shows: one task per poll and per delivery, though they travel in batches.
+
+Polls and deliveries travel in batches (up to ``TASK_BATCH`` per Celery message), which
+keeps the broker and Celery's per-message cost out of the hot path. But the unit an SRE
+looks for is *the poll of one instance* and *the delivery of one callback*. So the worker
+reports each one to Flower with Celery's own task events — ``poll.instance`` with args
+``[instance id]`` and ``delivery.send`` with args ``[delivery id]`` — received, started,
+then SUCCESS (with what it did) or FAILURE (with the error class and message). The batch
+messages themselves send no task events (workers run without ``-E``), so Flower lists the
+units, and beat's two-second ``delivery.sweep`` is not a row at all.
+
+Events are buffered and published as Celery's ``task.multi`` batches (one broker message
+per :data:`BUFFER_LIMIT` events), flushed at the end of every batch. A broker that cannot
+take them costs the events, never the poll.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+import threading
+import time
+import uuid
+from typing import Any, Final
+
+from celery import Celery
+from celery.utils.saferepr import saferepr
+
+from app.services.delivery import DeliveryOutcome, Outcome
+from app.services.polling import PollOutcome
+from workers.queues import DELIVERY_UNIT, POLL_UNIT, Queue
+
+log = logging.getLogger(__name__)
+
+BUFFER_LIMIT: Final = 150
+
+
+def _poll_result(outcome: PollOutcome) -> tuple[bool, str]:
+    """(succeeded, result or exception text) of one poll."""
+    if outcome.crash is not None:
+        return False, f"PollCrashed({outcome.crash!r})"
+    if outcome.skipped:
+        why = "another poll holds its lease" if outcome.busy else "gone, off or quarantined"
+        return True, f"skipped: {why}"
+    failed = [f"{r.resource}: {r.error}" for r in outcome.resources if r.error]
+    if failed:
+        return False, f"PollFailed({'; '.join(failed)!r})"
+    summary = {
+        "events": outcome.events,
+        "deliveries": len(outcome.deliveries),
+        "requests": sum(r.requests for r in outcome.resources),
+    }
+    warnings = [f"{r.resource}: {r.warning}" for r in outcome.resources if r.warning]
+    if warnings:
+        summary["warnings"] = "; ".join(warnings)  # type: ignore[assignment]
+    return True, repr(summary)
+
+
+def _delivery_result(outcome: DeliveryOutcome) -> tuple[bool, str] | None:
+    """(succeeded, text) of one delivery, or ``None`` when no attempt was made."""
+    if outcome.outcome is Outcome.CRASHED:
+        return False, f"DeliveryCrashed({outcome.error!r})"
+    if outcome.outcome is Outcome.CANCELLED:
+        return True, "cancelled: its instance was deleted"
+    attempt = outcome.attempt
+    if attempt is None:  # deferred by the breaker, or a stale message: nothing was sent
+        return None
+    answer = f"HTTP {attempt.status_code}" if attempt.status_code is not None else attempt.error
+    took = f"{answer} in {attempt.duration_ms} ms"
+    if attempt.ok:
+        return True, took
+    then = "retry scheduled" if outcome.outcome is Outcome.RETRY else "failed: schedule spent"
+    detail = f" ({attempt.error}: {attempt.detail})" if attempt.detail else ""
+    return False, f"CallbackFailed({f'{took}{detail}; {then}'!r})"
+
+
+class TaskView:
+    """Sends one process's per-unit task events (thread-safe; one per worker process)."""
+
+    def __init__(self, app: Celery, hostname: str) -> None:
+        self.app = app
+        self.hostname = hostname
+        self._dispatcher: Any = None
+        self._lock = threading.Lock()
+        self._warned = False
+
+    def _events(self) -> Any:
+        with self._lock:
+            if self._dispatcher is None:
+                self._dispatcher = self.app.events.Dispatcher(
+                    self.app.connection_for_write(),
+                    hostname=self.hostname,
+                    buffer_group=["task"],
+                    buffer_limit=BUFFER_LIMIT,
+                )
+            return self._dispatcher
+
+    def _unit(
+        self,
+        name: str,
+        queue: str,
+        args: list[object],
+        kwargs: dict[str, object],
+        started: float,
+        finished: float,
+        result: tuple[bool, str],
+    ) -> None:
+        events = self._events()
+        task_id = str(uuid.uuid4())
+        events.send(
+            "task-received",
+            uuid=task_id,
+            name=name,
+            args=saferepr(args),
+            kwargs=saferepr(kwargs),
+            root_id=task_id,
+            parent_id=None,
+            retries=0,
+            eta=None,
+            expires=None,
+            routing_key=queue,
+            timestamp=started,
+        )
+        events.send("task-started", uuid=task_id, timestamp=started)  # pid: the dispatcher
+        ok, text = result
+        if ok:
+            events.send(
+                "task-succeeded",
+                uuid=task_id,
+                result=text,
+                runtime=max(finished - started, 0.0),
+                timestamp=finished,
+            )
+        else:
+            events.send(
+                "task-failed", uuid=task_id, exception=text, traceback="", timestamp=finished
+            )
+
+    def polls(self, outcomes: list[PollOutcome], scheduled: dict[int, str | None]) -> None:
+        """One ``poll.instance`` task per poll of the batch."""
+        try:
+            for outcome in outcomes:
+                started = outcome.started_at.timestamp() if outcome.started_at else None
+                finished = outcome.finished_at.timestamp() if outcome.finished_at else None
+                now = time.time()
+                kwargs: dict[str, object] = {"scheduled": scheduled.get(outcome.instance_id)}
+                if outcome.resources:
+                    kwargs["resources"] = ",".join(r.resource for r in outcome.resources)
+                self._unit(
+                    POLL_UNIT,
+                    Queue.POLL.value,
+                    [outcome.instance_id],
+                    kwargs,
+                    started or now,
+                    finished or now,
+                    _poll_result(outcome),
+                )
+            self._events().flush()
+        except Exception as exc:  # visibility must never cost a poll
+            self._warn(exc)
+
+    def deliveries(self, outcomes: list[DeliveryOutcome]) -> None:
+        """One ``delivery.send`` task per delivery attempted (or cancelled, or crashed)."""
+        try:
+            for outcome in outcomes:
+                result = _delivery_result(outcome)
+                if result is None:
+                    continue
+                self._unit(
+                    DELIVERY_UNIT,
+                    Queue.DELIVERY.value,
+                    [str(outcome.delivery_id)],
+                    {"instance": outcome.instance_id},
+                    outcome.started,
+                    outcome.finished,
+                    result,
+                )
+            self._events().flush()
+        except Exception as exc:
+            self._warn(exc)
+
+    def _warn(self, exc: Exception) -> None:
+        if not self._warned:
+            log.warning("task events for Flower could not be sent (%s)", type(exc).__name__)
+            self._warned = True
+
+
+_views: dict[str, TaskView] = {}
+_views_lock = threading.Lock()
+
+
+def task_view(app: Celery, hostname: str | None) -> TaskView:
+    """This process's view (one dispatcher and broker connection per worker process).
+
+    ``hostname`` is the worker's node name (the task's ``request.hostname``), so Flower
+    files the units under the worker that ran them.
+    """
+    hostname = hostname or f"{os.getpid()}@{socket.gethostname()}"
+    with _views_lock:
+        view = _views.get(hostname)
+        if view is None:
+            view = _views[hostname] = TaskView(app, hostname)
+        return view
