@@ -302,6 +302,7 @@ class LeaderLock:
 
     def ensure(self) -> bool:
         """Acquire or renew; ``False`` while another process leads."""
+        was = self.held
         try:
             if self.held and self.client.eval(_RENEW, 1, self.key, self.token, self.ttl_ms):
                 return True
@@ -309,6 +310,8 @@ class LeaderLock:
         except redis.RedisError as exc:
             log.warning("leader lock unavailable (%s); not scheduling", type(exc).__name__)
             self.held = False
+        if self.held != was:  # operators (and the failover test) read these two lines
+            log.info("leading: this beat schedules" if self.held else "standing by: lost the lead")
         return self.held
 
 

@@ -531,9 +531,30 @@ class Cluster:
             client.close()
 
     def completed_after(self, ids: Iterable[int], since: float) -> set[int]:
-        """Which of ``ids`` finished a poll (success or failure) after ``since``."""
-        wanted = set(ids)
-        return {e.instance for e in self.polls() if e.instance in wanted and e.finished > since}
+        """Which of ``ids`` finished a poll (success or failure) after ``since``.
+
+        Read from PostgreSQL (each poll's ``last_polled_at``): the poll journal lives in
+        Redis, which one scenario wipes, and its writes are best effort.
+        """
+        wanted = list(set(ids))
+        rows = self.sql(
+            "SELECT DISTINCT instance_id FROM poll_states"
+            " WHERE instance_id = ANY(%s) AND last_polled_at > to_timestamp(%s)",
+            wanted,
+            since,
+        )
+        return {int(r[0]) for r in rows}
+
+    def respread(self) -> None:
+        """Spread next polls over one interval again, as creation did (a burst bunched them)."""
+        interval = self.options.refresh_minutes * 60
+        with psycopg.connect(self.database_url) as conn:
+            conn.execute(
+                "UPDATE instances SET next_poll_at = now()"
+                " + make_interval(secs => ((id * 0.6180339887) %% 1) * %s)"
+                " WHERE deleted_at IS NULL",
+                (interval,),
+            )
 
     def retry_failed_deliveries(self) -> int:
         total = 0
