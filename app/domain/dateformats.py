@@ -18,6 +18,16 @@ Where this differs from Java, on purpose:
 * Only English month, weekday and AM/PM names; text is matched case-insensitively.
 * A wall time that does not exist or occurs twice in the default zone (DST) resolves to the
   earlier instant (``fold=0``), so a lower bound derived from it never skips records.
+* Each field but the zone is read greedily and never given back (an atomic group, as Java's
+  parser reads a field once and moves on). Without that, adjacent fields whose texts overlap
+  (``zE``: a zone abbreviation next to a weekday name) made the regex try every way to split
+  a value between them, exponentially in the number of fields, on every record of every
+  poll. Zones (``X``, ``Z``, ``z``) may give text back (``UTC-08`` in ``z-HH`` is the zone
+  ``UTC`` then the hour ``08``), so a pattern may hold at most :data:`_MAX_ZONE_FIELDS` of
+  them: the ways to split a value then stay a small constant.
+
+Patterns are tenant text compiled inside the API's event loop: their length is bounded by
+``MAX_DATE_FORMAT_LENGTH`` and compiling is linear in it.
 """
 
 from __future__ import annotations
@@ -31,6 +41,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta, tzinfo
 from typing import Any
 
+from app.domain.limits import MAX_DATE_FORMAT_LENGTH
 from app.domain.timezones import UnknownTimeZoneError, zone_from_text
 
 __all__ = ["DateFormat", "DateFormatError", "compile_format"]
@@ -81,7 +92,11 @@ _YEAR, _MONTH, _DAY, _HOUR, _MINUTE, _SECOND, _MICRO, _HOUR12, _PM, _ZONE = rang
 _DEFAULT_FIELDS: list[Any] = [1970, 1, 1, 0, 0, 0, 0, None, False, None]
 
 _NUMERIC_LETTERS = frozenset("yMdHhkKmsS")
+_ZONE_LETTERS = frozenset("XZz")
 _MAX_FRACTION_DIGITS = 9
+# Zone fields are the only ones matched with backtracking (see the module docstring); real
+# patterns have one.
+_MAX_ZONE_FIELDS = 2
 
 Render = Callable[[datetime], str]
 Convert = Callable[[str], Any]
@@ -166,7 +181,9 @@ class _PatternFormat(DateFormat):
 
     def __init__(self, pattern: str, parts: list[_Part]) -> None:
         self.pattern = pattern
-        self._regex = re.compile("".join(part.regex for part in parts))
+        self._regex = re.compile(
+            "".join(part.regex if part.slot == _ZONE else f"(?>{part.regex})" for part in parts)
+        )
         self._renderers = tuple(part.render for part in parts)
         # Aligned with the regex groups: each part that captures has a slot and a converter.
         self._converters = tuple(
@@ -241,6 +258,8 @@ def _read_quoted(pattern: str, start: int) -> tuple[str, int]:
 def _tokenize(pattern: str) -> list[str | _Field]:
     """Split a pattern into literal strings and letter runs, as ``SimpleDateFormat`` does."""
     tokens: list[str | _Field] = []
+    # Adjacent literal pieces are collected and joined once (``str +=`` in a loop copies).
+    literal: list[str] = []
     i = 0
     while i < len(pattern):
         char = pattern[i]
@@ -252,15 +271,17 @@ def _tokenize(pattern: str) -> list[str | _Field]:
             end = i
             while end < len(pattern) and pattern[end] == char:
                 end += 1
+            if literal:
+                tokens.append("".join(literal))
+                literal = []
             tokens.append(_Field(char, end - i))
             i = end
             continue
         else:
             text, i = char, i + 1
-        if tokens and isinstance(tokens[-1], str):
-            tokens[-1] += text
-        else:
-            tokens.append(text)
+        literal.append(text)
+    if literal:
+        tokens.append("".join(literal))
     return tokens
 
 
@@ -471,6 +492,9 @@ def _compile_pattern(pattern: str) -> _PatternFormat:
         parts.append(_field_part(token, abutting))
     if not any(isinstance(token, _Field) for token in tokens):
         raise DateFormatError("it contains no date fields")
+    fields = [token for token in tokens if isinstance(token, _Field)]
+    if sum(1 for token in fields if token.letter in _ZONE_LETTERS) > _MAX_ZONE_FIELDS:
+        raise DateFormatError(f"at most {_MAX_ZONE_FIELDS} zone fields (X, Z, z) are supported")
     return _PatternFormat(pattern, parts)
 
 
@@ -485,6 +509,8 @@ def compile_format(pattern: str) -> DateFormat:
     quote; other non-letters are literals. Unknown letters raise :class:`DateFormatError`
     naming the letter and the pattern.
     """
+    if len(pattern) > MAX_DATE_FORMAT_LENGTH:
+        raise DateFormatError(f"a date format must be at most {MAX_DATE_FORMAT_LENGTH} characters")
     unit = _EPOCH_UNITS_US.get(pattern.strip().lower())
     if unit is not None:
         return _EpochFormat(pattern, unit)

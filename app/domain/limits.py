@@ -21,10 +21,13 @@ MAX_JSON_DEPTH: Final = 32
 MAX_INSTANCE_ID: Final = 2**63 - 1
 
 # -- the instance ---------------------------------------------------------------------------
+#: Characters in an instance name.
 MAX_NAME_LENGTH: Final = 200
+#: Tags on one instance.
 MAX_TAGS: Final = 50
+#: Characters in one tag.
 MAX_TAG_LENGTH: Final = 200
-#: Callback and OAuth callback URLs.
+#: Callback and OAuth callback URLs (characters).
 MAX_URL_LENGTH: Final = 2048
 #: One year. Longer intervals are surely unit mistakes, and the next slot of any
 #: instance must stay far inside ``datetime``'s range (year 9999).
@@ -47,6 +50,9 @@ MAX_TEMPLATE_VARIABLES: Final = 8
 MAX_DATE_FORMAT_LENGTH: Final = 100
 #: A dotted record path such as ``updatedDateField``.
 MAX_FIELD_PATH_LENGTH: Final = 200
+#: A time zone name or offset. The longest IANA name has 32 characters; the bound also
+#: caps the zone candidates tried in ``${dateTimeZone:ZONE:FMT}``.
+MAX_TIMEZONE_NAME_LENGTH: Final = 64
 
 # -- per organization (defaults of operator settings) ----------------------------------------
 DEFAULT_MAX_INSTANCES_PER_ORG: Final = 10_000
