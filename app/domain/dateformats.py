@@ -181,8 +181,8 @@ class _PatternFormat(DateFormat):
 
     def __init__(self, pattern: str, parts: list[_Part]) -> None:
         self.pattern = pattern
-        self._regex = re.compile(
-            "".join(part.regex if part.slot == _ZONE else f"(?>{part.regex})" for part in parts)
+        self._regex_source = "".join(
+            part.regex if part.slot == _ZONE else f"(?>{part.regex})" for part in parts
         )
         self._renderers = tuple(part.render for part in parts)
         # Aligned with the regex groups: each part that captures has a slot and a converter.
@@ -191,6 +191,13 @@ class _PatternFormat(DateFormat):
             for part in parts
             if part.slot is not None and part.convert is not None
         )
+
+    @functools.cached_property
+    def _regex(self) -> re.Pattern[str]:
+        # Compiled on first parse, not when the pattern is validated: compiling the regex is
+        # most of the cost of a pattern, and a format used only in a URL template (rendered,
+        # never parsed) or refused later in the same configuration never needs it.
+        return re.compile(self._regex_source)
 
     def format(self, dt: datetime, tz: tzinfo) -> str:
         local = _as_aware(dt).astimezone(tz)
@@ -239,20 +246,10 @@ class _Field:
         return self.letter in _NUMERIC_LETTERS and not (self.letter == "M" and self.count >= 3)
 
 
-def _read_quoted(pattern: str, start: int) -> tuple[str, int]:
-    """Text of the quoted literal opening at ``start``; returns it and the index after it."""
-    chars: list[str] = []
-    i = start + 1
-    while i < len(pattern):
-        if pattern[i] != "'":
-            chars.append(pattern[i])
-            i += 1
-        elif pattern.startswith("''", i):
-            chars.append("'")
-            i += 2
-        else:
-            return "".join(chars), i + 1
-    raise DateFormatError("unterminated quote")
+# One token per match, tried at each position in turn: a quote pair (a literal quote), a
+# quoted text (in "unrolled loop" form: every character has one way to match, so a missing
+# closing quote fails in one pass), a run of one pattern letter, or a run of other text.
+_TOKEN_RE = re.compile(r"(''|'[^']*(?:''[^']*)*')|([A-Za-z])\2*|[^A-Za-z']+")
 
 
 def _tokenize(pattern: str) -> list[str | _Field]:
@@ -260,26 +257,22 @@ def _tokenize(pattern: str) -> list[str | _Field]:
     tokens: list[str | _Field] = []
     # Adjacent literal pieces are collected and joined once (``str +=`` in a loop copies).
     literal: list[str] = []
-    i = 0
-    while i < len(pattern):
-        char = pattern[i]
-        if pattern.startswith("''", i):
-            text, i = "'", i + 2
-        elif char == "'":
-            text, i = _read_quoted(pattern, i)
-        elif char.isascii() and char.isalpha():
-            end = i
-            while end < len(pattern) and pattern[end] == char:
-                end += 1
+    position = 0
+    while position < len(pattern):
+        match = _TOKEN_RE.match(pattern, position)
+        if match is None:  # only a quote that is never closed matches nothing
+            raise DateFormatError("unterminated quote")
+        text, quoted, letter = match.group(), match.group(1), match.group(2)
+        position = match.end()
+        if letter is not None:
             if literal:
                 tokens.append("".join(literal))
                 literal = []
-            tokens.append(_Field(char, end - i))
-            i = end
-            continue
+            tokens.append(_Field(letter, len(text)))
+        elif quoted is not None:
+            literal.append("'" if quoted == "''" else quoted[1:-1].replace("''", "'"))
         else:
-            text, i = char, i + 1
-        literal.append(text)
+            literal.append(text)
     if literal:
         tokens.append("".join(literal))
     return tokens
@@ -476,6 +469,17 @@ def _field_part(field: _Field, abutting: bool) -> _Part:
     raise DateFormatError(f"unsupported pattern letter {field.letter!r}")
 
 
+@functools.lru_cache(maxsize=512)
+def _shared_field_part(field: _Field, abutting: bool) -> _Part:
+    """:func:`_field_part`, built once per (letter, count, abutting) and shared by patterns.
+
+    Parts are immutable and depend on nothing else, and a configuration may hold hundreds of
+    distinct patterns made of the same few fields: building each part anew was most of the
+    cost of validating one. ``yy`` is excluded: its pivot year moves with the clock.
+    """
+    return _field_part(field, abutting)
+
+
 def _literal_part(text: str) -> _Part:
     return _Part(re.escape(text), lambda _dt: text)
 
@@ -489,7 +493,8 @@ def _compile_pattern(pattern: str) -> _PatternFormat:
             continue
         following = tokens[i + 1] if i + 1 < len(tokens) else None
         abutting = token.numeric and isinstance(following, _Field) and following.numeric
-        parts.append(_field_part(token, abutting))
+        two_digit_year = token.letter == "y" and token.count == 2
+        parts.append((_field_part if two_digit_year else _shared_field_part)(token, abutting))
     if not any(isinstance(token, _Field) for token in tokens):
         raise DateFormatError("it contains no date fields")
     fields = [token for token in tokens if isinstance(token, _Field)]

@@ -32,7 +32,7 @@ from typing import Any
 
 from app.domain.dateformats import DateFormat, DateFormatError, compile_format
 from app.domain.fieldpath import compile_path, get_path
-from app.domain.jsonsafety import UnsafeJson, check_value, loads_checked
+from app.domain.jsonsafety import UnsafeJson, loads_checked
 from app.domain.limits import (
     MAX_CREATED_CHECK_TOLERANCE_SECONDS,
     MAX_PAGE_SIZE,
@@ -303,14 +303,13 @@ def load_configuration_object(value: object) -> dict[str, Any]:
     The string form is decoded with :func:`~app.domain.jsonsafety.loads_checked`, so a NUL or
     a lone surrogate inside it (which the request-level check cannot see: it is an escape
     in a string there) is a :class:`ConfigError` naming the key, like any other mistake.
+    The object form was part of the request body, which the API checks as a whole.
     """
-    try:
-        if isinstance(value, str | bytes):
+    if isinstance(value, str | bytes):
+        try:
             value = loads_checked(value, field=CONFIGURATION_KEY)
-        else:
-            check_value(value, CONFIGURATION_KEY)
-    except UnsafeJson as exc:
-        raise ConfigError(exc.field, exc.message.removeprefix(f"{exc.field}: ")) from None
+        except UnsafeJson as exc:
+            raise ConfigError(exc.field, exc.message.removeprefix(f"{exc.field}: ")) from None
     if not isinstance(value, dict):
         raise ConfigError(
             CONFIGURATION_KEY, "must be a JSON object of resources, or a JSON string of one"

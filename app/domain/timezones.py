@@ -154,7 +154,15 @@ def _iana_names_by_lower_case() -> dict[str, str]:
     return {name.lower(): name for name in zoneinfo.available_timezones()}
 
 
+# The shape of every IANA zone name ("America/Port-au-Prince", "Etc/GMT+8"). Anything else
+# is not looked up at all: a failed lookup searches the zone path and the tzdata package
+# (a fraction of a millisecond each), and ``${dateTimeZone:...}`` may offer many candidates.
+_IANA_SHAPE_RE = re.compile(r"[A-Za-z][A-Za-z0-9_+\-]*(?:/[A-Za-z0-9_+\-]+)*")
+
+
 def _load_iana(name: str) -> tzinfo | None:
+    if not _IANA_SHAPE_RE.fullmatch(name):
+        return None
     for candidate in (name, _iana_names_by_lower_case().get(name.lower())):
         if not candidate:
             continue

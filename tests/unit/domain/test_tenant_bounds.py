@@ -216,9 +216,5 @@ def test_nul_inside_the_string_form_names_the_key() -> None:
     assert "NUL" in error.detail
 
 
-def test_nul_inside_the_object_form_names_the_key() -> None:
-    refused(contacts(idField="i\x00d"), f"{C}.idField")
-
-
 def test_invalid_utf8_in_the_bytes_form_names_the_configuration() -> None:
     refused(b'{"contacts": "\xff"}', "event.poller.configuration")
