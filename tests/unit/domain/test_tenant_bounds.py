@@ -6,7 +6,7 @@ change of a constant in ``app.domain.limits`` cannot silently drift from the cod
 
 from __future__ import annotations
 
-from datetime import UTC
+from datetime import UTC, datetime
 from typing import Any
 
 import pytest
@@ -218,3 +218,30 @@ def test_nul_inside_the_string_form_names_the_key() -> None:
 
 def test_invalid_utf8_in_the_bytes_form_names_the_configuration() -> None:
     refused(b'{"contacts": "\xff"}', "event.poller.configuration")
+
+
+@pytest.mark.parametrize(
+    ("pattern", "rendered"),
+    [
+        ("yyyy'abc'", "2024abc"),
+        ("yyyy''", "2024'"),
+        ("yyyy''''", "2024''"),
+        ("yyyy'it''s'", "2024it's"),
+        ("yyyy'abc'''", "2024abc'"),
+        ("'''x'''yyyy", "'x'2024"),
+        ("yyyy-'T'-é", "2024-T-é"),  # a non-ASCII letter is literal text
+    ],
+)
+def test_the_one_pass_tokenizer_reads_quotes_as_simple_date_format_does(
+    pattern: str, rendered: str
+) -> None:
+    date_format = compile_format(pattern)
+    instant = datetime(2024, 1, 2, tzinfo=UTC)
+    assert date_format.format(instant, UTC) == rendered
+    assert date_format.parse(rendered, UTC) == datetime(2024, 1, 1, tzinfo=UTC)
+
+
+@pytest.mark.parametrize("pattern", ["yyyy'abc", "'yyyy", "yyyy'''", "yyyy'" + "''" * 40])
+def test_an_unterminated_quote_is_refused(pattern: str) -> None:
+    with pytest.raises(DateFormatError, match="unterminated quote"):
+        compile_format(pattern)
