@@ -34,6 +34,7 @@ MAX_URL_LENGTH: Final = 2048
 MAX_REFRESH_MINUTES: Final = 525_600.0
 
 # -- the poller configuration ----------------------------------------------------------------
+#: Resources polled by one instance.
 MAX_RESOURCES: Final = 50
 #: Keap's largest ``limit``.
 MAX_PAGE_SIZE: Final = 1000

@@ -121,8 +121,9 @@ def normalize_resource_url(url: str) -> str:
     Strips a leading ``/hubs/<hub>`` (``crm``, ``ecommerce``...), ensures a leading ``/`` and
     rewrites a CEQL ``where`` that is exactly ``since='X'``, ``lastUpdated>'X'`` or
     ``lastUpdated>='X'`` (URL-encoded or not, quotes optional) into ``since=X``, keeping the
-    other query parameters in place. Idempotent. Absolute URLs and ``..`` segments are refused:
-    the provider's OAuth token is sent with every request, so the URL must stay on its API.
+    other query parameters in place. Idempotent. Absolute URLs, dot segments (also encoded,
+    once or more), encoded slashes, backslashes and control characters are refused: the
+    provider's OAuth token is sent with every request, so the URL must stay on its API.
     """
     if len(url) > MAX_RESOURCE_URL_LENGTH:
         raise TemplateError(f"the url must be at most {MAX_RESOURCE_URL_LENGTH} characters")
