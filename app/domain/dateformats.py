@@ -23,7 +23,7 @@ Where this differs from Java, on purpose:
   (``zE``: a zone abbreviation next to a weekday name) made the regex try every way to split
   a value between them, exponentially in the number of fields, on every record of every
   poll. Zones (``X``, ``Z``, ``z``) may give text back (``UTC-08`` in ``z-HH`` is the zone
-  ``UTC`` then the hour ``08``), so a pattern may hold at most :data:`_MAX_ZONE_FIELDS` of
+  ``UTC`` then the hour ``08``), so a pattern may hold at most ``MAX_DATE_FORMAT_ZONE_FIELDS`` of
   them: the ways to split a value then stay a small constant.
 
 Patterns are tenant text compiled inside the API's event loop: their length is bounded by
@@ -41,7 +41,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta, tzinfo
 from typing import Any
 
-from app.domain.limits import MAX_DATE_FORMAT_LENGTH
+from app.domain.limits import MAX_DATE_FORMAT_LENGTH, MAX_DATE_FORMAT_ZONE_FIELDS
 from app.domain.timezones import UnknownTimeZoneError, zone_from_text
 
 __all__ = ["DateFormat", "DateFormatError", "compile_format"]
@@ -94,9 +94,6 @@ _DEFAULT_FIELDS: list[Any] = [1970, 1, 1, 0, 0, 0, 0, None, False, None]
 _NUMERIC_LETTERS = frozenset("yMdHhkKmsS")
 _ZONE_LETTERS = frozenset("XZz")
 _MAX_FRACTION_DIGITS = 9
-# Zone fields are the only ones matched with backtracking (see the module docstring); real
-# patterns have one.
-_MAX_ZONE_FIELDS = 2
 
 Render = Callable[[datetime], str]
 Convert = Callable[[str], Any]
@@ -498,8 +495,10 @@ def _compile_pattern(pattern: str) -> _PatternFormat:
     if not any(isinstance(token, _Field) for token in tokens):
         raise DateFormatError("it contains no date fields")
     fields = [token for token in tokens if isinstance(token, _Field)]
-    if sum(1 for token in fields if token.letter in _ZONE_LETTERS) > _MAX_ZONE_FIELDS:
-        raise DateFormatError(f"at most {_MAX_ZONE_FIELDS} zone fields (X, Z, z) are supported")
+    if sum(1 for token in fields if token.letter in _ZONE_LETTERS) > MAX_DATE_FORMAT_ZONE_FIELDS:
+        raise DateFormatError(
+            f"at most {MAX_DATE_FORMAT_ZONE_FIELDS} zone fields (X, Z, z) are supported"
+        )
     return _PatternFormat(pattern, parts)
 
 

@@ -16,6 +16,7 @@ from urllib.parse import urlsplit
 
 from app.domain.limits import (
     MAX_NAME_LENGTH,
+    MAX_NUMBER_TEXT_LENGTH,
     MAX_REFRESH_MINUTES,
     MAX_TAG_LENGTH,
     MAX_TAGS,
@@ -102,7 +103,7 @@ def _finite_number(value: object) -> float | None:
     """
     if isinstance(value, bool) or not isinstance(value, int | float | str):
         return None
-    if isinstance(value, str) and len(value) > 32:  # no number needs more; int() caps digits
+    if isinstance(value, str) and len(value) > MAX_NUMBER_TEXT_LENGTH:
         return None
     try:
         number = float(value)

@@ -19,6 +19,9 @@ MAX_BODY_BYTES: Final = 256 * 1024
 MAX_JSON_DEPTH: Final = 32
 #: Instance ids are PostgreSQL ``bigint``; a larger id cannot exist → 404.
 MAX_INSTANCE_ID: Final = 2**63 - 1
+#: A number written as a string (``"15"``, ``"1e3"``): no bound here needs more characters,
+#: and ``int()``/``float()`` of a long digit string is slow or refused.
+MAX_NUMBER_TEXT_LENGTH: Final = 32
 
 # -- the instance ---------------------------------------------------------------------------
 #: Characters in an instance name.
@@ -49,6 +52,9 @@ MAX_RESOURCE_URL_LENGTH: Final = 2048
 MAX_TEMPLATE_VARIABLES: Final = 8
 #: A ``SimpleDateFormat`` pattern.
 MAX_DATE_FORMAT_LENGTH: Final = 100
+#: Zone fields (``X``, ``Z``, ``z``) in one pattern: the only fields matched with
+#: backtracking, so their number must stay a small constant. Real patterns have one.
+MAX_DATE_FORMAT_ZONE_FIELDS: Final = 2
 #: A dotted record path such as ``updatedDateField``.
 MAX_FIELD_PATH_LENGTH: Final = 200
 #: A time zone name or offset. The longest IANA name has 32 characters; the bound also

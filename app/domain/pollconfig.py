@@ -35,6 +35,7 @@ from app.domain.fieldpath import compile_path, get_path
 from app.domain.jsonsafety import UnsafeJson, loads_checked
 from app.domain.limits import (
     MAX_CREATED_CHECK_TOLERANCE_SECONDS,
+    MAX_NUMBER_TEXT_LENGTH,
     MAX_PAGE_SIZE,
     MAX_POLL_DELAY_SECONDS,
     MAX_RESOURCES,
@@ -56,9 +57,6 @@ __all__ = [
 
 CONFIGURATION_KEY = "event.poller.configuration"
 DEFAULT_DATE_FORMAT = "yyyy-MM-dd'T'HH:mm:ss.SSSZ"
-# Longest numeric string read as a number: more digits than any bound here needs, and far
-# below the length at which int() refuses a string (or float() takes noticeable time).
-_MAX_NUMBER_TEXT = 32
 
 _RESOURCE_NAME_RE = re.compile(r"[A-Za-z][A-Za-z0-9_\-/]{0,99}")
 
@@ -149,7 +147,7 @@ def _finite(value: object) -> float | None:
         return None
     if isinstance(value, str):
         text = value.strip()
-        if len(text) > _MAX_NUMBER_TEXT:
+        if len(text) > MAX_NUMBER_TEXT_LENGTH:
             return None
         try:
             value = float(text)

@@ -16,7 +16,9 @@ from app.domain.fieldpath import compile_path
 from app.domain.limits import (
     MAX_CREATED_CHECK_TOLERANCE_SECONDS,
     MAX_DATE_FORMAT_LENGTH,
+    MAX_DATE_FORMAT_ZONE_FIELDS,
     MAX_FIELD_PATH_LENGTH,
+    MAX_NUMBER_TEXT_LENGTH,
     MAX_RESOURCE_URL_LENGTH,
     MAX_TEMPLATE_VARIABLES,
     MAX_TIMEZONE_NAME_LENGTH,
@@ -134,10 +136,16 @@ def test_date_time_zone_still_takes_the_longest_zone_prefix() -> None:
     assert template.variables == ("dateTimeZone:-08:00:HH:mm",)
 
 
-def test_at_most_two_zone_fields_in_a_date_format() -> None:
-    assert compile_format("yyyy-MM-dd HH:mm:ss Z (z)").pattern
+def test_zone_fields_in_a_date_format_are_bounded() -> None:
+    assert compile_format("yyyy " + "-".join("Z" * MAX_DATE_FORMAT_ZONE_FIELDS)).pattern
     with pytest.raises(DateFormatError, match="zone fields"):
-        compile_format("z-z-z yyyy")
+        compile_format("yyyy " + "-".join("z" * (MAX_DATE_FORMAT_ZONE_FIELDS + 1)))
+
+
+def test_numbers_written_as_strings_are_bounded() -> None:
+    longest = "15".zfill(MAX_NUMBER_TEXT_LENGTH)
+    assert parse_poller_configuration(contacts(pageSize=longest))["contacts"].page_size == 15
+    refused(contacts(pageSize="0" + longest), f"{C}.pageSize")
 
 
 @pytest.mark.parametrize(
