@@ -18,6 +18,16 @@ Where this differs from Java, on purpose:
 * Only English month, weekday and AM/PM names; text is matched case-insensitively.
 * A wall time that does not exist or occurs twice in the default zone (DST) resolves to the
   earlier instant (``fold=0``), so a lower bound derived from it never skips records.
+* Each field but the zone is read greedily and never given back (an atomic group, as Java's
+  parser reads a field once and moves on). Without that, adjacent fields whose texts overlap
+  (``zE``: a zone abbreviation next to a weekday name) made the regex try every way to split
+  a value between them, exponentially in the number of fields, on every record of every
+  poll. Zones (``X``, ``Z``, ``z``) may give text back (``UTC-08`` in ``z-HH`` is the zone
+  ``UTC`` then the hour ``08``), so a pattern may hold at most ``MAX_DATE_FORMAT_ZONE_FIELDS`` of
+  them: the ways to split a value then stay a small constant.
+
+Patterns are tenant text compiled inside the API's event loop: their length is bounded by
+``MAX_DATE_FORMAT_LENGTH`` and compiling is linear in it.
 """
 
 from __future__ import annotations
@@ -31,6 +41,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta, tzinfo
 from typing import Any
 
+from app.domain.limits import MAX_DATE_FORMAT_LENGTH, MAX_DATE_FORMAT_ZONE_FIELDS
 from app.domain.timezones import UnknownTimeZoneError, zone_from_text
 
 __all__ = ["DateFormat", "DateFormatError", "compile_format"]
@@ -81,6 +92,7 @@ _YEAR, _MONTH, _DAY, _HOUR, _MINUTE, _SECOND, _MICRO, _HOUR12, _PM, _ZONE = rang
 _DEFAULT_FIELDS: list[Any] = [1970, 1, 1, 0, 0, 0, 0, None, False, None]
 
 _NUMERIC_LETTERS = frozenset("yMdHhkKmsS")
+_ZONE_LETTERS = frozenset("XZz")
 _MAX_FRACTION_DIGITS = 9
 
 Render = Callable[[datetime], str]
@@ -166,7 +178,9 @@ class _PatternFormat(DateFormat):
 
     def __init__(self, pattern: str, parts: list[_Part]) -> None:
         self.pattern = pattern
-        self._regex = re.compile("".join(part.regex for part in parts))
+        self._regex_source = "".join(
+            part.regex if part.slot == _ZONE else f"(?>{part.regex})" for part in parts
+        )
         self._renderers = tuple(part.render for part in parts)
         # Aligned with the regex groups: each part that captures has a slot and a converter.
         self._converters = tuple(
@@ -174,6 +188,13 @@ class _PatternFormat(DateFormat):
             for part in parts
             if part.slot is not None and part.convert is not None
         )
+
+    @functools.cached_property
+    def _regex(self) -> re.Pattern[str]:
+        # Compiled on first parse, not when the pattern is validated: compiling the regex is
+        # most of the cost of a pattern, and a format used only in a URL template (rendered,
+        # never parsed) or refused later in the same configuration never needs it.
+        return re.compile(self._regex_source)
 
     def format(self, dt: datetime, tz: tzinfo) -> str:
         local = _as_aware(dt).astimezone(tz)
@@ -222,45 +243,35 @@ class _Field:
         return self.letter in _NUMERIC_LETTERS and not (self.letter == "M" and self.count >= 3)
 
 
-def _read_quoted(pattern: str, start: int) -> tuple[str, int]:
-    """Text of the quoted literal opening at ``start``; returns it and the index after it."""
-    chars: list[str] = []
-    i = start + 1
-    while i < len(pattern):
-        if pattern[i] != "'":
-            chars.append(pattern[i])
-            i += 1
-        elif pattern.startswith("''", i):
-            chars.append("'")
-            i += 2
-        else:
-            return "".join(chars), i + 1
-    raise DateFormatError("unterminated quote")
+# One token per match, tried at each position in turn: a quote pair (a literal quote), a
+# quoted text (in "unrolled loop" form: every character has one way to match, so a missing
+# closing quote fails in one pass), a run of one pattern letter, or a run of other text.
+_TOKEN_RE = re.compile(r"(''|'[^']*(?:''[^']*)*')|([A-Za-z])\2*|[^A-Za-z']+")
 
 
 def _tokenize(pattern: str) -> list[str | _Field]:
     """Split a pattern into literal strings and letter runs, as ``SimpleDateFormat`` does."""
     tokens: list[str | _Field] = []
-    i = 0
-    while i < len(pattern):
-        char = pattern[i]
-        if pattern.startswith("''", i):
-            text, i = "'", i + 2
-        elif char == "'":
-            text, i = _read_quoted(pattern, i)
-        elif char.isascii() and char.isalpha():
-            end = i
-            while end < len(pattern) and pattern[end] == char:
-                end += 1
-            tokens.append(_Field(char, end - i))
-            i = end
-            continue
+    # Adjacent literal pieces are collected and joined once (``str +=`` in a loop copies).
+    literal: list[str] = []
+    position = 0
+    while position < len(pattern):
+        match = _TOKEN_RE.match(pattern, position)
+        if match is None:  # only a quote that is never closed matches nothing
+            raise DateFormatError("unterminated quote")
+        text, quoted, letter = match.group(), match.group(1), match.group(2)
+        position = match.end()
+        if letter is not None:
+            if literal:
+                tokens.append("".join(literal))
+                literal = []
+            tokens.append(_Field(letter, len(text)))
+        elif quoted is not None:
+            literal.append("'" if quoted == "''" else quoted[1:-1].replace("''", "'"))
         else:
-            text, i = char, i + 1
-        if tokens and isinstance(tokens[-1], str):
-            tokens[-1] += text
-        else:
-            tokens.append(text)
+            literal.append(text)
+    if literal:
+        tokens.append("".join(literal))
     return tokens
 
 
@@ -455,6 +466,17 @@ def _field_part(field: _Field, abutting: bool) -> _Part:
     raise DateFormatError(f"unsupported pattern letter {field.letter!r}")
 
 
+@functools.lru_cache(maxsize=512)
+def _shared_field_part(field: _Field, abutting: bool) -> _Part:
+    """:func:`_field_part`, built once per (letter, count, abutting) and shared by patterns.
+
+    Parts are immutable and depend on nothing else, and a configuration may hold hundreds of
+    distinct patterns made of the same few fields: building each part anew was most of the
+    cost of validating one. ``yy`` is excluded: its pivot year moves with the clock.
+    """
+    return _field_part(field, abutting)
+
+
 def _literal_part(text: str) -> _Part:
     return _Part(re.escape(text), lambda _dt: text)
 
@@ -468,9 +490,15 @@ def _compile_pattern(pattern: str) -> _PatternFormat:
             continue
         following = tokens[i + 1] if i + 1 < len(tokens) else None
         abutting = token.numeric and isinstance(following, _Field) and following.numeric
-        parts.append(_field_part(token, abutting))
+        two_digit_year = token.letter == "y" and token.count == 2
+        parts.append((_field_part if two_digit_year else _shared_field_part)(token, abutting))
     if not any(isinstance(token, _Field) for token in tokens):
         raise DateFormatError("it contains no date fields")
+    fields = [token for token in tokens if isinstance(token, _Field)]
+    if sum(1 for token in fields if token.letter in _ZONE_LETTERS) > MAX_DATE_FORMAT_ZONE_FIELDS:
+        raise DateFormatError(
+            f"at most {MAX_DATE_FORMAT_ZONE_FIELDS} zone fields (X, Z, z) are supported"
+        )
     return _PatternFormat(pattern, parts)
 
 
@@ -485,6 +513,8 @@ def compile_format(pattern: str) -> DateFormat:
     quote; other non-letters are literals. Unknown letters raise :class:`DateFormatError`
     naming the letter and the pattern.
     """
+    if len(pattern) > MAX_DATE_FORMAT_LENGTH:
+        raise DateFormatError(f"a date format must be at most {MAX_DATE_FORMAT_LENGTH} characters")
     unit = _EPOCH_UNITS_US.get(pattern.strip().lower())
     if unit is not None:
         return _EpochFormat(pattern, unit)

@@ -13,6 +13,8 @@ import re
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
+from app.domain.limits import MAX_FIELD_PATH_LENGTH
+
 __all__ = ["compile_path", "get_path"]
 
 Getter = Callable[[Any], Any]
@@ -21,7 +23,9 @@ _BRACKET_INDEX_RE = re.compile(r"\[(-?\d+)\]")
 
 
 def _segment_getter(segment: str) -> Getter:
-    index = int(segment) if segment.lstrip("-").isdigit() else None
+    # ASCII only: str.isdigit() is also true for '²', which int() refuses.
+    digits = segment.removeprefix("-")
+    index = int(segment) if digits.isascii() and digits.isdigit() else None
 
     def get(node: Any) -> Any:
         if isinstance(node, Mapping):
@@ -38,8 +42,11 @@ def compile_path(path: str) -> Getter:
     """Compile ``path`` into a function ``record -> value`` (``None`` when anything is missing).
 
     Raises :class:`ValueError` for an empty path or an empty segment (``a..b``), so that a
-    configuration mistake is reported when the configuration is saved, not at poll time.
+    configuration mistake is reported when the configuration is saved, not at poll time,
+    and for a path longer than ``MAX_FIELD_PATH_LENGTH``.
     """
+    if len(path) > MAX_FIELD_PATH_LENGTH:
+        raise ValueError(f"a field path must be at most {MAX_FIELD_PATH_LENGTH} characters")
     normalized = _BRACKET_INDEX_RE.sub(r".\1", path.strip())
     normalized = normalized.removeprefix("$.")
     segments = normalized.split(".")

@@ -7,17 +7,26 @@ offending key, so the API can answer 400 without having written anything.
 
 from __future__ import annotations
 
-import json
 import math
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlsplit
 
+from app.domain.limits import (
+    MAX_NAME_LENGTH,
+    MAX_NUMBER_TEXT_LENGTH,
+    MAX_REFRESH_MINUTES,
+    MAX_TAG_LENGTH,
+    MAX_TAGS,
+    MAX_URL_LENGTH,
+)
 from app.domain.pollconfig import (
     DEFAULT_POLLER_CONFIGURATION,
     ConfigError,
     ResourceConfig,
+    load_configuration_object,
     parse_poller_configuration,
 )
 from app.domain.signing import standard_webhooks_key
@@ -31,8 +40,13 @@ CALLBACK_KEY = "event.notification.callback.url"
 ENABLED_KEY = "event.notification.enabled"
 DEFAULT_REFRESH_MINUTES = 15.0
 REDACTED = "********"
-MAX_NAME_LENGTH = 200
-MAX_TAGS = 50
+OAUTH_CALLBACK_KEY = "oauth.callback.url"
+# Never valid in a URL (RFC 3986 has no raw whitespace): a space in a host or a CR/LF in a
+# path is accepted by urlsplit but makes every delivery or redirect fail, forever.
+_URL_FORBIDDEN_RE = re.compile(r"[\s\x00-\x1f\x7f-\x9f]")
+# Host names: letters (IDN included), digits, '-', '.', '_'; IPv6 literals add ':' and '%'.
+_HOST_PUNCTUATION = frozenset("-._")
+_IPV6_PUNCTUATION = frozenset(":.%")
 
 
 class FieldError(ValueError):
@@ -81,33 +95,58 @@ def _non_empty_str(config: Mapping[str, Any], key: str) -> str:
     return value.strip()
 
 
-def parse_refresh_minutes(value: object, minimum: float) -> float:
-    """``event.poller.refresh_interval``: a number or numeric string, in minutes."""
-    field = f"configuration.{INTERVAL_KEY}"
-    if isinstance(value, bool):
-        raise FieldError(field, "must be a number of minutes")
+def _finite_number(value: object) -> float | None:
+    """A number or a short numeric string as a finite float; ``None`` otherwise.
+
+    NaN, infinities (``"inf"``, ``1e999``) and integers beyond float's range are ``None``.
+    """
+    if isinstance(value, bool) or not isinstance(value, int | float | str):
+        return None
+    if isinstance(value, str) and len(value) > MAX_NUMBER_TEXT_LENGTH:
+        return None
     try:
-        minutes = float(value) if isinstance(value, int | float | str) else math.nan
-    except ValueError:
-        minutes = math.nan
-    if not math.isfinite(minutes):
+        number = float(value)
+    except (ValueError, OverflowError):  # OverflowError: an int beyond float's range
+        return None
+    return number if math.isfinite(number) else None
+
+
+def parse_refresh_minutes(value: object, minimum: float) -> float:
+    """``event.poller.refresh_interval``: a number or numeric string, in minutes.
+
+    Bounded by ``MAX_REFRESH_MINUTES``: the next poll slot is computed from it, and a huge
+    interval (``4193436587``) put that slot beyond ``datetime``'s range.
+    """
+    field = f"configuration.{INTERVAL_KEY}"
+    minutes = _finite_number(value)
+    if minutes is None:
         raise FieldError(field, "must be a number of minutes")
     if minutes < minimum:
         raise FieldError(field, f"must be at least {minimum:g} minutes")
+    if minutes > MAX_REFRESH_MINUTES:
+        raise FieldError(field, f"must be at most {MAX_REFRESH_MINUTES:g} minutes")
     return minutes
 
 
-def check_callback_url(url: object, field: str) -> str:
-    """Scheme and host presence.
+def _valid_host(host: str) -> bool:
+    punctuation = _IPV6_PUNCTUATION if ":" in host else _HOST_PUNCTUATION
+    return all(char.isalnum() or char in punctuation for char in host)
 
-    Whether the host may be reached (SSRF) is judged by the caller, on the host as the
-    HTTP client will read it (``app.services.guarded_http``): that reading needs yarl,
-    which this stdlib-only module does not import, and any other reading of the host
-    lets spellings such as ``127。0。0。1`` through.
+
+def _split_http_url(url: object, field: str, missing: str) -> tuple[str, str]:
+    """The stripped URL and its host, or a :class:`FieldError` naming ``field``.
+
+    Shared by the callback and the OAuth callback: both must be usable as they are written,
+    so anything ``urlsplit`` would quietly accept but no HTTP client can use (whitespace,
+    control characters, a host with a space or a '<') is refused here, once, with a 400.
     """
     if not isinstance(url, str) or not url.strip():
-        raise FieldError(field, "is required when events are enabled")
+        raise FieldError(field, missing)
     url = url.strip()
+    if len(url) > MAX_URL_LENGTH:
+        raise FieldError(field, f"must be at most {MAX_URL_LENGTH} characters")
+    if _URL_FORBIDDEN_RE.search(url):
+        raise FieldError(field, "must not contain whitespace or control characters")
     try:
         parts = urlsplit(url)
         host = parts.hostname
@@ -116,6 +155,20 @@ def check_callback_url(url: object, field: str) -> str:
         raise FieldError(field, "is not a valid URL") from exc
     if parts.scheme not in {"http", "https"} or not host:
         raise FieldError(field, "must be an http(s) URL with a host")
+    if not _valid_host(host):
+        raise FieldError(field, "has a host name with characters no host name can contain")
+    return url, host
+
+
+def check_callback_url(url: object, field: str) -> str:
+    """Scheme, host presence and syntax (see :func:`_split_http_url`).
+
+    Whether the host may be reached (SSRF) is judged by the caller, on the host as the
+    HTTP client will read it (``app.services.guarded_http``): that reading needs yarl,
+    which this stdlib-only module does not import, and any other reading of the host
+    lets spellings such as ``127。0。0。1`` through.
+    """
+    url, _ = _split_http_url(url, field, "is required when events are enabled")
     return url
 
 
@@ -131,16 +184,24 @@ def _check_signature_key(key: object) -> None:
 
 
 def parse_tags(value: object) -> list[str]:
-    """Tags as strings or Open Connectors ``{"name": ...}`` objects."""
+    """Tags (SPEC §8): a list of strings, a list of ``{"name": ...}`` objects, or one string.
+
+    A plain string is one tag (not a comma-separated list: a tag may contain commas).
+    """
     if value is None:
         return []
-    if not isinstance(value, list) or len(value) > MAX_TAGS:
-        raise FieldError("tags", f"must be a list of at most {MAX_TAGS} strings")
+    items = [value] if isinstance(value, str) else value
+    if not isinstance(items, list) or len(items) > MAX_TAGS:
+        raise FieldError(
+            "tags", f"must be a string or a list of at most {MAX_TAGS} strings or {{name}} objects"
+        )
     tags: list[str] = []
-    for item in value:
+    for item in items:
         name = item.get("name") if isinstance(item, dict) else item
-        if not isinstance(name, str) or not name.strip() or len(name) > MAX_NAME_LENGTH:
-            raise FieldError("tags", "each tag must be a non-empty string")
+        if not isinstance(name, str) or not name.strip() or len(name) > MAX_TAG_LENGTH:
+            raise FieldError(
+                "tags", f"each tag must be a non-empty string of at most {MAX_TAG_LENGTH} chars"
+            )
         tags.append(name.strip())
     return tags
 
@@ -158,10 +219,10 @@ def _poller(config: Mapping[str, Any]) -> tuple[dict[str, Any], dict[str, Resour
     if raw is None or raw == "":
         raw = DEFAULT_POLLER_CONFIGURATION
     try:
-        resources = parse_poller_configuration(raw)
+        as_object = load_configuration_object(raw)
+        resources = parse_poller_configuration(as_object)
     except ConfigError as exc:
         raise FieldError(f"configuration.{exc.field}", exc.detail) from exc
-    as_object = json.loads(raw) if isinstance(raw, str) else raw
     return dict(as_object), resources
 
 
@@ -173,7 +234,10 @@ def validate_configuration(
         raise FieldError("configuration", "must be an object")
     _non_empty_str(config, "oauth.api.key")
     _non_empty_str(config, "oauth.api.secret")
-    _non_empty_str(config, "oauth.callback.url")
+    _non_empty_str(config, OAUTH_CALLBACK_KEY)
+    _split_http_url(
+        config[OAUTH_CALLBACK_KEY], f"configuration.{OAUTH_CALLBACK_KEY}", "is required"
+    )
     enabled = _as_bool(config.get(ENABLED_KEY, False), f"configuration.{ENABLED_KEY}")
     vendor = config.get("event.vendor.type", "polling")
     if enabled and vendor != "polling":

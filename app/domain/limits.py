@@ -19,18 +19,25 @@ MAX_BODY_BYTES: Final = 256 * 1024
 MAX_JSON_DEPTH: Final = 32
 #: Instance ids are PostgreSQL ``bigint``; a larger id cannot exist → 404.
 MAX_INSTANCE_ID: Final = 2**63 - 1
+#: A number written as a string (``"15"``, ``"1e3"``): no bound here needs more characters,
+#: and ``int()``/``float()`` of a long digit string is slow or refused.
+MAX_NUMBER_TEXT_LENGTH: Final = 32
 
 # -- the instance ---------------------------------------------------------------------------
+#: Characters in an instance name.
 MAX_NAME_LENGTH: Final = 200
+#: Tags on one instance.
 MAX_TAGS: Final = 50
+#: Characters in one tag.
 MAX_TAG_LENGTH: Final = 200
-#: Callback and OAuth callback URLs.
+#: Callback and OAuth callback URLs (characters).
 MAX_URL_LENGTH: Final = 2048
 #: One year. Longer intervals are surely unit mistakes, and the next slot of any
 #: instance must stay far inside ``datetime``'s range (year 9999).
 MAX_REFRESH_MINUTES: Final = 525_600.0
 
 # -- the poller configuration ----------------------------------------------------------------
+#: Resources polled by one instance.
 MAX_RESOURCES: Final = 50
 #: Keap's largest ``limit``.
 MAX_PAGE_SIZE: Final = 1000
@@ -45,8 +52,14 @@ MAX_RESOURCE_URL_LENGTH: Final = 2048
 MAX_TEMPLATE_VARIABLES: Final = 8
 #: A ``SimpleDateFormat`` pattern.
 MAX_DATE_FORMAT_LENGTH: Final = 100
+#: Zone fields (``X``, ``Z``, ``z``) in one pattern: the only fields matched with
+#: backtracking, so their number must stay a small constant. Real patterns have one.
+MAX_DATE_FORMAT_ZONE_FIELDS: Final = 2
 #: A dotted record path such as ``updatedDateField``.
 MAX_FIELD_PATH_LENGTH: Final = 200
+#: A time zone name or offset. The longest IANA name has 32 characters; the bound also
+#: caps the zone candidates tried in ``${dateTimeZone:ZONE:FMT}``.
+MAX_TIMEZONE_NAME_LENGTH: Final = 64
 
 # -- per organization (defaults of operator settings) ----------------------------------------
 DEFAULT_MAX_INSTANCES_PER_ORG: Final = 10_000

@@ -23,7 +23,6 @@ Decisions where Open Connectors is silent:
 from __future__ import annotations
 
 import copy
-import json
 import math
 import re
 from collections.abc import Mapping
@@ -33,6 +32,14 @@ from typing import Any
 
 from app.domain.dateformats import DateFormat, DateFormatError, compile_format
 from app.domain.fieldpath import compile_path, get_path
+from app.domain.jsonsafety import UnsafeJson, loads_checked
+from app.domain.limits import (
+    MAX_CREATED_CHECK_TOLERANCE_SECONDS,
+    MAX_NUMBER_TEXT_LENGTH,
+    MAX_PAGE_SIZE,
+    MAX_POLL_DELAY_SECONDS,
+    MAX_RESOURCES,
+)
 from app.domain.templates import TemplateError, UrlTemplate, compile_template
 from app.domain.timezones import UnknownTimeZoneError, resolve_timezone
 
@@ -44,16 +51,12 @@ __all__ = [
     "DateField",
     "ResourceConfig",
     "default_poller_configuration",
+    "load_configuration_object",
     "parse_poller_configuration",
 ]
 
 CONFIGURATION_KEY = "event.poller.configuration"
 DEFAULT_DATE_FORMAT = "yyyy-MM-dd'T'HH:mm:ss.SSSZ"
-MAX_RESOURCES = 50
-MAX_PAGE_SIZE = 1000  # Keap's largest `limit`
-# A week: anything larger is surely a unit mistake (minutes or ms), and it keeps the lower
-# bound far from datetime's range limits.
-MAX_POLL_DELAY_SECONDS = 7 * 24 * 3600
 
 _RESOURCE_NAME_RE = re.compile(r"[A-Za-z][A-Za-z0-9_\-/]{0,99}")
 
@@ -133,20 +136,39 @@ def _bool(key: str, value: object, default: bool) -> bool:
     raise ConfigError(key, "must be true or false")
 
 
-def _seconds(key: str, value: object, maximum: float | None = None) -> float:
+def _finite(value: object) -> float | None:
+    """A JSON number or numeric string as a finite float; ``None`` for anything else.
+
+    NaN and infinities (``NaN``, ``"inf"``, ``1e999``) and integers too large for a float
+    are ``None``: every bound below compares against a finite number, and a non-finite
+    one would pass ``<`` checks or overflow ``timedelta`` at poll time.
+    """
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, str):
+        text = value.strip()
+        if len(text) > MAX_NUMBER_TEXT_LENGTH:
+            return None
+        try:
+            value = float(text)
+        except ValueError:
+            return None
+    if not isinstance(value, int | float):
+        return None
+    try:
+        number = float(value)
+    except OverflowError:  # an int beyond float's range
+        return None
+    return number if math.isfinite(number) else None
+
+
+def _seconds(key: str, value: object, maximum: float) -> float:
     if value is None or value == "":
         return 0.0
-    number: float | None = None
-    if isinstance(value, int | float) and not isinstance(value, bool):
-        number = float(value)
-    elif isinstance(value, str):
-        try:
-            number = float(value.strip())
-        except ValueError:
-            number = None
-    if number is None or not math.isfinite(number) or number < 0:
+    number = _finite(value)
+    if number is None or number < 0:
         raise ConfigError(key, "must be a number of seconds, zero or more")
-    if maximum is not None and number > maximum:
+    if number > maximum:
         raise ConfigError(key, f"must be at most {maximum:g} seconds")
     return number
 
@@ -154,13 +176,8 @@ def _seconds(key: str, value: object, maximum: float | None = None) -> float:
 def _page_size(key: str, value: object) -> int | None:
     if value is None or value == "":
         return None
-    size: int | None = None
-    if isinstance(value, int) and not isinstance(value, bool):
-        size = value
-    elif isinstance(value, float) and value.is_integer():
-        size = int(value)
-    elif isinstance(value, str) and value.strip().isdigit():
-        size = int(value.strip())
+    number = _finite(value)
+    size = int(number) if number is not None and number.is_integer() else None
     if size is None or not 1 <= size <= MAX_PAGE_SIZE:
         raise ConfigError(key, f"must be a whole number from 1 to {MAX_PAGE_SIZE}")
     return size
@@ -233,8 +250,10 @@ def _date_field(
 
 def _resource_name(name: object) -> str:
     if not isinstance(name, str) or not _RESOURCE_NAME_RE.fullmatch(name):
+        # A key of any length may arrive; the error names a recognisable prefix of it.
+        shown = name[:200] + "..." if isinstance(name, str) and len(name) > 200 else name
         raise ConfigError(
-            f"{CONFIGURATION_KEY}.{name}",
+            f"{CONFIGURATION_KEY}.{shown}",
             "a resource name must start with a letter and contain only letters, digits, "
             "'_', '-' and '/' (at most 100 characters)",
         )
@@ -264,7 +283,9 @@ def _parse_resource(name: str, resource: object) -> ResourceConfig:
             f"{key}.filterByCurrentDate", resource.get("filterByCurrentDate"), False
         ),
         created_check_tolerance=_seconds(
-            f"{key}.createdCheckTolerance", resource.get("createdCheckTolerance")
+            f"{key}.createdCheckTolerance",
+            resource.get("createdCheckTolerance"),
+            maximum=MAX_CREATED_CHECK_TOLERANCE_SECONDS,
         ),
         page_size=_page_size(f"{key}.pageSize", resource.get("pageSize")),
         poll_delay=_seconds(
@@ -274,12 +295,19 @@ def _parse_resource(name: str, resource: object) -> ResourceConfig:
     )
 
 
-def _load_object(value: object) -> dict[str, Any]:
+def load_configuration_object(value: object) -> dict[str, Any]:
+    """The configuration as an object: a JSON-encoded string is decoded, safely.
+
+    The string form is decoded with :func:`~app.domain.jsonsafety.loads_checked`, so a NUL or
+    a lone surrogate inside it (which the request-level check cannot see: it is an escape
+    in a string there) is a :class:`ConfigError` naming the key, like any other mistake.
+    The object form was part of the request body, which the API checks as a whole.
+    """
     if isinstance(value, str | bytes):
         try:
-            value = json.loads(value)
-        except ValueError as exc:
-            raise ConfigError(CONFIGURATION_KEY, f"is not valid JSON ({exc})") from None
+            value = loads_checked(value, field=CONFIGURATION_KEY)
+        except UnsafeJson as exc:
+            raise ConfigError(exc.field, exc.message.removeprefix(f"{exc.field}: ")) from None
     if not isinstance(value, dict):
         raise ConfigError(
             CONFIGURATION_KEY, "must be a JSON object of resources, or a JSON string of one"
@@ -293,7 +321,7 @@ def parse_poller_configuration(value: object) -> dict[str, ResourceConfig]:
     Raises :class:`ConfigError` whose ``field`` is the full key of the first problem found,
     e.g. ``event.poller.configuration.contacts.datesConfiguration.updatedDateFormat``.
     """
-    resources = _load_object(value)
+    resources = load_configuration_object(value)
     if len(resources) > MAX_RESOURCES:
         raise ConfigError(CONFIGURATION_KEY, f"at most {MAX_RESOURCES} resources can be polled")
     return {

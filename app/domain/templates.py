@@ -10,6 +10,10 @@ Template variables are filled with the poll's lower bound: ``${gmtDate:FMT}``,
 ``${epoch:ms}``, ``${epoch:s}`` and ``${epoch:us}``. Rendered values are percent-encoded so
 that a server decodes exactly the text the format produced (a ``+`` in an offset would
 otherwise arrive as a space).
+
+Every function here runs on tenant text inside the API's event loop, so each is linear in
+the length of its input (no regex that can backtrack over it, no nested scans) and the input
+itself is bounded by :mod:`app.domain.limits` before any work is done.
 """
 
 from __future__ import annotations
@@ -22,6 +26,11 @@ from datetime import UTC, datetime, timedelta, tzinfo
 from urllib.parse import quote, unquote
 
 from app.domain.dateformats import DateFormat, DateFormatError, compile_format
+from app.domain.limits import (
+    MAX_RESOURCE_URL_LENGTH,
+    MAX_TEMPLATE_VARIABLES,
+    MAX_TIMEZONE_NAME_LENGTH,
+)
 from app.domain.timezones import UnknownTimeZoneError, resolve_timezone
 
 __all__ = ["TemplateError", "UrlTemplate", "compile_template", "normalize_resource_url"]
@@ -36,15 +45,22 @@ _EPOCH_UNITS = {"ms": 1000, "s": 1_000_000, "us": 1}
 
 # Any Open Connectors hub prefix: Keap's API has no "hubs" resource, so stripping it is safe.
 _HUBS_PREFIX_RE = re.compile(r"\A/hubs/[A-Za-z0-9_-]+(?=/|\Z)")
-_VARIABLE_RE = re.compile(r"\$\{([^}]*)\}")
 # The CEQL clauses that mean "changed since X"; anything more complex is left untouched.
 # The operand is one value: quoted (a template inside may contain quotes itself) or bare.
 # '+' counts as a space around the operator only: inside a value it is usually an offset.
+# A bare operand cannot *start* with a space or '+': otherwise the run of separators before
+# it could be split between the two in every possible way (quadratic backtracking on
+# ``since>+++...``). Every other piece is anchored by a literal, so a match is linear.
 _CEQL_SINCE_RE = re.compile(
-    r"(?:since[\s+]*(?:>=|>|=)|lastUpdated[\s+]*(?:>=|>))[\s+]*"
-    r"(?:'(\$\{[^}]*\}|[^']*)'|\"(\$\{[^}]*\}|[^\"]*)\"|(\$\{[^}]*\}|[^\s'\"]+))",
+    r"(?:since[\s+]*+(?:>=|>|=)|lastUpdated[\s+]*+(?:>=|>))[\s+]*+"
+    r"(?:'(\$\{[^}]*\}|[^']*)'|\"(\$\{[^}]*\}|[^\"]*)\"|(\$\{[^}]*\}|[^\s'\"+][^\s'\"]*))",
     re.IGNORECASE,
 )
+# Characters that never belong in a resource URL: C0 controls, DEL and C1 controls (a CR/LF
+# would end the request line), and the backslash, which some servers read as '/'.
+_FORBIDDEN_URL_CHARS_RE = re.compile("[\x00-\x1f\x7f-\x9f\\\\]")
+# Decoding rounds for a path such as ``%25252e``; a legitimate path needs at most one.
+_MAX_DECODE_ROUNDS = 4
 
 # Characters left as they are in a rendered value. ':' is harmless in a query and keeps
 # times readable in logs; '+', '&', '=', ' ' and quotes must be encoded for the server to
@@ -53,10 +69,35 @@ _QUERY_SAFE = ":/,"
 _PATH_SAFE = ":,"
 
 
+def _split_variables(text: str) -> tuple[list[str], str | None]:
+    """Split ``text`` into literal, variable body, literal, ... in one left-to-right pass.
+
+    A variable is ``${`` up to the next ``}`` (its body may contain ``${`` itself, as the
+    former ``\\$\\{([^}]*)\\}`` regex read it). Returns the pieces (odd indexes are variable
+    bodies) and the unterminated rest, if any. Each character is looked at a bounded number
+    of times; a regex ``finditer`` retried the scan to the end of the text from every
+    ``${``, which was quadratic.
+    """
+    pieces: list[str] = []
+    position = 0
+    while True:
+        start = text.find("${", position)
+        if start < 0:
+            pieces.append(text[position:])
+            return pieces, None
+        end = text.find("}", start + 2)
+        if end < 0:
+            pieces.append(text[position:start])
+            return pieces, text[start:]
+        pieces.extend((text[position:start], text[start + 2 : end]))
+        position = end + 1
+
+
 def _quote_outside_variables(text: str) -> str:
     """Percent-encode literal text but keep ``${...}`` variables verbatim for compilation."""
-    pieces = _VARIABLE_RE.split(text)
-    # re.split with one group alternates literal, variable body, literal...
+    pieces, rest = _split_variables(text)
+    if rest is not None:
+        pieces[-1] += rest  # not a variable: encoded as text like any other
     return "".join(
         "${" + piece + "}" if i % 2 else quote(piece, safe=_QUERY_SAFE)
         for i, piece in enumerate(pieces)
@@ -80,9 +121,12 @@ def normalize_resource_url(url: str) -> str:
     Strips a leading ``/hubs/<hub>`` (``crm``, ``ecommerce``...), ensures a leading ``/`` and
     rewrites a CEQL ``where`` that is exactly ``since='X'``, ``lastUpdated>'X'`` or
     ``lastUpdated>='X'`` (URL-encoded or not, quotes optional) into ``since=X``, keeping the
-    other query parameters in place. Idempotent. Absolute URLs and ``..`` segments are refused:
-    the provider's OAuth token is sent with every request, so the URL must stay on its API.
+    other query parameters in place. Idempotent. Absolute URLs, dot segments (also encoded,
+    once or more), encoded slashes, backslashes and control characters are refused: the
+    provider's OAuth token is sent with every request, so the URL must stay on its API.
     """
+    if len(url) > MAX_RESOURCE_URL_LENGTH:
+        raise TemplateError(f"the url must be at most {MAX_RESOURCE_URL_LENGTH} characters")
     text = url.strip()
     if not text:
         raise TemplateError("the url is empty")
@@ -92,11 +136,38 @@ def normalize_resource_url(url: str) -> str:
     if not path.startswith("/"):
         path = "/" + path
     path = _HUBS_PREFIX_RE.sub("", path) or "/"
-    if ".." in path.split("/"):
-        raise TemplateError(f"{url!r} must not contain '..' segments")
+    _check_path(url, path)
+    if _FORBIDDEN_URL_CHARS_RE.search(unquote(query)):
+        raise TemplateError(f"{url!r} must not contain control characters or backslashes")
     if query:
         query = "&".join(_rewrite_where(param) for param in query.split("&"))
     return path + sep + query
+
+
+def _check_path(url: str, path: str) -> None:
+    """Refuse a path that a server could resolve outside the resource it names.
+
+    The path is sent as written, so it is judged as the provider will read it: decoded
+    (repeatedly: ``%252e`` is ``%2e`` once decoded, and some proxies decode twice), with
+    ``.``/``..`` segments, encoded slashes, backslashes and control characters refused.
+    """
+    decoded = path
+    for _ in range(_MAX_DECODE_ROUNDS):
+        try:
+            once = unquote(decoded, errors="strict")
+        except UnicodeDecodeError:
+            raise TemplateError(f"{url!r} is not valid percent-encoded UTF-8") from None
+        if once == decoded:
+            break
+        decoded = once
+    else:
+        raise TemplateError(f"{url!r} is percent-encoded too many times")
+    if _FORBIDDEN_URL_CHARS_RE.search(decoded):
+        raise TemplateError(f"{url!r} must not contain control characters or backslashes")
+    if decoded.count("/") != path.count("/"):
+        raise TemplateError(f"{url!r} must not contain encoded slashes")
+    if any(segment in (".", "..") for segment in decoded.split("/")):
+        raise TemplateError(f"{url!r} must not contain '.' or '..' segments")
 
 
 Renderer = Callable[[datetime, tzinfo], str]
@@ -163,7 +234,10 @@ def _split_zone_and_format(name: str, rest: str) -> tuple[tzinfo, DateFormat]:
     with the shortest rule ``-8:00:yyyy`` would split into zone ``-8`` and format ``00:yyyy``.
     Zone names never contain a colon followed by a valid format, so this is unambiguous.
     """
-    colons = [i for i, char in enumerate(rest) if char == ":"]
+    # Only colons that leave a zone of plausible length are candidates: with every colon a
+    # candidate, ``${dateTimeZone:::::...}`` tried a zone lookup and a format compilation
+    # per colon, each on a long prefix (quadratic). Now at most MAX_TIMEZONE_NAME_LENGTH tries.
+    colons = [i for i, char in enumerate(rest[: MAX_TIMEZONE_NAME_LENGTH + 1]) if char == ":"]
     for i in reversed(colons):
         try:
             zone = resolve_timezone(rest[:i])
@@ -205,17 +279,20 @@ def compile_template(url: str) -> UrlTemplate:
     it on every poll with the stored configuration.
     """
     normalized = normalize_resource_url(url)
+    pieces, rest = _split_variables(normalized)
+    if rest is not None:
+        raise TemplateError(f"unterminated template variable in {url!r}")
+    if len(pieces) // 2 > MAX_TEMPLATE_VARIABLES:
+        raise TemplateError(f"at most {MAX_TEMPLATE_VARIABLES} template variables are allowed")
     query_start = normalized.find("?")
     parts: list[str | _Variable] = []
-    position = 0
-    for match in _VARIABLE_RE.finditer(normalized):
-        parts.append(normalized[position : match.start()])
-        in_query = 0 <= query_start < match.start()
-        name = match.group(1)
-        parts.append(_Variable(name, _renderer(name), _QUERY_SAFE if in_query else _PATH_SAFE))
-        position = match.end()
-    parts.append(normalized[position:])
-    for literal in parts:
-        if isinstance(literal, str) and "${" in literal:
-            raise TemplateError(f"unterminated template variable in {url!r}")
+    offset = 0
+    for i, piece in enumerate(pieces):
+        if i % 2 == 0:
+            parts.append(piece)
+            offset += len(piece)
+            continue
+        in_query = 0 <= query_start < offset
+        parts.append(_Variable(piece, _renderer(piece), _QUERY_SAFE if in_query else _PATH_SAFE))
+        offset += len(piece) + 3  # "${" + body + "}"
     return UrlTemplate(normalized, tuple(part for part in parts if part != ""))

@@ -14,6 +14,8 @@ import re
 import zoneinfo
 from datetime import UTC, timedelta, timezone, tzinfo
 
+from app.domain.limits import MAX_TIMEZONE_NAME_LENGTH
+
 __all__ = [
     "UnknownTimeZoneError",
     "resolve_timezone",
@@ -152,7 +154,15 @@ def _iana_names_by_lower_case() -> dict[str, str]:
     return {name.lower(): name for name in zoneinfo.available_timezones()}
 
 
+# The shape of every IANA zone name ("America/Port-au-Prince", "Etc/GMT+8"). Anything else
+# is not looked up at all: a failed lookup searches the zone path and the tzdata package
+# (a fraction of a millisecond each), and ``${dateTimeZone:...}`` may offer many candidates.
+_IANA_SHAPE_RE = re.compile(r"[A-Za-z][A-Za-z0-9_+\-]*(?:/[A-Za-z0-9_+\-]+)*")
+
+
 def _load_iana(name: str) -> tzinfo | None:
+    if not _IANA_SHAPE_RE.fullmatch(name):
+        return None
     for candidate in (name, _iana_names_by_lower_case().get(name.lower())):
         if not candidate:
             continue
@@ -172,8 +182,12 @@ def resolve_timezone(name: str) -> tzinfo:
     America/Los_Angeles, ``EST`` is a fixed -05:00), offsets (``+08:00``, ``-8:00``, ``-0800``,
     ``GMT-08:00``, ``UTC+5``), IANA names (case-insensitive as a last resort), and finally the
     fixed-offset abbreviations Java lacks as ids but users still write (``PDT`` = -07:00,
-    ``CEST`` = +02:00). Results are cached; unknown names raise :class:`UnknownTimeZoneError`.
+    ``CEST`` = +02:00). Results are cached; unknown names raise :class:`UnknownTimeZoneError`,
+    as do names longer than ``MAX_TIMEZONE_NAME_LENGTH`` (no zone is that long), before any
+    lookup: the zone database is not searched for tenant text of any size.
     """
+    if len(name) > MAX_TIMEZONE_NAME_LENGTH:
+        raise UnknownTimeZoneError(name[:MAX_TIMEZONE_NAME_LENGTH] + "...")
     text = name.strip()
     if not text:
         raise UnknownTimeZoneError(name)

@@ -209,7 +209,7 @@ INVALID_CASES: list[tuple[str, Callable[[dict[str, Any]], None], str]] = [
         lambda b: b["configuration"].update({"event.notification.enabled": "maybe"}),
         "event.notification.enabled",
     ),
-    ("tags not list", lambda b: b.update(tags="crm"), "tags"),
+    ("tags neither list nor string", lambda b: b.update(tags=5), "tags"),
     (
         "bad whsec signature key",
         lambda b: b["configuration"].update({"event.notification.signature.key": "whsec_%%%"}),
