@@ -48,9 +48,7 @@ def body(**overrides: Any) -> dict[str, Any]:
 
 
 def create(**overrides: Any) -> Any:
-    spec, _code = validate_create(
-        body(**overrides), min_refresh_minutes=1, allow_private_callbacks=False
-    )
+    spec, _code = validate_create(body(**overrides), min_refresh_minutes=1)
     return spec
 
 
@@ -104,7 +102,6 @@ def test_a_patch_cannot_set_a_huge_refresh_interval() -> None:
             spec.secrets,
             {"configuration": {"event.poller.refresh_interval": 4_193_436_587}},
             min_refresh_minutes=1,
-            allow_private_callbacks=False,
         )
     assert info.value.field == INTERVAL
 
@@ -243,7 +240,5 @@ def test_tag_and_name_bounds_are_inclusive() -> None:
 
 
 def test_a_single_string_tag_on_create() -> None:
-    spec, _ = validate_create(
-        {**body(), "tags": "crm"}, min_refresh_minutes=1, allow_private_callbacks=False
-    )
+    spec, _ = validate_create({**body(), "tags": "crm"}, min_refresh_minutes=1)
     assert spec.tags == ["crm"]

@@ -153,9 +153,7 @@ def test_resolve_timezone_is_linear(text: str) -> None:
 @PROPERTY
 @given(adversarial(prefixes=["https://", "https://h.example/", "http://[", "https://a:"]))
 def test_callback_url_check_is_linear(text: str) -> None:
-    within_budget(
-        lambda url: check_callback_url(url, False, "configuration.callback"), text, FieldError
-    )
+    within_budget(lambda url: check_callback_url(url, "configuration.callback"), text, FieldError)
 
 
 def test_overlapping_fields_cannot_stall_a_poll_worker() -> None:
