@@ -210,6 +210,12 @@ async def _sign_in(tab: Tab, origin: str, org: dict[str, str]) -> None:
     await tab.page.wait_for_url("**/ui/instances")
 
 
+async def _next_refresh(tab: Tab) -> None:
+    """Until the page's live refresh has run once more."""
+    before = await tab.page.inner_text("#live-status")
+    await tab.wait_for(f"document.getElementById('live-status').innerText !== {before!r}")
+
+
 async def _instance(api: TestClient[Any, Any], org: dict[str, str], name: str) -> dict[str, Any]:
     body = create_body()
     body["name"] = name
@@ -561,6 +567,8 @@ async def test_create_with_per_resource_configuration_edit_toggle_and_delete(
     await page.click("li[data-resource-name='contacts'] summary")
     await page.fill("#edit-resource-contacts-url", f"/contacts?{SINCE}&order=id")
     await page.fill("#edit-interval", "30")
+    await _next_refresh(tab)  # a live refresh leaves the open form alone
+    assert await page.input_value("#edit-name") == "Renamed instance"
     await tab.screenshot("console-edit")
     await page.click("#save-button")
     await tab.wait_for("document.getElementById('message').innerText.includes('Saved')")
@@ -666,8 +674,7 @@ async def test_payloads_event_log_failing_badge_live_refresh_and_phone_layout(
     assert sent["message"]["eventId"] == failed_id
     assert sent["message"]["raw"]["contacts"][0]["given_name"] == "Ada L."
     # A live refresh keeps what the user opened.
-    status_before = await page.inner_text("#live-status")
-    await tab.wait_for(f"document.getElementById('live-status').innerText !== {status_before!r}")
+    await _next_refresh(tab)
     assert await raw.get_attribute("open") == ""
     await tab.screenshot("console-instance-desktop")
 
@@ -690,6 +697,10 @@ async def test_payloads_event_log_failing_badge_live_refresh_and_phone_layout(
     assert "CRM sync" in only
     assert "UPDATED" in only
     await tab.screenshot("console-event-log")
+    # A live refresh shows the applied filters, not what is being typed.
+    await page.fill("#filter-object-type", "orders")
+    await _next_refresh(tab)
+    assert await page.inner_text("#events tbody") == only
     # The filters live in the address: a reload (or a shared link) shows the same view.
     await page.reload()
     await tab.wait_for("document.querySelectorAll('#events tbody tr').length === 1")

@@ -25,6 +25,7 @@
   const names = new Map(); // instance id -> name
   const openJson = new Set();
   let shown = null;
+  let applied = {}; // the filters of the view (edits in the form apply on "Apply" only)
 
   /** datetime-local holds a UTC wall time here ("2026-12-01T08:00[:00]"); the API wants ISO. */
   function sinceToIso(value) {
@@ -68,7 +69,7 @@
   }
 
   async function load(manual) {
-    const filters = readFilters();
+    const filters = applied;
     if (manual) {
       notify("info", "");
       window.PC.clearMarks();
@@ -139,19 +140,23 @@
     }
   }
 
-  function go(to) {
+  /** Shows page `to`; `apply` takes the form's filters first (else the view's stay). */
+  function go(to, apply) {
     page = to;
-    writeAddress(readFilters());
+    if (apply) {
+      applied = readFilters();
+    }
+    writeAddress(applied);
     load(true);
   }
 
   $("filters").addEventListener("submit", (event) => {
     event.preventDefault();
-    go(1);
+    go(1, true);
   });
   $("reset-filters").addEventListener("click", () => {
     Object.values(FILTERS).forEach((id) => ($(id).value = ""));
-    go(1);
+    go(1, true);
   });
   $("prev-page").addEventListener("click", () => go(page - 1));
   $("next-page").addEventListener("click", () => go(page + 1));
@@ -168,6 +173,7 @@
     $(FILTERS.objectType).value = params.get("objectType") || "";
     $(FILTERS.eventType).value = (params.get("eventType") || "").toUpperCase();
     $(FILTERS.since).value = isoToSince(params.get("since"));
+    applied = readFilters();
     await load(false);
     window.PC.liveRefresh(() => load(false), $("live-status"));
   })();
