@@ -270,7 +270,9 @@
   let editor = null;
   let offered = {};
 
-  function openEditor() {
+  async function openEditor() {
+    $("edit").disabled = true;
+    await defaultsLoaded;
     const config = current.configuration || {};
     $("edit-name").value = current.name;
     $("edit-tags").value = (current.tags || []).map((t) => t.name).join(", ");
@@ -438,7 +440,7 @@
   $("event-log-link").href = "/ui/events?instanceId=" + encodeURIComponent(id);
 
   // The Keap defaults not configured yet are offered (unchecked) in the edit form.
-  window.PC.defaults().then(
+  const defaultsLoaded = window.PC.defaults().then(
     (d) => (offered = d["event.poller.configuration"] || {}),
     () => (offered = {})
   );

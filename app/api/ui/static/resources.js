@@ -193,9 +193,16 @@
       entries.push({ name: name, original: original, box: box, fields: fields, details: details });
     }
 
-    Object.entries(configured).forEach(([name, resource]) =>
-      addEntry(name, isObject(resource) ? copy(resource) : {}, true, false)
-    );
+    // Configured resources first: in the offered (Keap) order, then the others by name
+    // (the database keeps JSON object keys in its own order, not the one they were given in).
+    const known = Object.keys(offered || {});
+    const rank = (name) => (known.includes(name) ? known.indexOf(name) : known.length);
+    Object.keys(configured)
+      .sort((a, b) => rank(a) - rank(b) || (a < b ? -1 : a > b ? 1 : 0))
+      .forEach((name) => {
+        const resource = configured[name];
+        addEntry(name, isObject(resource) ? copy(resource) : {}, true, false);
+      });
     Object.entries(offered || {}).forEach(([name, resource]) => {
       if (!(name in configured)) {
         addEntry(name, copy(resource), false, false);
