@@ -729,5 +729,7 @@ async def test_payloads_event_log_failing_badge_live_refresh_and_phone_layout(
             for details in await page.query_selector_all("details.json"):
                 await details.evaluate("d => d.open = false")
             await tab.screenshot("console-instance-phone")
+        else:
+            await tab.screenshot("phone" + path.replace("/", "-").rstrip("-"))
         await tab.no_horizontal_scroll()
     assert tab.problems == []
