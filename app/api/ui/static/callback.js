@@ -68,7 +68,8 @@
 
   function renderForm(defaults) {
     // Start from the Keap defaults, every one selected and editable.
-    editor = window.PC.resourceEditor(clear($("resources")), defaults["event.poller.configuration"] || {}, {});
+    const keap = defaults["event.poller.configuration"] || {};
+    editor = window.PC.resourceEditor(clear($("resources")), keap, keap);
     const interval = $("refresh-interval");
     interval.value = String(defaults.refreshInterval || 15);
     interval.min = String(defaults.minRefreshInterval || 1);
