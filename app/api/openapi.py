@@ -165,6 +165,28 @@ def build_openapi() -> dict[str, Any]:
                 status="202",
             )
         },
+        # The organization-wide event log (app/api/console_routes.py).
+        BASE + "/events": {
+            "get": _op(
+                "Every event of the organization's instances, newest first",
+                {
+                    "type": "array",
+                    "items": {
+                        "allOf": [
+                            {"$ref": "#/components/schemas/Event"},
+                            {"type": "object", "properties": {"instanceId": {"type": "integer"}}},
+                        ]
+                    },
+                },
+                params=[
+                    _q("instanceId", {"type": "integer", "minimum": 1}),
+                    _q("objectType", {"type": "string"}),
+                    _q("eventType", {"type": "string", "enum": ["CREATED", "UPDATED"]}),
+                    _q("since", {"type": "string", "format": "date-time"}),
+                    *_PAGING,
+                ],
+            )
+        },
         "/healthz": {"get": _op("Liveness", auth=False)},
         "/readyz": {"get": _op("Readiness: PostgreSQL, Redis and the broker answer", auth=False)},
         "/metrics": {
@@ -239,6 +261,7 @@ def build_openapi() -> dict[str, Any]:
                         "date": {"type": "string"},
                         "deliveryId": {"type": "string", "nullable": True},
                         "deliveryStatus": {"type": "string", "nullable": True},
+                        "raw": {"type": "object", "description": "the provider's record"},
                     },
                 },
                 "Delivery": {
@@ -248,6 +271,7 @@ def build_openapi() -> dict[str, Any]:
                         "status": _STATUS,
                         "eventCount": {"type": "integer"},
                         "nextAttemptAt": {"type": "string", "nullable": True},
+                        "body": {"type": "object", "description": "the JSON sent"},
                         "attempts": {
                             "type": "array",
                             "items": {

@@ -12,6 +12,7 @@ from aiohttp import web
 
 from app import liveness
 from app.api import health, routes
+from app.api.console_routes import add_console_routes
 from app.api.context import ApiContext
 from app.api.errors import error_middleware
 from app.api.ui import add_ui_routes
@@ -53,6 +54,7 @@ def create_app(settings: Settings) -> web.Application:
 
     app.cleanup_ctx.append(lifecycle)
     routes.add_routes(app)
+    add_console_routes(app)
     health.add_routes(app)
     add_ui_routes(app)
     return app

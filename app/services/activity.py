@@ -91,21 +91,24 @@ async def list_events(
             .limit(page_size)
         )
     ).all()
-    return [
-        {
-            "eventId": str(event.id),
-            "elementKey": "infusionsoftrest",
-            "eventType": event.event_type,
-            "objectType": event.object_type,
-            "objectId": event.object_id,
-            "date": iso(event.event_date),
-            "pollDate": iso(event.poll_date),
-            "createdDate": iso(event.created_at),
-            "deliveryId": str(event.delivery_id) if event.delivery_id else None,
-            "deliveryStatus": status,
-        }
-        for event, status in rows
-    ], total
+    return [event_view(event, status) for event, status in rows], total
+
+
+def event_view(event: Event, delivery_status: str | None) -> dict[str, Any]:
+    """One event as the API shows it; ``raw`` is the provider's record it was made from."""
+    return {
+        "eventId": str(event.id),
+        "elementKey": "infusionsoftrest",
+        "eventType": event.event_type,
+        "objectType": event.object_type,
+        "objectId": event.object_id,
+        "date": iso(event.event_date),
+        "pollDate": iso(event.poll_date),
+        "createdDate": iso(event.created_at),
+        "deliveryId": str(event.delivery_id) if event.delivery_id else None,
+        "deliveryStatus": delivery_status,
+        "raw": event.record,
+    }
 
 
 async def list_deliveries(
@@ -145,7 +148,8 @@ async def list_deliveries(
 
 
 def _delivery_view(delivery: Delivery, attempts: list[DeliveryAttempt]) -> dict[str, Any]:
-    message = json.loads(delivery.body).get("message", {})
+    body = json.loads(delivery.body)
+    message = body.get("message", {})
     return {
         "id": str(delivery.id),
         "status": delivery.status,
@@ -167,6 +171,9 @@ def _delivery_view(delivery: Delivery, attempts: list[DeliveryAttempt]) -> dict[
             }
             for a in attempts
         ],
+        # The JSON POSTed to the callback (signatures cover its exact bytes, which
+        # re-serializing here does not preserve: this is for reading, not verifying).
+        "body": body,
     }
 
 

@@ -54,6 +54,7 @@ PAGES: dict[str, str] = {
     "/instances/new": "new.html",
     "/oauth/callback": "callback.html",
     "/instance": "instance.html",
+    "/events": "events.html",
 }
 
 # The only files served from /ui/static/ (a fixed list: nothing else in the package leaks).
@@ -65,6 +66,8 @@ STATIC_FILES: dict[str, str] = {
     "new.js": "text/javascript",
     "callback.js": "text/javascript",
     "instance.js": "text/javascript",
+    "resources.js": "text/javascript",
+    "events.js": "text/javascript",
     "favicon.svg": "image/svg+xml",
 }
 

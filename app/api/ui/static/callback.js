@@ -57,35 +57,19 @@
   async function loadDefaults() {
     let defaults;
     try {
-      const response = await fetch("/ui/defaults.json", { cache: "no-store" });
-      if (!response.ok) {
-        throw new Error("HTTP " + response.status);
-      }
-      defaults = await response.json();
+      defaults = await window.PC.defaults();
     } catch (err) {
       return stop("Could not load the resource list: " + errorText(err));
     }
     renderForm(defaults);
   }
 
-  let resourceConfigs = {};
+  let editor = null;
 
   function renderForm(defaults) {
-    resourceConfigs = defaults["event.poller.configuration"] || {};
-    const list = clear($("resources"));
-    Object.keys(resourceConfigs).forEach((name) => {
-      const id = "resource-" + name.replace(/[^A-Za-z0-9_-]/g, "_");
-      list.appendChild(
-        el(
-          "li",
-          {},
-          el("input", { type: "checkbox", id: id, value: name, checked: true, "data-resource": name }),
-          " ",
-          el("label", { for: id }, name),
-          el("code", {}, resourceConfigs[name].url || "")
-        )
-      );
-    });
+    // Start from the Keap defaults, every one selected and editable.
+    const keap = defaults["event.poller.configuration"] || {};
+    editor = window.PC.resourceEditor(clear($("resources")), keap, keap);
     const interval = $("refresh-interval");
     interval.value = String(defaults.refreshInterval || 15);
     interval.min = String(defaults.minRefreshInterval || 1);
@@ -94,40 +78,31 @@
     $("name").focus();
   }
 
-  function resourceBoxes() {
-    return Array.from(document.querySelectorAll("input[data-resource]"));
-  }
-
   function syncEvents() {
     $("events-fieldset").disabled = !$("events-enabled").checked;
   }
 
-  $("events-enabled").addEventListener("change", syncEvents);
-  $("select-all").addEventListener("click", () => resourceBoxes().forEach((b) => (b.checked = true)));
-  $("select-none").addEventListener("click", () =>
-    resourceBoxes().forEach((b) => (b.checked = false))
-  );
-
-  /** Marks the form control named by an API message ("configuration.x.y: ..."). */
-  function markField(message) {
-    let best = null;
-    document.querySelectorAll("[data-field]").forEach((node) => {
-      const field = node.getAttribute("data-field");
-      if (
-        (message.startsWith(field + ":") || message.startsWith(field + ".")) &&
-        (!best || field.length > best.getAttribute("data-field").length)
-      ) {
-        best = node;
-      }
-    });
-    if (best) {
-      best.setAttribute("aria-invalid", "true");
-      const focusable = best.matches("input") ? best : best.querySelector("input");
-      if (focusable) {
-        focusable.focus();
-      }
+  function addResource() {
+    const problem = editor.add($("new-resource").value.trim());
+    if (problem) {
+      notify("error", problem);
+      $("new-resource").setAttribute("aria-invalid", "true");
+      return;
     }
+    $("new-resource").removeAttribute("aria-invalid");
+    $("new-resource").value = "";
   }
+
+  $("events-enabled").addEventListener("change", syncEvents);
+  $("select-all").addEventListener("click", () => editor.setAll(true));
+  $("select-none").addEventListener("click", () => editor.setAll(false));
+  $("add-resource").addEventListener("click", addResource);
+  $("new-resource").addEventListener("keydown", (event) => {
+    if (event.key === "Enter") {
+      event.preventDefault();
+      addResource();
+    }
+  });
 
   function buildBody() {
     const enabled = $("events-enabled").checked;
@@ -146,11 +121,7 @@
       if (signature) {
         configuration["event.notification.signature.key"] = signature;
       }
-      const poller = {};
-      resourceBoxes()
-        .filter((b) => b.checked)
-        .forEach((b) => (poller[b.value] = resourceConfigs[b.value]));
-      configuration["event.poller.configuration"] = poller;
+      configuration["event.poller.configuration"] = editor.value();
     }
     const tags = $("tags")
       .value.split(",")
@@ -187,8 +158,8 @@
 
   $("create-form").addEventListener("submit", async (event) => {
     event.preventDefault();
-    document.querySelectorAll("[aria-invalid]").forEach((n) => n.removeAttribute("aria-invalid"));
-    if ($("events-enabled").checked && !resourceBoxes().some((b) => b.checked)) {
+    window.PC.clearMarks();
+    if ($("events-enabled").checked && !editor.selected()) {
       notify("error", "configuration.event.poller.configuration: pick at least one resource");
       $("resources-fieldset").setAttribute("aria-invalid", "true");
       return;
@@ -202,7 +173,7 @@
     } catch (err) {
       notify("error", errorText(err));
       if (err.message) {
-        markField(err.message);
+        window.PC.markField(err.message);
       }
       if (err.message && err.message.startsWith("providerData.code:") && err.status === 400) {
         // The provider refused (or already used) the code: a new consent is needed.

@@ -177,23 +177,176 @@
     return document.getElementById(id);
   }
 
-  /** A table from [{label, render(row), class}] columns; emptyText when there are no rows. */
+  /**
+   * A table from [{label, render(row), class}] columns; emptyText when there are no rows.
+   * Each cell carries its column label, so on a phone the CSS turns every row into a card
+   * ("label: value" lines) instead of a table wider than the screen.
+   */
   function table(columns, rows, emptyText) {
     if (!rows.length) {
       return el("p", { class: "muted" }, emptyText || "Nothing yet.");
     }
     return el(
-      "table",
-      {},
-      el("thead", {}, el("tr", {}, columns.map((c) => el("th", { scope: "col" }, c.label)))),
+      "div",
+      { class: "table-wrap" },
       el(
-        "tbody",
-        {},
-        rows.map((row) =>
-          el("tr", {}, columns.map((c) => el("td", { class: c.class || null }, c.render(row))))
+        "table",
+        { class: "cards" },
+        el("thead", {}, el("tr", {}, columns.map((c) => el("th", { scope: "col" }, c.label)))),
+        el(
+          "tbody",
+          {},
+          rows.map((row) =>
+            el(
+              "tr",
+              {},
+              columns.map((c) =>
+                el(
+                  "td",
+                  { class: c.class || null, "data-label": c.label || null },
+                  el("div", { class: "cell" }, c.render(row))
+                )
+              )
+            )
+          )
         )
       )
     );
+  }
+
+  /**
+   * A collapsible, pretty-printed JSON value. `openKeys` (a Set) remembers which ones the
+   * user opened, so a live refresh that re-renders the table does not fold them again.
+   */
+  function jsonDetails(label, value, key, openKeys) {
+    const details = el(
+      "details",
+      { class: "json", open: openKeys && openKeys.has(key), "data-json-key": key },
+      el("summary", {}, label),
+      el("pre", {}, JSON.stringify(value, null, 2))
+    );
+    if (openKeys) {
+      details.addEventListener("toggle", () => {
+        if (details.open) {
+          openKeys.add(key);
+        } else {
+          openKeys.delete(key);
+        }
+      });
+    }
+    return details;
+  }
+
+  const LIVE_INTERVAL_MS = 5000;
+
+  /**
+   * Calls `refresh` every few seconds while the tab is visible (not at all while hidden,
+   * and once right away when it becomes visible again); one call at a time. `status`, when
+   * given, is an element that shows when the page was last refreshed.
+   */
+  function liveRefresh(refresh, status) {
+    let timer = null;
+    let running = false;
+
+    function hidden() {
+      return document.visibilityState === "hidden";
+    }
+
+    function schedule() {
+      if (timer === null && !hidden()) {
+        timer = setTimeout(tick, LIVE_INTERVAL_MS);
+      }
+    }
+
+    function stop() {
+      if (timer !== null) {
+        clearTimeout(timer);
+        timer = null;
+      }
+    }
+
+    async function tick() {
+      timer = null;
+      if (hidden() || running) {
+        return;
+      }
+      running = true;
+      try {
+        await refresh();
+        if (status) {
+          const now = new Date().toISOString();
+          status.textContent =
+            "Live: refreshed at " + now.slice(11, 19) + " UTC, every " +
+            LIVE_INTERVAL_MS / 1000 + " s while this tab is visible.";
+        }
+      } finally {
+        running = false;
+        schedule();
+      }
+    }
+
+    document.addEventListener("visibilitychange", () => {
+      stop();
+      if (hidden()) {
+        if (status) {
+          status.textContent = "Live refresh paused while this tab is hidden.";
+        }
+      } else {
+        if (status) {
+          status.textContent = "Live: refreshing…";
+        }
+        tick();
+      }
+    });
+    schedule();
+    return { stop: stop };
+  }
+
+  /**
+   * Marks the form control named by an API message ("configuration.x.y: ...": the longest
+   * data-field that prefixes it), opening the <details> it sits in and focusing it.
+   */
+  function markField(message) {
+    let best = null;
+    document.querySelectorAll("[data-field]").forEach((node) => {
+      const field = node.getAttribute("data-field");
+      if (
+        (message.startsWith(field + ":") || message.startsWith(field + ".")) &&
+        (!best || field.length > best.getAttribute("data-field").length)
+      ) {
+        best = node;
+      }
+    });
+    if (!best) {
+      return;
+    }
+    best.setAttribute("aria-invalid", "true");
+    for (let node = best.parentElement; node; node = node.parentElement) {
+      if (node.tagName === "DETAILS") {
+        node.open = true;
+      }
+    }
+    const focusable = best.matches("input, select") ? best : best.querySelector("input, select");
+    if (focusable) {
+      focusable.focus();
+    }
+  }
+
+  function clearMarks() {
+    document.querySelectorAll("[aria-invalid]").forEach((n) => n.removeAttribute("aria-invalid"));
+  }
+
+  function setNotice(text) {
+    sessionStorage.setItem(NOTICE_KEY, text);
+  }
+
+  /** Fetches /ui/defaults.json: the Keap resources and the refresh interval bounds. */
+  async function defaults() {
+    const response = await fetch("/ui/defaults.json", { cache: "no-store" });
+    if (!response.ok) {
+      throw new Error("HTTP " + response.status);
+    }
+    return response.json();
   }
 
   function pad(n) {
@@ -283,15 +436,21 @@
     append: append,
     badge: badge,
     clear: clear,
+    clearMarks: clearMarks,
     date: date,
+    defaults: defaults,
     el: el,
     errorText: errorText,
     getAuth: getAuth,
+    jsonDetails: jsonDetails,
+    liveRefresh: liveRefresh,
+    markField: markField,
     notify: notify,
     randomState: randomState,
     readJson: readJson,
     requireAuth: requireAuth,
     setAuth: setAuth,
+    setNotice: setNotice,
     setupNav: setupNav,
     signOut: signOut,
     statusBadge: statusBadge,

@@ -1,4 +1,11 @@
-/* /ui/instances: the organization's instances with their per-resource polling state. */
+/* /ui/instances: the organization's instances with their per-resource polling state and a
+ * badge for failed deliveries; refreshes itself every few seconds while the tab is visible.
+ *
+ * The list route answers the SPEC's instance shape only, so each instance's polling state
+ * and failed-delivery count are fetched lazily, per instance, from the public API
+ * (`/polling`, and `/deliveries?status=failed&pageSize=1` whose Elements-Total-Count is the
+ * count): a page of 25 instances costs 51 small requests per refresh.
+ */
 "use strict";
 
 (function () {
@@ -8,6 +15,10 @@
   window.PC.setupNav("instances");
   if (!window.PC.requireAuth()) {
     return;
+  }
+  const notice = window.PC.takeNotice();
+  if (notice) {
+    notify("success", notice);
   }
 
   const params = new URLSearchParams(window.location.search);
@@ -21,6 +32,9 @@
       return el("span", { class: "muted" }, "no resources");
     }
     return el(
+      "div",
+      { class: "table-wrap" },
+      el(
       "table",
       { class: "inner" },
       el(
@@ -53,40 +67,92 @@
           )
         )
       )
+      )
     );
   }
 
-  function statusCell(instance) {
+  function failedBadge(instance, failed) {
+    if (failed instanceof Error) {
+      return el("span", { class: "error-text" }, "deliveries: " + errorText(failed));
+    }
+    if (!failed) {
+      return null;
+    }
+    return el(
+      "a",
+      {
+        class: "badge bad failed-deliveries",
+        href: "/ui/instance?id=" + encodeURIComponent(instance.id) + "#deliveries-heading",
+        title: "Deliveries that exhausted their retries; open the instance to retry them",
+      },
+      failed + (failed === 1 ? " failed delivery" : " failed deliveries")
+    );
+  }
+
+  function statusCell(instance, failed) {
     return [
       instance.eventsEnabled ? badge("events on", "ok") : badge("events off", "off"),
       " ",
       instance.disabled ? badge("disabled", "bad") : null,
       instance.valid ? null : badge("invalid", "bad"),
+      " ",
+      failedBadge(instance, failed),
     ];
   }
 
-  async function load() {
-    notify("info", "");
-    $("loading").hidden = false;
+  let shown = null; // the data on screen, as JSON: an unchanged refresh leaves the page alone
+  let listFailed = false;
+
+  async function load(manual) {
+    if (manual) {
+      notify("info", "");
+    }
+    $("loading").hidden = shown !== null;
     let result;
     try {
       result = await api("GET", "/instances", { query: { page: page, pageSize: PAGE_SIZE } });
     } catch (err) {
       $("loading").hidden = true;
+      listFailed = true;
       notify("error", "Could not list instances: " + errorText(err));
       return;
     }
+    if (listFailed) {
+      listFailed = false;
+      notify("info", "");
+    }
     const instances = result.data || [];
-    const states = await Promise.all(
-      instances.map((i) =>
-        api("GET", "/instances/" + i.id + "/polling").then(
-          (r) => r.data,
-          (err) => err
+    const [states, failures] = await Promise.all([
+      Promise.all(
+        instances.map((i) =>
+          api("GET", "/instances/" + i.id + "/polling").then(
+            (r) => r.data,
+            (err) => err
+          )
         )
-      )
-    );
+      ),
+      Promise.all(
+        instances.map((i) =>
+          api("GET", "/instances/" + i.id + "/deliveries", {
+            query: { status: "failed", pageSize: 1 },
+          }).then(
+            (r) => (r.total === null ? r.data.length : r.total),
+            (err) => err
+          )
+        )
+      ),
+    ]);
     $("loading").hidden = true;
-    const rows = instances.map((instance, n) => ({ instance: instance, state: states[n] }));
+    const key = JSON.stringify([page, result.total, instances, states, failures.map(String)]);
+    if (key === shown) {
+      return;
+    }
+    shown = key;
+    const rows = instances.map((instance, n) => ({
+      instance: instance,
+      state: states[n],
+      failed: failures[n],
+    }));
     const columns = [
       { label: "ID", class: "num", render: (r) => String(r.instance.id) },
       {
@@ -94,7 +160,7 @@
         render: (r) =>
           el("a", { href: "/ui/instance?id=" + encodeURIComponent(r.instance.id) }, r.instance.name),
       },
-      { label: "Status", render: (r) => statusCell(r.instance) },
+      { label: "Status", render: (r) => statusCell(r.instance, r.failed) },
       { label: "Tags", render: (r) => (r.instance.tags || []).map((t) => t.name).join(", ") },
       { label: "Created", render: (r) => date(r.instance.createdDate) },
       { label: "Polling state", render: (r) => pollingCell(r.state) },
@@ -114,11 +180,12 @@
   function go(to) {
     page = to;
     history.replaceState(null, "", to > 1 ? "?page=" + to : window.location.pathname);
-    load();
+    load(true);
   }
 
   $("prev-page").addEventListener("click", () => go(page - 1));
   $("next-page").addEventListener("click", () => go(page + 1));
-  $("refresh").addEventListener("click", load);
-  load();
+  $("refresh").addEventListener("click", () => load(true));
+  load(false);
+  window.PC.liveRefresh(() => load(false), $("live-status"));
 })();
