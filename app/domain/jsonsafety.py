@@ -20,6 +20,13 @@ __all__ = ["UnsafeJson", "check_value", "loads_checked"]
 
 # A NUL, or a UTF-16 surrogate code point (only lone ones survive json.loads in str).
 _BAD_CHAR_RE = re.compile("[\x00\ud800-\udfff]")
+# In JSON text: what could decode to one of those (escapes, or the characters themselves).
+# A match is only a suspicion (an escaped backslash, a valid surrogate pair): the walk of
+# :func:`check_value` decides, and names the field.
+_SUSPECT_TEXT_RE = re.compile(r"\\u0000|\\u[dD][89a-fA-F][0-9a-fA-F]{2}|[\x00\ud800-\udfff]")
+_JSON_STRING_RE = re.compile(r'"[^"\\]*(?:\\.[^"\\]*)*"')  # unrolled: no per-char alternation
+_NOT_BRACKET_RE = re.compile(r"[^\[\]{}]+")
+_INNERMOST_RE = re.compile(r"\[\]|\{\}")
 
 
 class UnsafeJson(ValueError):
@@ -66,8 +73,28 @@ def check_value(value: Any, root: str = "", max_depth: int = MAX_JSON_DEPTH) -> 
                 stack.extend((child, _join(path, i), depth + 1) for i, child in enumerate(item))
 
 
+def _deeper_than(text: str, max_depth: int) -> bool:
+    """Whether JSON ``text`` nests containers more than ``max_depth`` levels deep.
+
+    Strings are removed (brackets inside them do not count), then everything but the
+    brackets; each pass of :data:`_INNERMOST_RE` removes one level of nesting, so brackets
+    left after ``max_depth`` passes mean deeper nesting. Every pass is one linear regex
+    pass in C, and there are at most ``max_depth + 1`` of them.
+    """
+    brackets = _NOT_BRACKET_RE.sub("", _JSON_STRING_RE.sub("", text))
+    for _ in range(max_depth):
+        if not brackets:
+            return False
+        brackets = _INNERMOST_RE.sub("", brackets)
+    return bool(brackets)
+
+
 def loads_checked(raw: str | bytes, field: str = "body", max_depth: int = MAX_JSON_DEPTH) -> Any:
-    """``json.loads`` that raises :class:`UnsafeJson` (naming ``field``) for every bad input."""
+    """``json.loads`` that raises :class:`UnsafeJson` (naming ``field``) for every bad input.
+
+    The common case costs two regex passes over the text, not a Python-level walk of
+    every value: the walk runs only when the text holds something suspicious.
+    """
     if isinstance(raw, bytes):
         try:
             raw = raw.decode("utf-8")
@@ -79,5 +106,6 @@ def loads_checked(raw: str | bytes, field: str = "body", max_depth: int = MAX_JS
         raise UnsafeJson(field, f"nested deeper than {max_depth} levels") from exc
     except ValueError as exc:
         raise UnsafeJson(field, f"is not valid JSON ({exc})") from exc
-    check_value(value, "" if field == "body" else field, max_depth)
+    if _SUSPECT_TEXT_RE.search(raw) or _deeper_than(raw, max_depth):
+        check_value(value, "" if field == "body" else field, max_depth)
     return value

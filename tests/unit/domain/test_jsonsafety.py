@@ -41,3 +41,23 @@ def test_check_value_names_the_root() -> None:
     with pytest.raises(UnsafeJson) as info:
         check_value({"contacts": {"url": "/c\x00"}}, root="event.poller.configuration")
     assert info.value.field == "event.poller.configuration.contacts.url"
+
+
+def test_brackets_inside_strings_do_not_count_as_nesting() -> None:
+    deep_looking = '{"a": "' + "[" * 100 + '\\"]]"}'
+    assert loads_checked(deep_looking)["a"].startswith("[[")
+
+
+def test_an_escaped_backslash_before_u0000_is_text_not_nul() -> None:
+    assert loads_checked('{"a": "\\\\u0000"}')["a"] == "\\u0000"
+
+
+def test_a_valid_surrogate_pair_passes() -> None:
+    assert loads_checked('{"a": "\\ud83d\\ude00"}')["a"] == "\U0001f600"
+
+
+def test_depth_at_the_bound_passes_and_one_more_does_not() -> None:
+    at_bound = "[" * MAX_JSON_DEPTH + "]" * MAX_JSON_DEPTH
+    assert loads_checked(at_bound) is not None
+    with pytest.raises(UnsafeJson, match="nested"):
+        loads_checked("[" + at_bound + "]")
