@@ -72,12 +72,38 @@ def alive(redis: Redis) -> dict[str, list[str]]:
     }
 
 
-async def announce_forever(redis: AsyncRedis, role: str, name: str) -> None:
-    """Re-announce every :data:`ANNOUNCE_EVERY_S` until cancelled; Redis blips are skipped."""
-    while True:
-        with contextlib.suppress(redis_exceptions.RedisError, OSError):
-            await announce(redis, role, name)
-        await asyncio.sleep(ANNOUNCE_EVERY_S)
+class Announcer:
+    """Re-announces one process every :data:`ANNOUNCE_EVERY_S` on its event loop.
+
+    Stopped with an event rather than a cancellation: a cancel that lands while the Redis
+    client is connecting leaves a half-open connection outside its pool, and the client
+    reports it as a Redis error, so the loop could not even tell it was cancelled.
+    """
+
+    def __init__(self, redis: AsyncRedis, role: str, name: str) -> None:
+        self.redis, self.role, self.name = redis, role, name
+        self._stop = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+
+    def start(self) -> None:
+        self._task = asyncio.create_task(self._run())
+
+    async def _run(self) -> None:
+        while not self._stop.is_set():
+            with contextlib.suppress(redis_exceptions.RedisError, OSError):
+                await announce(self.redis, self.role, self.name)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._stop.wait(), ANNOUNCE_EVERY_S)
+
+    async def stop(self, timeout: float = 5.0) -> None:
+        """Let the current announcement finish (bounded), then end."""
+        self._stop.set()
+        if self._task is None:
+            return
+        try:
+            await asyncio.wait_for(asyncio.shield(self._task), timeout)
+        except TimeoutError:  # Redis hangs: give up on a clean end
+            self._task.cancel()
 
 
 class SyncAnnouncer:

@@ -103,11 +103,10 @@ class Runtime:
             self._heartbeat = asyncio.run_coroutine_threadsafe(beat, self.loop)
         # Listed by `pollinator status` while this loop runs (app.liveness).
         self._announcers = [
-            asyncio.run_coroutine_threadsafe(
-                liveness.announce_forever(self.clients.redis, role, liveness.member()), self.loop
-            )
-            for role in roles
+            liveness.Announcer(self.clients.redis, role, liveness.member()) for role in roles
         ]
+        for announcer in self._announcers:
+            self.loop.call_soon_threadsafe(announcer.start)
 
     def _run(self) -> None:
         asyncio.set_event_loop(self.loop)
@@ -120,7 +119,7 @@ class Runtime:
 
     def close(self) -> None:
         for announcer in self._announcers:
-            announcer.cancel()
+            self.submit(announcer.stop(), timeout=10)
         if self._heartbeat is not None:
             self._heartbeat.cancel()
         try:

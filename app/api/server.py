@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import asyncio
 import logging
 from collections.abc import AsyncIterator
 
@@ -43,11 +42,10 @@ def create_app(settings: Settings) -> web.Application:
             http=http,
             box=SecretBox(secret_key),
         )
-        announcer = asyncio.create_task(
-            liveness.announce_forever(redis, "api", liveness.member(f":{settings.api_port}"))
-        )
+        announcer = liveness.Announcer(redis, "api", liveness.member(f":{settings.api_port}"))
+        announcer.start()
         yield
-        announcer.cancel()
+        await announcer.stop()
         await http.close()
         await redis.aclose()
         await engine.dispose()
