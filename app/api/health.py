@@ -8,8 +8,8 @@ from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from sqlalchemy import text
 
+from app.api.context import CTX
 from app.api.openapi import build_openapi
-from app.api.routes import CTX
 from app.metrics import gauge_lines, render_all
 
 PROBE_TIMEOUT_S = 3.0
