@@ -98,8 +98,8 @@ async def metrics(request: web.Request) -> web.Response:
     return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
 
 
-async def openapi(_: web.Request) -> web.Response:
-    return web.json_response(build_openapi())
+async def openapi(request: web.Request) -> web.Response:
+    return web.json_response(build_openapi(request.app[CTX].settings.min_refresh_minutes))
 
 
 def add_routes(app: web.Application) -> None:

@@ -48,7 +48,7 @@ async def json_body(request: web.Request) -> Any:
 
 def int_param(request: web.Request, name: str, default: int, lo: int, hi: int) -> int:
     raw = query(request, name)
-    if raw is None or raw == "":
+    if raw is None:
         return default
     # Plain ASCII digits only: int() would also take "1_000", " 7" and non-ASCII digits.
     if not re.fullmatch(r"-?[0-9]{1,12}", raw):
@@ -181,7 +181,7 @@ async def _owned_instance(request: web.Request, session: AsyncSession) -> Instan
 
 def _since_param(request: web.Request) -> datetime | None:
     raw = query(request, "since")
-    if not raw:
+    if raw is None:
         return None
     try:
         value = datetime.fromisoformat(raw.replace("Z", "+00:00"))
@@ -213,8 +213,8 @@ async def run_polling(request: web.Request) -> web.Response:
 
 
 async def list_events(request: web.Request) -> web.Response:
-    event_type = query(request, "eventType") or None
-    if event_type and event_type.upper() not in {"CREATED", "UPDATED"}:
+    event_type = query(request, "eventType")
+    if event_type is not None and event_type.upper() not in {"CREATED", "UPDATED"}:
         raise AppError("eventType: must be CREATED or UPDATED")
     object_type = query(request, "objectType") or None
     since = _since_param(request)
@@ -234,7 +234,7 @@ async def list_events(request: web.Request) -> web.Response:
 
 
 def _status_param(request: web.Request, required: bool = False) -> str | None:
-    status = query(request, "status") or None
+    status = query(request, "status")
     if status is None and required:
         raise AppError("status: is required (pending, delivered, failed or cancelled)")
     if status is not None and status not in {s.value for s in DeliveryStatus}:
