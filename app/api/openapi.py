@@ -102,14 +102,28 @@ _PAGING = [
     _q("page", {"type": "integer", "minimum": 1, "maximum": L.MAX_API_PAGE}),
     _q("pageSize", {"type": "integer", "minimum": 1, "maximum": L.MAX_API_PAGE_SIZE}),
 ]
-_URL = {"type": "string", "minLength": 1}
+
+
+def _optional(schema: dict[str, Any]) -> dict[str, Any]:
+    """An optional setting: ``null`` means "the default" (and, on PATCH, "remove it")."""
+    return {**schema, "nullable": True}
+
+
+def _number(minimum: float, maximum: float | None = None, about: str = "") -> dict[str, Any]:
+    """A number, or a numeric string as Open Connectors examples send them."""
+    number: dict[str, Any] = {"type": "number", "minimum": minimum}
+    if maximum is not None:
+        number["maximum"] = maximum
+    described = {"description": about} if about else {}
+    return _optional({**described, "anyOf": [number, {"type": "string"}]})
+
+
+# true/false, or the strings "true"/"false" as Open Connectors examples send them.
+_FLAG = _optional({"anyOf": [{"type": "boolean"}, {"type": "string"}]})
 _DATE_FIELDS = {
-    "updatedDateField": {"type": "string", "minLength": 1},
-    "updatedDateFormat": {"type": "string", "minLength": 1},
-    "updatedDateTimezone": {"type": "string"},
-    "createdDateField": {"type": "string", "minLength": 1},
-    "createdDateFormat": {"type": "string", "minLength": 1},
-    "createdDateTimezone": {"type": "string"},
+    name: _optional({"type": "string"})
+    for kind in ("updated", "created")
+    for name in (f"{kind}DateField", f"{kind}DateFormat", f"{kind}DateTimezone")
 }
 _RESOURCE = {
     "type": "object",
@@ -118,44 +132,50 @@ _RESOURCE = {
     "properties": {
         "url": {"type": "string", "minLength": 1},
         "idField": {"type": "string", "minLength": 1},
-        "datesConfiguration": {"type": "object", "properties": _DATE_FIELDS},
-        "pageSize": {"type": "integer", "minimum": 1, "maximum": L.MAX_PAGE_SIZE},
-        "pollDelay": {"type": "number", "minimum": 0, "maximum": L.MAX_POLL_DELAY_SECONDS},
-        "createdCheckTolerance": {"type": "number", "minimum": 0},
-        "filterByUpdatedDate": {"type": "boolean"},
-        "filterByCurrentDate": {"type": "boolean"},
+        "datesConfiguration": _optional({"type": "object", "properties": _DATE_FIELDS}),
+        "pageSize": _number(1, L.MAX_PAGE_SIZE, "a whole number"),
+        "pollDelay": _number(0, L.MAX_POLL_DELAY_SECONDS, "seconds"),
+        "createdCheckTolerance": _number(0, about="seconds"),
+        "filterByUpdatedDate": _FLAG,
+        "filterByCurrentDate": _FLAG,
     },
 }
 
 
-def _configuration(min_refresh_minutes: float, required: bool) -> dict[str, Any]:
-    properties = {
+def _configuration(min_refresh_minutes: float, create: bool) -> dict[str, Any]:
+    required: dict[str, dict[str, Any]] = {
         "oauth.api.key": {"type": "string", "minLength": 1},
         "oauth.api.secret": {"type": "string", "minLength": 1},
         "oauth.callback.url": {"type": "string", "minLength": 1},
-        "event.notification.enabled": {"type": "boolean"},
-        "event.vendor.type": {"type": "string", "enum": ["polling"]},
-        "event.notification.callback.url": _URL,
-        "event.notification.signature.key": {"type": "string"},
-        "event.poller.refresh_interval": {
-            "type": "number",
-            "description": "minutes",
-            "minimum": min_refresh_minutes,
+        "event.notification.enabled": {"anyOf": [{"type": "boolean"}, {"type": "string"}]},
+    }
+    optional: dict[str, dict[str, Any]] = {
+        "event.vendor.type": {"type": "string", "description": "'polling' when events are on"},
+        "event.notification.callback.url": {
+            "type": "string",
+            "description": "http(s) URL events are POSTed to; required when events are "
+            "enabled (empty means none otherwise)",
         },
+        "event.notification.signature.key": {"type": "string"},
+        "event.poller.refresh_interval": _number(min_refresh_minutes, about="minutes"),
         "event.poller.configuration": {
             "description": "resources to poll, as an object or a JSON string of one",
+            "nullable": True,
             "oneOf": [
                 {
                     "type": "object",
                     "maxProperties": L.MAX_RESOURCES,
                     "additionalProperties": _RESOURCE,
                 },
-                {"type": "string", "maxLength": L.MAX_BODY_BYTES},
+                {"type": "string"},
             ],
         },
     }
+    if not create:  # PATCH: null removes a key (and the merged result is validated)
+        required = {k: _optional(v) for k, v in required.items()}
+    properties = {**required, **{k: _optional(v) for k, v in optional.items()}}
     schema: dict[str, Any] = {"type": "object", "properties": properties}
-    if required:
+    if create:
         schema["required"] = ["oauth.api.key", "oauth.api.secret", "oauth.callback.url"]
     return schema
 
@@ -169,8 +189,9 @@ def _instance_body(min_refresh_minutes: float, create: bool) -> dict[str, Any]:
             "required": ["code"],
             "properties": {"code": {"type": "string", "minLength": 1}},
         },
-        "name": _text(L.MAX_NAME_LENGTH, 1),
+        "name": _optional(_text(L.MAX_NAME_LENGTH, 1)),
         "tags": {
+            "nullable": True,
             "type": "array",
             "maxItems": L.MAX_TAGS,
             "items": {

@@ -194,6 +194,25 @@ def _decoded_poller(body: object) -> object:
     return {**body, "configuration": {**config, POLLER_KEY: decoded}}
 
 
+#: Settings the validator only reads while events are enabled; they must still be text.
+_TEXT_SETTINGS = (CALLBACK_KEY, "event.vendor.type")
+
+
+def _settings_are_text(body: object) -> None:
+    """A callback URL or vendor type that is not text is refused even while events are off.
+
+    The configuration validator skips them when events are disabled, which would store
+    ``0`` or ``[]`` and fail only when events are enabled later.
+    """
+    config = body.get("configuration") if isinstance(body, dict) else None
+    if not isinstance(config, dict):
+        return
+    for key in _TEXT_SETTINGS:
+        value = config.get(key)
+        if value is not None and not isinstance(value, str):
+            raise InstanceInputError(f"configuration.{key}: must be a string")
+
+
 async def _count_live(session: AsyncSession, organization_id: int) -> int:
     stmt = (
         select(func.count())
@@ -257,6 +276,7 @@ async def create_instance(
     spent its code for nothing.
     """
     body = _decoded_poller(body)
+    _settings_are_text(body)
     try:
         spec, code = validate_create(
             body,
@@ -400,6 +420,7 @@ async def patch_instance(
     dropped by the caller once the change is committed).
     """
     body = _decoded_poller(body)
+    _settings_are_text(body)
     code = _patch_code(body)
     secrets = box.open(instance.secrets)
     config_secrets = {k: v for k, v in secrets.items() if k not in PROVIDER_TOKEN_KEYS}

@@ -123,6 +123,16 @@ BAD_BODIES: list[tuple[str, str, str]] = [
         "configuration.event.poller.refresh_interval",
     ),
     ("body not UTF-8", b'{"name": "\xff"}'.decode("latin-1"), "body"),
+    (
+        "callback URL that is not text while events are off (found by schemathesis)",
+        _body_json(**{"event.notification.enabled": False, "event.notification.callback.url": 0}),
+        "configuration.event.notification.callback.url",
+    ),
+    (
+        "vendor type that is not text while events are off (found by schemathesis)",
+        _body_json(**{"event.notification.enabled": False, "event.vendor.type": []}),
+        "configuration.event.vendor.type",
+    ),
 ]
 
 
