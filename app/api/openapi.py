@@ -191,19 +191,25 @@ def _instance_body(min_refresh_minutes: float, create: bool) -> dict[str, Any]:
         },
         "name": _optional(_text(L.MAX_NAME_LENGTH, 1)),
         "tags": {
+            "description": "strings or {name} objects (SPEC §8: one string is one tag)",
             "nullable": True,
-            "type": "array",
-            "maxItems": L.MAX_TAGS,
-            "items": {
-                "oneOf": [
-                    _text(L.MAX_TAG_LENGTH, 1),
-                    {
-                        "type": "object",
-                        "required": ["name"],
-                        "properties": {"name": _text(L.MAX_TAG_LENGTH, 1)},
+            "oneOf": [
+                _text(L.MAX_TAG_LENGTH, 1),
+                {
+                    "type": "array",
+                    "maxItems": L.MAX_TAGS,
+                    "items": {
+                        "oneOf": [
+                            _text(L.MAX_TAG_LENGTH, 1),
+                            {
+                                "type": "object",
+                                "required": ["name"],
+                                "properties": {"name": _text(L.MAX_TAG_LENGTH, 1)},
+                            },
+                        ]
                     },
-                ]
-            },
+                },
+            ],
         },
         "configuration": _configuration(min_refresh_minutes, create),
     }
