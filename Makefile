@@ -4,7 +4,7 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed-stamp
 
-.PHONY: install run test lint typecheck fmt migrate clean bench loadtest cluster-test
+.PHONY: install run test fuzz lint typecheck fmt migrate clean bench loadtest cluster-test
 
 $(STAMP): pyproject.toml
 	@$(PYTHON) -c 'import sys; sys.exit(sys.version_info < (3, 11))' || \
@@ -26,6 +26,12 @@ test: install
 # POLLINATOR_CLUSTER_SCENARIOS=a,b picks some; the table lands in .data/cluster/cluster.md.
 cluster-test: install
 	$(PY) -m pytest tests/cluster -m cluster -s -p no:cacheprovider
+
+# Schemathesis over every operation of /openapi.json of a running API (tests/fuzz);
+# `make test` runs the same with 10 fuzzing examples per operation (~1,100 cases).
+FUZZ_EXAMPLES ?= 300
+fuzz: install
+	POLLINATOR_FUZZ_EXAMPLES=$(FUZZ_EXAMPLES) $(PY) -m pytest -q -p no:cacheprovider tests/fuzz
 
 lint: install
 	$(VENV)/bin/ruff check .

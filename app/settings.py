@@ -16,6 +16,8 @@ from typing import Annotated, Literal
 from pydantic import Field, ValidationError, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
+from app.domain.limits import DEFAULT_API_REQUESTS_PER_SECOND_PER_ORG, DEFAULT_MAX_INSTANCES_PER_ORG
+
 DEFAULT_RETRY_SCHEDULE = (5, 300, 1800, 7200, 18000, 36000, 50400, 72000, 86400)
 MIN_SECRET_KEY_LENGTH = 32
 
@@ -65,6 +67,14 @@ class Settings(BaseSettings):
     run_id: str | None = None
     # Worker/beat liveness file (workers/heartbeat.py), kept fresh by the work loop; unset = off.
     heartbeat_file: Path | None = None
+    # Live instances one organization may have; a create beyond it is refused before the
+    # OAuth code is exchanged.
+    max_instances_per_org: int = Field(default=DEFAULT_MAX_INSTANCES_PER_ORG, ge=1)
+    # API requests per second per organization, all API processes together (burst: one
+    # second's worth); 0 = off. Beyond it: 429 with Retry-After.
+    api_requests_per_second_per_org: float = Field(
+        default=DEFAULT_API_REQUESTS_PER_SECOND_PER_ORG, ge=0
+    )
 
     @field_validator("delivery_retry_schedule", mode="before")
     @classmethod

@@ -101,10 +101,9 @@ async def _setup(settings: Settings, sim: str, n: int) -> list[tuple[int, str]]:
                         },
                     },
                 }
-                async with sessions() as session, session.begin():
-                    instance, _ = await create_instance(
-                        session, http, box, settings, org.organization_id, body
-                    )
+                instance, _ = await create_instance(
+                    sessions, http, box, settings, org.organization_id, body
+                )
                 for k in range(3):
                     await http.post(
                         f"{sim}/_sim/accounts/{account}/contacts", json={"given_name": f"c{k}"}

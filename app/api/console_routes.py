@@ -9,12 +9,11 @@ narrows the log to its own instance.
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
-
 from aiohttp import web
 
+from app.api.auth import principal_of
 from app.api.errors import AppError, NotFound
-from app.api.routes import BASE, MAX_PAGE_SIZE, ctx_of, int_param, principal_of
+from app.api.routes import BASE, ctx_of, int_param, paged, paging, query, since_param
 from app.domain.limits import MAX_INSTANCE_ID
 from app.services.activity import event_view
 from app.store import events as store
@@ -22,24 +21,13 @@ from app.store import events as store
 EVENT_TYPES = frozenset({"CREATED", "UPDATED"})
 
 
-def _since(request: web.Request) -> datetime | None:
-    raw = request.query.get("since")
-    if not raw:
-        return None
-    try:
-        value = datetime.fromisoformat(raw.replace("Z", "+00:00"))
-    except ValueError as exc:
-        raise AppError("since: must be an ISO-8601 date-time") from exc
-    return value if value.tzinfo else value.replace(tzinfo=UTC)
-
-
 async def list_org_events(request: web.Request) -> web.Response:
-    principal = await principal_of(request)
-    event_type = request.query.get("eventType") or None
+    principal = principal_of(request)
+    event_type = query(request, "eventType")
     if event_type and event_type.upper() not in EVENT_TYPES:
         raise AppError("eventType: must be CREATED or UPDATED")
     instance_id: int | None = None
-    if request.query.get("instanceId"):
+    if query(request, "instanceId") is not None:
         instance_id = int_param(request, "instanceId", 0, 1, MAX_INSTANCE_ID)
     if principal.instance_id is not None:
         if instance_id not in (None, principal.instance_id):
@@ -48,12 +36,11 @@ async def list_org_events(request: web.Request) -> web.Response:
     wanted = store.EventFilter(
         organization_id=principal.organization_id,
         instance_id=instance_id,
-        object_type=request.query.get("objectType") or None,
+        object_type=query(request, "objectType") or None,
         event_type=event_type,
-        since=_since(request),
+        since=since_param(request),
     )
-    page = int_param(request, "page", 1, 1, 1_000_000)
-    page_size = int_param(request, "pageSize", 100, 1, MAX_PAGE_SIZE)
+    page, page_size = paging(request)
     async with ctx_of(request).sessions() as session:
         if instance_id is not None and not await store.owns_live_instance(
             session, principal.organization_id, instance_id
@@ -63,9 +50,7 @@ async def list_org_events(request: web.Request) -> web.Response:
     items = [
         {"instanceId": event.instance_id, **event_view(event, status)} for event, status in rows
     ]
-    response = web.json_response(items)
-    response.headers["Elements-Total-Count"] = str(total)
-    return response
+    return paged(items, total)
 
 
 def add_console_routes(app: web.Application) -> None:

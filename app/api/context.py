@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import aiohttp
+from aiohttp import web
 from redis.asyncio import Redis
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
@@ -20,3 +21,6 @@ class ApiContext:
     redis: Redis
     http: aiohttp.ClientSession
     box: SecretBox
+
+
+CTX: web.AppKey[ApiContext] = web.AppKey("ctx", ApiContext)

@@ -8,9 +8,15 @@ from collections.abc import Awaitable, Callable
 
 from aiohttp import web
 
+from app.domain.jsonsafety import UnsafeJson
+from app.domain.limits import MAX_BODY_BYTES
+
 log = logging.getLogger(__name__)
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+# Headers an aiohttp HTTP error carries that the client needs (405's list of methods).
+_KEPT_HEADERS = ("Allow",)
 
 
 class AppError(Exception):
@@ -20,6 +26,7 @@ class AppError(Exception):
         super().__init__(message)
         self.message = message
         self.status = status
+        self.headers: dict[str, str] = {}
 
 
 class NotFound(AppError):
@@ -32,24 +39,45 @@ class Unauthorized(AppError):
         super().__init__(message, 401)
 
 
-def error_response(request_id: str, message: str, status: int) -> web.Response:
-    return web.json_response({"requestId": request_id, "message": message}, status=status)
+class TooManyRequests(AppError):
+    """429 with ``Retry-After`` (whole seconds, as RFC 9110 allows)."""
+
+    def __init__(self, message: str, retry_after_s: int) -> None:
+        super().__init__(message, 429)
+        self.headers["Retry-After"] = str(retry_after_s)
+
+
+def error_response(
+    request_id: str, message: str, status: int, headers: dict[str, str] | None = None
+) -> web.Response:
+    response = web.json_response(
+        {"requestId": request_id, "message": message}, status=status, headers=headers
+    )
+    response.headers["X-Request-Id"] = request_id
+    return response
 
 
 @web.middleware
 async def error_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
     """Every failure becomes ``{"requestId", "message"}``; never a stack trace."""
     request_id = request.headers.get("X-Request-Id") or uuid.uuid4().hex
+    if not request_id.isascii() or not request_id.isprintable() or len(request_id) > 200:
+        request_id = uuid.uuid4().hex  # echoed in a header: only a sane value
     try:
         response = await handler(request)
     except AppError as exc:
-        return error_response(request_id, exc.message, exc.status)
+        return error_response(request_id, exc.message, exc.status, exc.headers)
+    except UnsafeJson as exc:
+        return error_response(request_id, exc.message, 400)
     except web.HTTPRequestEntityTooLarge:
-        return error_response(request_id, "body: request body larger than 256 KB", 413)
+        return error_response(
+            request_id, f"body: request body larger than {MAX_BODY_BYTES // 1024} KB", 413
+        )
     except web.HTTPException as exc:
         if exc.status < 400:
             raise
-        return error_response(request_id, exc.reason or "error", exc.status)
+        kept = {h: exc.headers[h] for h in _KEPT_HEADERS if h in exc.headers}
+        return error_response(request_id, exc.reason or "error", exc.status, kept)
     except Exception:
         log.exception(
             "unhandled error in %s %s (request %s)", request.method, request.path, request_id

@@ -8,8 +8,8 @@ from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from sqlalchemy import text
 
+from app.api.context import CTX
 from app.api.openapi import build_openapi
-from app.api.routes import CTX
 from app.metrics import gauge_lines, render_all
 from app.models import DUE_PREDICATE
 
@@ -111,8 +111,8 @@ async def metrics(request: web.Request) -> web.Response:
     return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
 
 
-async def openapi(_: web.Request) -> web.Response:
-    return web.json_response(build_openapi())
+async def openapi(request: web.Request) -> web.Response:
+    return web.json_response(build_openapi(request.app[CTX].settings.min_refresh_minutes))
 
 
 def add_routes(app: web.Application) -> None:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import json
+import re
 import uuid
 from datetime import UTC, datetime
 from typing import Any
@@ -10,65 +10,68 @@ from typing import Any
 from aiohttp import web
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from app.api.auth import parse_authorization
-from app.api.context import ApiContext
-from app.api.errors import AppError, NotFound, Unauthorized
+from app.api.auth import principal_of
+from app.api.context import CTX, ApiContext
+from app.api.errors import AppError, NotFound
 from app.db import transaction
 from app.domain.instanceconfig import ELEMENT_KEY
+from app.domain.jsonsafety import check_value, loads_checked
+from app.domain.limits import MAX_API_PAGE, MAX_API_PAGE_SIZE, MAX_INSTANCE_ID
 from app.models import DeliveryStatus, Instance
 from app.providers.oauth import authorize_url
 from app.services import activity
 from app.services import instances as svc
-from app.services.orgs import Principal, authenticate
+from app.services.orgs import Principal
 
 BASE = "/elements/api-v2"
-CTX: web.AppKey[ApiContext] = web.AppKey("ctx", ApiContext)
-MAX_PAGE_SIZE = 500
+_DIGITS = re.compile(r"^[0-9]{1,19}$")
 
 
 def ctx_of(request: web.Request) -> ApiContext:
     return request.app[CTX]
 
 
-async def principal_of(request: web.Request) -> Principal:
-    """Authenticate the caller; any doubt is a 401."""
-    user, org, element = parse_authorization(request.headers.get("Authorization"))
-    ctx = ctx_of(request)
-    async with ctx.sessions() as session:
-        principal = await authenticate(session, user, org, element)
-    if principal is None:
-        raise Unauthorized("invalid User, Organization or Element credentials")
-    return principal
+def query(request: web.Request, name: str) -> str | None:
+    """A query parameter that can be stored, compared and echoed (no NUL, no lone surrogate)."""
+    value = request.query.get(name)
+    if value is not None:
+        check_value(value, name)
+    return value
 
 
 async def json_body(request: web.Request) -> Any:
+    """The body, read so that NUL, lone surrogates and deep nesting are a 400 naming the field."""
     if not request.can_read_body:
         raise AppError("body: a JSON body is required")
-    raw = await request.read()
-    try:
-        return json.loads(raw)
-    except (ValueError, UnicodeDecodeError) as exc:
-        raise AppError(f"body: invalid JSON ({exc.__class__.__name__})") from exc
+    return loads_checked(await request.read())
 
 
 def int_param(request: web.Request, name: str, default: int, lo: int, hi: int) -> int:
-    raw = request.query.get(name)
-    if raw is None or raw == "":
+    raw = query(request, name)
+    if raw is None:
         return default
-    try:
-        value = int(raw)
-    except ValueError as exc:
-        raise AppError(f"{name}: must be an integer") from exc
+    # Plain ASCII digits only: int() would also take "1_000", " 7" and non-ASCII digits.
+    if not re.fullmatch(r"-?[0-9]{1,12}", raw):
+        raise AppError(f"{name}: must be an integer between {lo} and {hi}")
+    value = int(raw)
     if not lo <= value <= hi:
         raise AppError(f"{name}: must be between {lo} and {hi}")
     return value
 
 
+def paging(request: web.Request) -> tuple[int, int]:
+    return (
+        int_param(request, "page", 1, 1, MAX_API_PAGE),
+        int_param(request, "pageSize", 100, 1, MAX_API_PAGE_SIZE),
+    )
+
+
 def instance_id_of(request: web.Request, principal: Principal) -> int:
-    try:
-        instance_id = int(request.match_info["id"])
-    except ValueError as exc:
-        raise NotFound("instance not found") from exc
+    """The path's instance id; anything that cannot be an instance of the caller is a 404."""
+    raw = request.match_info["id"]
+    if not _DIGITS.match(raw) or int(raw) > MAX_INSTANCE_ID:
+        raise NotFound("instance not found")
+    instance_id = int(raw)
     if principal.instance_id is not None and principal.instance_id != instance_id:
         raise NotFound(f"instance {instance_id} not found")
     return instance_id
@@ -80,11 +83,10 @@ def _input_error(exc: svc.InstanceInputError) -> AppError:
 
 async def oauth_url(request: web.Request) -> web.Response:
     """``GET /elements/infusionsoftrest/oauth/url``: where to send the user for consent."""
-    await principal_of(request)
     if request.match_info["key"] != ELEMENT_KEY:
-        raise NotFound(f"element {request.match_info['key']!r} not found")
-    api_key = request.query.get("apiKey", "").strip()
-    callback = request.query.get("callbackUrl", "").strip()
+        raise NotFound("element not found")
+    api_key = (query(request, "apiKey") or "").strip()
+    callback = (query(request, "callbackUrl") or "").strip()
     if not api_key:
         raise AppError("apiKey: is required")
     if not callback:
@@ -93,29 +95,27 @@ async def oauth_url(request: web.Request) -> web.Response:
         ctx_of(request).settings.infusionsoft_authorize_url,
         api_key,
         callback,
-        request.query.get("state") or None,
+        query(request, "state") or None,
     )
     return web.json_response({"element": ELEMENT_KEY, "oauthUrl": url})
 
 
 async def create_instance(request: web.Request) -> web.Response:
-    principal = await principal_of(request)
+    principal = principal_of(request)
     body = await json_body(request)
     ctx = ctx_of(request)
     try:
-        async with transaction(ctx.sessions) as session:
-            instance, token = await svc.create_instance(
-                session, ctx.http, ctx.box, ctx.settings, principal.organization_id, body
-            )
+        instance, token = await svc.create_instance(
+            ctx.sessions, ctx.http, ctx.box, ctx.settings, principal.organization_id, body
+        )
     except svc.InstanceInputError as exc:
         raise _input_error(exc) from exc
     return web.json_response(svc.instance_view(instance, ctx.box, token=token))
 
 
 async def list_instances(request: web.Request) -> web.Response:
-    principal = await principal_of(request)
-    page = int_param(request, "page", 1, 1, 1_000_000)
-    page_size = int_param(request, "pageSize", 100, 1, MAX_PAGE_SIZE)
+    principal = principal_of(request)
+    page, page_size = paging(request)
     ctx = ctx_of(request)
     async with ctx.sessions() as session:
         rows, total = await svc.list_instances(session, principal.organization_id, page, page_size)
@@ -125,7 +125,7 @@ async def list_instances(request: web.Request) -> web.Response:
 
 
 async def get_instance(request: web.Request) -> web.Response:
-    principal = await principal_of(request)
+    principal = principal_of(request)
     instance_id = instance_id_of(request, principal)
     ctx = ctx_of(request)
     async with ctx.sessions() as session:
@@ -137,7 +137,7 @@ async def get_instance(request: web.Request) -> web.Response:
 
 
 async def patch_instance(request: web.Request) -> web.Response:
-    principal = await principal_of(request)
+    principal = principal_of(request)
     instance_id = instance_id_of(request, principal)
     body = await json_body(request)
     ctx = ctx_of(request)
@@ -147,7 +147,9 @@ async def patch_instance(request: web.Request) -> web.Response:
                 instance = await svc.get_instance(session, principal.organization_id, instance_id)
             except LookupError as exc:
                 raise NotFound(str(exc)) from exc
-            _, removed = await svc.patch_instance(session, ctx.box, ctx.settings, instance, body)
+            _, removed = await svc.patch_instance(
+                session, ctx.http, ctx.box, ctx.settings, instance, body
+            )
     except svc.InstanceInputError as exc:
         raise _input_error(exc) from exc
     await svc.forget_watermarks(ctx.redis, instance_id, removed)
@@ -155,7 +157,7 @@ async def patch_instance(request: web.Request) -> web.Response:
 
 
 async def delete_instance(request: web.Request) -> web.Response:
-    principal = await principal_of(request)
+    principal = principal_of(request)
     instance_id = instance_id_of(request, principal)
     ctx = ctx_of(request)
     async with transaction(ctx.sessions) as session:
@@ -169,7 +171,7 @@ async def delete_instance(request: web.Request) -> web.Response:
 
 
 async def _owned_instance(request: web.Request, session: AsyncSession) -> Instance:
-    principal = await principal_of(request)
+    principal = principal_of(request)
     instance_id = instance_id_of(request, principal)
     try:
         return await svc.get_instance(session, principal.organization_id, instance_id)
@@ -177,18 +179,19 @@ async def _owned_instance(request: web.Request, session: AsyncSession) -> Instan
         raise NotFound(str(exc)) from exc
 
 
-def _since_param(request: web.Request) -> datetime | None:
-    raw = request.query.get("since")
-    if not raw:
+def since_param(request: web.Request) -> datetime | None:
+    raw = query(request, "since")
+    if raw is None:
         return None
     try:
         value = datetime.fromisoformat(raw.replace("Z", "+00:00"))
-    except ValueError as exc:
+        # In UTC now: a far-off offset near year 1 or 9999 must fail here, not in the driver.
+        return value.astimezone(UTC) if value.tzinfo else value.replace(tzinfo=UTC)
+    except (ValueError, OverflowError) as exc:
         raise AppError("since: must be an ISO-8601 date-time") from exc
-    return value if value.tzinfo else value.replace(tzinfo=UTC)
 
 
-def _paged(items: list[dict[str, Any]], total: int) -> web.Response:
+def paged(items: list[dict[str, Any]], total: int) -> web.Response:
     response = web.json_response(items)
     response.headers["Elements-Total-Count"] = str(total)
     return response
@@ -210,25 +213,28 @@ async def run_polling(request: web.Request) -> web.Response:
 
 
 async def list_events(request: web.Request) -> web.Response:
-    event_type = request.query.get("eventType") or None
-    if event_type and event_type.upper() not in {"CREATED", "UPDATED"}:
+    event_type = query(request, "eventType")
+    if event_type is not None and event_type.upper() not in {"CREATED", "UPDATED"}:
         raise AppError("eventType: must be CREATED or UPDATED")
+    object_type = query(request, "objectType") or None
+    since = since_param(request)
+    page, page_size = paging(request)
     async with ctx_of(request).sessions() as session:
         instance = await _owned_instance(request, session)
         items, total = await activity.list_events(
             session,
             instance,
-            object_type=request.query.get("objectType") or None,
+            object_type=object_type,
             event_type=event_type,
-            since=_since_param(request),
-            page=int_param(request, "page", 1, 1, 1_000_000),
-            page_size=int_param(request, "pageSize", 100, 1, MAX_PAGE_SIZE),
+            since=since,
+            page=page,
+            page_size=page_size,
         )
-    return _paged(items, total)
+    return paged(items, total)
 
 
 def _status_param(request: web.Request, required: bool = False) -> str | None:
-    status = request.query.get("status") or None
+    status = query(request, "status")
     if status is None and required:
         raise AppError("status: is required (pending, delivered, failed or cancelled)")
     if status is not None and status not in {s.value for s in DeliveryStatus}:
@@ -238,16 +244,13 @@ def _status_param(request: web.Request, required: bool = False) -> str | None:
 
 async def list_deliveries(request: web.Request) -> web.Response:
     status = _status_param(request)
+    page, page_size = paging(request)
     async with ctx_of(request).sessions() as session:
         instance = await _owned_instance(request, session)
         items, total = await activity.list_deliveries(
-            session,
-            instance,
-            status=status,
-            page=int_param(request, "page", 1, 1, 1_000_000),
-            page_size=int_param(request, "pageSize", 100, 1, MAX_PAGE_SIZE),
+            session, instance, status=status, page=page, page_size=page_size
         )
-    return _paged(items, total)
+    return paged(items, total)
 
 
 async def retry_delivery(request: web.Request) -> web.Response:
@@ -272,6 +275,7 @@ async def retry_deliveries(request: web.Request) -> web.Response:
 
 
 def add_routes(app: web.Application) -> None:
+    """Every route under :data:`BASE`; :func:`app.api.auth.auth_middleware` authenticates them."""
     app.router.add_get(BASE + "/elements/{key}/oauth/url", oauth_url)
     app.router.add_post(BASE + "/instances", create_instance)
     app.router.add_get(BASE + "/instances", list_instances)

@@ -11,16 +11,16 @@ from aiohttp import web
 
 from app import liveness
 from app.api import health, routes
+from app.api.auth import auth_middleware
 from app.api.console_routes import add_console_routes
-from app.api.context import ApiContext
+from app.api.context import CTX, ApiContext
 from app.api.errors import error_middleware
 from app.api.ui import add_ui_routes
 from app.db import create_engine, create_redis, session_factory
+from app.domain.limits import MAX_BODY_BYTES
 from app.logging import MaskingAccessLogger, setup_logging
 from app.security import SecretBox
 from app.settings import Settings
-
-MAX_BODY_BYTES = 256 * 1024
 
 
 def create_app(settings: Settings) -> web.Application:
@@ -28,13 +28,16 @@ def create_app(settings: Settings) -> web.Application:
     database_url = settings.require("database_url")
     redis_url = settings.require("redis_url")
     secret_key = settings.require("secret_key")
-    app = web.Application(middlewares=[error_middleware], client_max_size=MAX_BODY_BYTES)
+    # error_middleware is outermost so a 401 or 429 from auth_middleware is JSON too.
+    app = web.Application(
+        middlewares=[error_middleware, auth_middleware], client_max_size=MAX_BODY_BYTES
+    )
 
     async def lifecycle(app: web.Application) -> AsyncIterator[None]:
         engine = create_engine(database_url)
         redis = create_redis(redis_url)
         http = aiohttp.ClientSession()
-        app[routes.CTX] = ApiContext(
+        app[CTX] = ApiContext(
             settings=settings,
             engine=engine,
             sessions=session_factory(engine),

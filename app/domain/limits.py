@@ -64,3 +64,9 @@ MAX_TIMEZONE_NAME_LENGTH: Final = 64
 # -- per organization (defaults of operator settings) ----------------------------------------
 DEFAULT_MAX_INSTANCES_PER_ORG: Final = 10_000
 DEFAULT_API_REQUESTS_PER_SECOND_PER_ORG: Final = 50.0
+
+# -- the API's own paging -------------------------------------------------------------------
+#: Largest ``pageSize`` of the list endpoints (instances, events, deliveries).
+MAX_API_PAGE_SIZE: Final = 500
+#: Largest ``page``: keeps ``OFFSET`` arithmetic far from PostgreSQL's bigint range.
+MAX_API_PAGE: Final = 1_000_000

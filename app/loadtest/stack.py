@@ -141,6 +141,9 @@ class Stack:
             "POLLINATOR_INFUSIONSOFT_AUTHORIZE_URL": f"{self.sim_url}/app/oauth/authorize",
             "POLLINATOR_API_HOST": "127.0.0.1",
             "POLLINATOR_API_PORT": str(port),
+            # One organization stands for every tenant of the load: no per-org fairness caps.
+            "POLLINATOR_API_REQUESTS_PER_SECOND_PER_ORG": "0",
+            "POLLINATOR_MAX_INSTANCES_PER_ORG": "10000000",
             **opts.env,
         }
         if "POLLINATOR_BROKER_URL" not in opts.env:  # the run's Redis, never an inherited one

@@ -6,6 +6,7 @@ transaction (the API handler commits at the request boundary).
 
 from __future__ import annotations
 
+import json
 import logging
 from collections.abc import Sequence
 from datetime import datetime, timedelta
@@ -14,7 +15,7 @@ from typing import Any
 import aiohttp
 from redis.asyncio import Redis
 from sqlalchemy import delete, func, select, update
-from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from sqlmodel import col
 
 from app import keys
@@ -22,14 +23,18 @@ from app.domain.instanceconfig import (
     CALLBACK_KEY,
     ELEMENT_KEY,
     ELEMENT_NAME,
+    INTERVAL_KEY,
+    POLLER_KEY,
+    FieldError,
     InstanceSpec,
     redacted_configuration,
     validate_create,
     validate_patch,
 )
+from app.domain.jsonsafety import UnsafeJson, check_value, loads_checked
 from app.domain.pollconfig import ResourceConfig
 from app.domain.schedule import first_poll_at
-from app.models import Delivery, DeliveryStatus, Instance, PollState, utcnow
+from app.models import Delivery, DeliveryStatus, Instance, Organization, PollState, utcnow
 from app.providers.oauth import GrantRejected, ProviderUnavailable, exchange_code
 from app.security import REDACTED, SecretBox, hash_secret, new_secret
 from app.services.guarded_http import BlockedAddress, check_callback_host
@@ -103,25 +108,115 @@ def instance_view(instance: Instance, box: SecretBox, token: str | None = None) 
     return view
 
 
-async def create_instance(
-    session: AsyncSession,
-    http: aiohttp.ClientSession,
-    box: SecretBox,
-    settings: Settings,
-    organization_id: int,
-    body: object,
-) -> tuple[Instance, str]:
-    """Validate, exchange the OAuth code, then store; nothing is written on any failure."""
-    from app.domain.instanceconfig import FieldError
+def _storable(body: object, spec: InstanceSpec) -> None:
+    """Refuse what PostgreSQL would refuse, naming the field, before anything is spent.
 
+    The API reads bodies with :func:`loads_checked`, but the spec also holds values
+    decoded by the validators themselves (an ``event.poller.configuration`` given as a
+    JSON string) and this function is the service's boundary for every caller. jsonb
+    takes neither ``\\u0000`` nor NaN/Infinity (which ``json.loads`` accepts).
+    """
     try:
-        spec, code = validate_create(
-            body,
-            min_refresh_minutes=settings.min_refresh_minutes,
-        )
-    except FieldError as exc:
+        check_value(body)
+        check_value(spec.name, "name")
+        check_value(spec.tags, "tags")
+        check_value(spec.public, "configuration")
+        check_value(spec.secrets, "configuration")
+    except UnsafeJson as exc:
         raise InstanceInputError(exc.message) from exc
-    await check_callback_dns(spec.callback_url, settings.allow_private_callbacks)
+    for field, value in (("tags", spec.tags), ("configuration", spec.public)):
+        try:
+            json.dumps(value, allow_nan=False)
+        except ValueError as exc:
+            raise InstanceInputError(
+                f"{field}: numbers must be finite (no NaN or Infinity)"
+            ) from exc
+
+
+def _schedulable(now: datetime, spec: InstanceSpec) -> None:
+    """Every date the new instance will be given must exist (``datetime`` ends at year 9999).
+
+    The first poll is at most one interval after ``now`` (:func:`first_poll_at`), and each
+    resource's watermark starts ``pollDelay`` before it.
+    """
+    try:
+        _ = now + timedelta(seconds=spec.refresh_interval_s)
+    except OverflowError as exc:
+        raise InstanceInputError(f"configuration.{INTERVAL_KEY}: is too large") from exc
+    for name, resource in spec.resources.items():
+        try:
+            starting_watermark(now, resource)
+        except OverflowError as exc:
+            raise InstanceInputError(
+                f"configuration.{POLLER_KEY}.{name}.pollDelay: is too large"
+            ) from exc
+
+
+def _decoded_poller(body: object) -> object:
+    """The body with a JSON-string ``event.poller.configuration`` read by :func:`loads_checked`.
+
+    Open Connectors clients send the poller configuration as a JSON *string*; decoding it
+    here means NUL, lone surrogates and deep nesting inside that string are a 400 naming
+    the key, like the same problems anywhere else in the body.
+    """
+    if not isinstance(body, dict):
+        return body
+    config = body.get("configuration")
+    if not isinstance(config, dict) or not isinstance(config.get(POLLER_KEY), str):
+        return body
+    raw = config[POLLER_KEY]
+    if raw == "":
+        return body
+    try:
+        decoded = loads_checked(raw, f"configuration.{POLLER_KEY}")
+    except UnsafeJson as exc:
+        raise InstanceInputError(exc.message) from exc
+    return {**body, "configuration": {**config, POLLER_KEY: decoded}}
+
+
+#: Settings the validator only reads while events are enabled; they must still be text.
+_TEXT_SETTINGS = (CALLBACK_KEY, "event.vendor.type")
+
+
+def _settings_are_text(body: object) -> None:
+    """A callback URL or vendor type that is not text is refused even while events are off.
+
+    The configuration validator skips them when events are disabled, which would store
+    ``0`` or ``[]`` and fail only when events are enabled later.
+    """
+    config = body.get("configuration") if isinstance(body, dict) else None
+    if not isinstance(config, dict):
+        return
+    for key in _TEXT_SETTINGS:
+        value = config.get(key)
+        if value is not None and not isinstance(value, str):
+            raise InstanceInputError(f"configuration.{key}: must be a string")
+
+
+async def _count_live(session: AsyncSession, organization_id: int) -> int:
+    stmt = (
+        select(func.count())
+        .select_from(Instance)
+        .where(
+            col(Instance.organization_id) == organization_id,
+            col(Instance.deleted_at).is_(None),
+        )
+    )
+    return int((await session.execute(stmt)).scalar_one())
+
+
+def _limit_error(settings: Settings) -> InstanceInputError:
+    return InstanceInputError(
+        f"organization: at most {settings.max_instances_per_org} instances "
+        "(POLLINATOR_MAX_INSTANCES_PER_ORG); delete one first",
+        status=409,
+    )
+
+
+async def _exchange(
+    http: aiohttp.ClientSession, settings: Settings, spec: InstanceSpec, code: str
+) -> dict[str, Any]:
+    """Trade the grant code for tokens with the spec's OAuth app; the tokens as secrets."""
     try:
         tokens = await exchange_code(
             http,
@@ -138,36 +233,84 @@ async def create_instance(
         ) from exc
     except ProviderUnavailable as exc:
         raise InstanceInputError(f"providerData.code: {exc.message}", status=502) from exc
-    token = new_secret()
-    now = utcnow()
-    instance = Instance(
-        organization_id=organization_id,
-        name=spec.name,
-        element_key=ELEMENT_KEY,
-        token_hash=hash_secret(token),
-        tags=spec.tags,
-        configuration=spec.public,
-        secrets=box.seal({**spec.secrets, **tokens.to_secrets()}),
-        events_enabled=spec.events_enabled,
-        refresh_interval_s=spec.refresh_interval_s,
-        created_at=now,
-        updated_at=now,
-    )
-    session.add(instance)
-    await session.flush()
-    assert instance.id is not None
-    if spec.events_enabled:
-        instance.next_poll_at = first_poll_at(now, instance.id, spec.refresh_interval_s)
-    for name, resource in spec.resources.items():
-        session.add(
-            PollState(
-                instance_id=instance.id,
-                resource=name,
-                watermark_at=starting_watermark(now, resource),
-                enabled_at=now,
-            )
+    return tokens.to_secrets()
+
+
+async def create_instance(
+    sessions: async_sessionmaker[AsyncSession],
+    http: aiohttp.ClientSession,
+    box: SecretBox,
+    settings: Settings,
+    organization_id: int,
+    body: object,
+) -> tuple[Instance, str]:
+    """Validate everything, exchange the OAuth code, then store; nothing is written on failure.
+
+    A grant code can be exchanged once, so every check that can refuse the request runs
+    before the exchange: the body, PostgreSQL's own limits on what it stores, the dates
+    the instance will be given, the callback's DNS answers and the organization's
+    instance limit. No database connection is held while the provider answers (one
+    organization's slow creates must not starve everyone's requests of connections).
+    The limit is checked again under a per-organization lock just before the commit, so
+    concurrent creates cannot pass it together; only a create that lost that race has
+    spent its code for nothing.
+    """
+    body = _decoded_poller(body)
+    _settings_are_text(body)
+    try:
+        spec, code = validate_create(
+            body,
+            min_refresh_minutes=settings.min_refresh_minutes,
         )
-    await session.flush()
+    except FieldError as exc:
+        raise InstanceInputError(exc.message) from exc
+    _storable(body, spec)
+    _schedulable(utcnow(), spec)
+    await check_callback_dns(spec.callback_url, settings.allow_private_callbacks)
+    async with sessions() as session:
+        if await _count_live(session, organization_id) >= settings.max_instances_per_org:
+            raise _limit_error(settings)
+    tokens = await _exchange(http, settings, spec, code)
+    token = new_secret()
+    async with sessions() as session, session.begin():
+        now = utcnow()
+        instance = Instance(
+            organization_id=organization_id,
+            name=spec.name,
+            element_key=ELEMENT_KEY,
+            token_hash=hash_secret(token),
+            tags=spec.tags,
+            configuration=spec.public,
+            secrets=box.seal({**spec.secrets, **tokens}),
+            events_enabled=spec.events_enabled,
+            refresh_interval_s=spec.refresh_interval_s,
+            created_at=now,
+            updated_at=now,
+        )
+        # FOR NO KEY UPDATE serializes this organization's creates from here to the commit
+        # without blocking anything else that references the organization.
+        await session.execute(
+            select(col(Organization.id))
+            .where(col(Organization.id) == organization_id)
+            .with_for_update(key_share=True)
+        )
+        if await _count_live(session, organization_id) >= settings.max_instances_per_org:
+            raise _limit_error(settings)
+        session.add(instance)
+        await session.flush()
+        assert instance.id is not None
+        if spec.events_enabled:
+            instance.next_poll_at = first_poll_at(now, instance.id, spec.refresh_interval_s)
+        for name, resource in spec.resources.items():
+            session.add(
+                PollState(
+                    instance_id=instance.id,
+                    resource=name,
+                    watermark_at=starting_watermark(now, resource),
+                    enabled_at=now,
+                )
+            )
+        await session.flush()
     log.info("instance %s created for organization %s", instance.id, organization_id)
     return instance, token
 
@@ -205,8 +348,39 @@ async def list_instances(
     return rows, int(total.scalar_one())
 
 
+#: Configuration keys naming the OAuth app the instance's tokens belong to. Tokens of one
+#: app are useless to another, so changing them needs a grant code for the new app.
+OAUTH_APP_KEYS = ("oauth.api.key", "oauth.api.secret")
+
+
+def _patch_code(body: object) -> str | None:
+    """``providerData.code`` of a PATCH body (a re-authorization), if it carries one."""
+    if not isinstance(body, dict) or "providerData" not in body:
+        return None
+    provider = body["providerData"]
+    code = provider.get("code") if isinstance(provider, dict) else None
+    if not isinstance(code, str) or not code.strip():
+        raise InstanceInputError(
+            "providerData.code: must be a non-empty string (the OAuth authorization grant code)"
+        )
+    return code.strip()
+
+
+def _changed_oauth_app(
+    spec: InstanceSpec, public: dict[str, Any], config_secrets: dict[str, Any]
+) -> str | None:
+    """The first OAuth app key whose value the PATCH changes, if any."""
+    before = {**public, **config_secrets}
+    after = {**spec.public, **spec.secrets}
+    for key in OAUTH_APP_KEYS:
+        if before.get(key) != after.get(key):
+            return key
+    return None
+
+
 async def patch_instance(
     session: AsyncSession,
+    http: aiohttp.ClientSession,
     box: SecretBox,
     settings: Settings,
     instance: Instance,
@@ -214,11 +388,19 @@ async def patch_instance(
 ) -> tuple[Instance, set[str]]:
     """Partial update; re-validated as on create. Watermarks of kept resources are untouched.
 
+    Changing the OAuth app (``oauth.api.key`` / ``oauth.api.secret``) needs a new grant:
+    the PATCH must carry ``providerData.code``, which is exchanged - after every check that
+    can refuse the body - and replaces the tokens, as on create. A code without an app
+    change re-authorizes the instance with its current app (e.g. after a revoked grant).
+    Without a code the change is refused: silently keeping tokens of another app would
+    leave an instance that fails at its next refresh.
+
     Returns the instance and the resources it no longer polls (their Redis watermarks are
     dropped by the caller once the change is committed).
     """
-    from app.domain.instanceconfig import FieldError
-
+    body = _decoded_poller(body)
+    _settings_are_text(body)
+    code = _patch_code(body)
     secrets = box.open(instance.secrets)
     config_secrets = {k: v for k, v in secrets.items() if k not in PROVIDER_TOKEN_KEYS}
     try:
@@ -232,8 +414,17 @@ async def patch_instance(
         )
     except FieldError as exc:
         raise InstanceInputError(exc.message) from exc
+    _storable(body, spec)
+    _schedulable(utcnow(), spec)
+    changed = _changed_oauth_app(spec, instance.configuration, config_secrets)
+    if changed is not None and code is None:
+        raise InstanceInputError(
+            f"configuration.{changed}: changing the OAuth app needs a new authorization; "
+            "send providerData.code (a grant code for the new app) with the PATCH"
+        )
     await check_callback_dns(spec.callback_url, settings.allow_private_callbacks)
-    removed = await _apply_spec(session, box, instance, spec, secrets)
+    tokens = await _exchange(http, settings, spec, code) if code is not None else None
+    removed = await _apply_spec(session, box, instance, spec, secrets, tokens)
     return instance, removed
 
 
@@ -243,10 +434,17 @@ async def _apply_spec(
     instance: Instance,
     spec: InstanceSpec,
     secrets: dict[str, Any],
+    new_tokens: dict[str, Any] | None = None,
 ) -> set[str]:
     assert instance.id is not None
     now = utcnow()
-    tokens = {k: secrets[k] for k in PROVIDER_TOKEN_KEYS if k in secrets}
+    if new_tokens is None:
+        tokens = {k: secrets[k] for k in PROVIDER_TOKEN_KEYS if k in secrets}
+    else:
+        # A refresh racing with this write loses its optimistic version check and re-reads.
+        tokens = new_tokens
+        instance.token_version += 1
+        instance.valid = True
     was_enabled = instance.events_enabled
     instance.name = spec.name
     instance.tags = spec.tags

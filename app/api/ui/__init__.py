@@ -16,7 +16,8 @@ from pathlib import Path
 
 from aiohttp import web
 
-from app.api.routes import BASE, CTX
+from app.api.context import CTX
+from app.api.routes import BASE
 from app.domain.instanceconfig import DEFAULT_REFRESH_MINUTES
 from app.domain.pollconfig import CONFIGURATION_KEY, DEFAULT_POLLER_CONFIGURATION
 
