@@ -81,4 +81,4 @@ async def create_pg_pool(url: str, size: int) -> asyncpg.Pool:
 def create_redis(url: str, max_connections: int = 64) -> Redis:
     """An asyncio Redis client whose pool waits for a free connection instead of failing."""
     pool = BlockingConnectionPool.from_url(url, max_connections=max_connections, timeout=30)
-    return Redis(connection_pool=pool)
+    return Redis.from_pool(pool)  # the client owns the pool: aclose() closes its connections
