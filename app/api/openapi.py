@@ -272,6 +272,13 @@ def build_openapi(min_refresh_minutes: float = 1.0) -> dict[str, Any]:
                 errors=("400",),
             ),
         },
+        BASE + "/instance": {
+            "get": _op(
+                "The instance of the Element token in Authorization (Open Connectors)",
+                _INSTANCE,
+                errors=("400", "404"),
+            )
+        },
         inst: {
             "get": _op("Get one instance", _INSTANCE, params=[_ID], errors=("404",)),
             "patch": _op(

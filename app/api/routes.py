@@ -126,7 +126,20 @@ async def list_instances(request: web.Request) -> web.Response:
 
 async def get_instance(request: web.Request) -> web.Response:
     principal = principal_of(request)
-    instance_id = instance_id_of(request, principal)
+    return await _instance_response(request, principal, instance_id_of(request, principal))
+
+
+async def get_token_instance(request: web.Request) -> web.Response:
+    """``GET /instance``: the instance of the ``Element`` token (Open Connectors' route)."""
+    principal = principal_of(request)
+    if principal.instance_id is None:
+        raise AppError("Authorization: this route needs an Element <instance token>", 400)
+    return await _instance_response(request, principal, principal.instance_id)
+
+
+async def _instance_response(
+    request: web.Request, principal: Principal, instance_id: int
+) -> web.Response:
     ctx = ctx_of(request)
     async with ctx.sessions() as session:
         try:
@@ -280,6 +293,7 @@ def add_routes(app: web.Application) -> None:
     app.router.add_post(BASE + "/instances", create_instance)
     app.router.add_get(BASE + "/instances", list_instances)
     app.router.add_get(BASE + "/instances/{id}", get_instance)
+    app.router.add_get(BASE + "/instance", get_token_instance)
     app.router.add_patch(BASE + "/instances/{id}", patch_instance)
     app.router.add_delete(BASE + "/instances/{id}", delete_instance)
     app.router.add_get(BASE + "/instances/{id}/polling", get_polling)

@@ -501,3 +501,24 @@ async def test_created_instance_is_scheduled_within_one_interval(
     assert 0 < delay <= 15 * 60
     disabled = await _create(api, org, create_body(**{"event.notification.enabled": False}))
     assert _instance_row(service_urls.database_url, disabled["id"])["next_poll_at"] is None
+
+
+async def test_the_element_token_names_its_instance_on_the_singular_route(
+    api: Client, org: dict[str, str]
+) -> None:
+    """``GET /instance`` (SPEC §8): the instance of the ``Element`` token, nothing else."""
+    first = await _create(api, org, create_body())
+    await _create(api, org, create_body())
+    element = {"Authorization": org["Authorization"] + f", Element {first['token']}"}
+    resp = await api.get(f"{BASE}/instance", headers=element)
+    assert resp.status == 200
+    shown = await resp.json()
+    assert shown["id"] == first["id"]
+    assert "token" not in shown
+    assert shown["configuration"]["oauth.api.secret"] == "********"
+    without = await api.get(f"{BASE}/instance", headers=org)
+    assert without.status == 400
+    assert (await without.json())["message"].startswith("Authorization")
+    assert (await api.get(f"{BASE}/instance")).status == 401
+    await api.delete(f"{BASE}/instances/{first['id']}", headers=org)
+    assert (await api.get(f"{BASE}/instance", headers=element)).status in (401, 404)
