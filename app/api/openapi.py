@@ -166,6 +166,13 @@ def _configuration(min_refresh_minutes: float, create: bool) -> dict[str, Any]:
         "event.poller.refresh_interval": _number(
             min_refresh_minutes, L.MAX_REFRESH_MINUTES, "minutes"
         ),
+        "event.poller.timezone": _optional(
+            {
+                **_text(L.MAX_TIMEZONE_NAME_LENGTH, 1),
+                "description": "the instance's time zone (IANA, GMT/UTC or an offset; default"
+                " UTC): ${date:...} renders in it and date values without a zone are read in it",
+            }
+        ),
         "event.poller.configuration": {
             "description": "resources to poll, as an object or a JSON string of one",
             "nullable": True,

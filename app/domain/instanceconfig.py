@@ -20,6 +20,7 @@ from app.domain.limits import (
     MAX_REFRESH_MINUTES,
     MAX_TAG_LENGTH,
     MAX_TAGS,
+    MAX_TIMEZONE_NAME_LENGTH,
     MAX_URL_LENGTH,
 )
 from app.domain.pollconfig import (
@@ -30,12 +31,16 @@ from app.domain.pollconfig import (
     parse_poller_configuration,
 )
 from app.domain.signing import standard_webhooks_key
+from app.domain.timezones import UnknownTimeZoneError, resolve_timezone
 
 ELEMENT_KEY = "infusionsoftrest"
 ELEMENT_NAME = "Infusionsoft REST"
 SECRET_CONFIG_KEYS = ("oauth.api.secret", "event.notification.signature.key")
 POLLER_KEY = "event.poller.configuration"
 INTERVAL_KEY = "event.poller.refresh_interval"
+#: The instance's time zone (Open Connectors: "unless configured for a specific time zone,
+#: polling occurs in UTC"): ``${date:…}`` renders in it and zone-less date values read in it.
+TIMEZONE_KEY = "event.poller.timezone"
 CALLBACK_KEY = "event.notification.callback.url"
 ENABLED_KEY = "event.notification.enabled"
 DEFAULT_REFRESH_MINUTES = 15.0
@@ -183,6 +188,19 @@ def _check_signature_key(key: object) -> None:
         raise FieldError(field, str(exc)) from exc
 
 
+def _check_timezone(zone: object) -> str:
+    field = f"configuration.{TIMEZONE_KEY}"
+    if not isinstance(zone, str) or not zone.strip() or len(zone) > MAX_TIMEZONE_NAME_LENGTH:
+        raise FieldError(
+            field, f"must be a time zone name of at most {MAX_TIMEZONE_NAME_LENGTH} characters"
+        )
+    try:
+        resolve_timezone(zone.strip())
+    except UnknownTimeZoneError as exc:
+        raise FieldError(field, f"unknown time zone {zone!r}") from exc
+    return zone.strip()
+
+
 def parse_tags(value: object) -> list[str]:
     """Tags (SPEC §8): a list of strings, a list of ``{"name": ...}`` objects, or one string.
 
@@ -256,11 +274,16 @@ def validate_configuration(
     signature = config.get("event.notification.signature.key")
     if signature is not None:
         _check_signature_key(signature)
+    zone = config.get(TIMEZONE_KEY)
+    if zone is not None:
+        zone = _check_timezone(zone)
     poller_raw, resources = _poller(config)
     public = {k: v for k, v in config.items() if k not in SECRET_CONFIG_KEYS}
     public[ENABLED_KEY] = enabled
     public[POLLER_KEY] = poller_raw
     public[INTERVAL_KEY] = minutes
+    if zone is not None:
+        public[TIMEZONE_KEY] = zone
     secrets = {k: str(config[k]) for k in SECRET_CONFIG_KEYS if config.get(k)}
     return public, secrets, enabled, callback, minutes * 60.0, resources
 

@@ -27,7 +27,7 @@ import logging
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime, timedelta, tzinfo
 from functools import lru_cache
 
 import aiohttp
@@ -56,6 +56,7 @@ from app.domain.pollconfig import (
     parse_poller_configuration,
 )
 from app.domain.schedule import ScheduleError
+from app.domain.timezones import resolve_timezone
 from app.logging import bind_log_context, log_context
 from app.metrics import MetricsBatch
 from app.models import utcnow
@@ -99,7 +100,8 @@ _LOAD = """
            i.configuration ->> 'oauth.api.key',
            CAST(i.configuration -> 'event.poller.configuration' AS text),
            i.secrets, i.poll_failures, i.refresh_interval_s, i.poll_crashes,
-           p.resource, p.watermark_at, CAST(p.watermark_ids AS text), p.last_success_at
+           p.resource, p.watermark_at, CAST(p.watermark_ids AS text), p.last_success_at,
+           i.configuration ->> 'event.poller.timezone'
     FROM instances AS i LEFT JOIN poll_states AS p ON p.instance_id = i.id
     WHERE i.id = $1 AND i.deleted_at IS NULL AND i.events_enabled
       AND i.quarantined_at IS NULL
@@ -197,6 +199,14 @@ class Snapshot:
     interval_s: float
     poll_crashes: int
     states: list[ResourceState]
+    # The instance's zone (``event.poller.timezone``): ``${date:…}`` renders in it and
+    # date values without a zone of their own or of their field are read in it.
+    timezone: tzinfo = UTC
+
+
+@lru_cache(maxsize=1024)
+def _instance_timezone(name: str | None) -> tzinfo:
+    return UTC if not name else resolve_timezone(name)
 
 
 @lru_cache(maxsize=4096)
@@ -239,6 +249,7 @@ async def load_snapshot(pg: asyncpg.Pool, instance_id: int) -> Snapshot | None:
         interval_s=first[7],
         poll_crashes=first[8],
         states=states,
+        timezone=_instance_timezone(first[13]),
     )
 
 
@@ -264,10 +275,11 @@ async def _poll_resource(
     state: ResourceState,
     watermark: Watermark,
     started: datetime,
+    zone: tzinfo,
 ) -> ResourceOutcome:
     bind_log_context(resource=cfg.name)  # this coroutine runs as its own task (gather)
     outcome = ResourceOutcome(cfg.name)
-    path = cfg.url.render(lower_bound(watermark, cfg), UTC)
+    path = cfg.url.render(lower_bound(watermark, cfg), zone)
     try:
         fetched = await client.fetch_all(
             path, item_key(path), compile_path(cfg.id_field), cfg.page_size or 1000
@@ -280,7 +292,9 @@ async def _poll_resource(
     # A resource without dates reports "not seen before": its first successful poll only
     # learns what exists (a baseline), or every existing record would look new.
     baseline = cfg.updated is None and cfg.created is None and state.last_success_at is None
-    outcome.delta = compute_delta(fetched.records, cfg, watermark, started, baseline=baseline)
+    outcome.delta = compute_delta(
+        fetched.records, cfg, watermark, started, baseline=baseline, default_tz=zone
+    )
     outcome.watermark_moved = outcome.delta.watermark != watermark
     skipped = outcome.delta.skipped_unparseable
     if skipped:
@@ -361,7 +375,12 @@ async def _poll_locked(
         await asyncio.gather(
             *(
                 _poll_resource(
-                    client, snap.resources[s.resource], s, watermarks[s.resource], started
+                    client,
+                    snap.resources[s.resource],
+                    s,
+                    watermarks[s.resource],
+                    started,
+                    snap.timezone,
                 )
                 for s in snap.states
             )

@@ -10,8 +10,10 @@ import asyncio
 import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
+from zoneinfo import ZoneInfo
 
 import aiohttp
 import psycopg
@@ -45,7 +47,10 @@ class Harness:
     instance_id: int = 0
 
     async def create_instance(
-        self, poller: dict[str, Any] | None = None, account: str | None = None
+        self,
+        poller: dict[str, Any] | None = None,
+        account: str | None = None,
+        **configuration: Any,
     ) -> int:
         self.account = account or f"acct-{uuid.uuid4().hex[:8]}"
         resp = await self.sim.get(
@@ -70,6 +75,7 @@ class Harness:
         }
         if poller is not None:
             config["event.poller.configuration"] = poller
+        config.update(configuration)
         resp = await self.api.post(
             f"{BASE}/instances",
             headers=self.headers,
@@ -382,3 +388,44 @@ async def test_quiet_poll_is_not_fatal(harness: Harness) -> None:
     assert not outcome.failed
     assert [r.resource for r in outcome.resources] == ["contacts"]
     assert harness.state("contacts")["last_error"] is None
+
+
+async def test_the_instance_time_zone_renders_date_templates_and_reads_zoneless_dates(
+    harness: Harness,
+) -> None:
+    """``event.poller.timezone``: ``${date:…}`` in it, and zone-less values read in it."""
+    local = "yyyy-MM-dd'T'HH:mm:ss.SSS"
+    poller = {
+        "contacts": {
+            "url": f"/contacts?since=${{date:{local}}}&order=id",
+            "idField": "id",
+            "datesConfiguration": {
+                "updatedDateField": "last_updated_utc_millis",
+                "updatedDateFormat": "milliseconds",
+            },
+        }
+    }
+    await harness.create_instance(poller, **{"event.poller.timezone": "America/New_York"})
+    record = await harness.write("contacts", given_name="Tz")
+    watermark: datetime = harness.state("contacts")["watermark_at"]
+    requested: list[str] = []
+    original_get = harness.deps.http.get
+
+    def recording_get(url: Any, **kwargs: Any) -> Any:
+        requested.append(str(url))
+        return original_get(url, **kwargs)
+
+    harness.deps.http.get = recording_get  # type: ignore[method-assign]
+    try:
+        outcome = await harness.poll()
+    finally:
+        harness.deps.http.get = original_get  # type: ignore[method-assign]
+    assert not outcome.failed
+    since = parse_qs(urlsplit(requested[0]).query)["since"][0]
+    # The first poll's bound is the starting watermark (no pollDelay), in New York time,
+    # truncated to the format's milliseconds.
+    new_york = watermark.astimezone(ZoneInfo("America/New_York")).replace(tzinfo=None)
+    assert datetime.fromisoformat(since) == new_york.replace(
+        microsecond=new_york.microsecond // 1000 * 1000
+    )
+    assert str(record["id"]) in {e[1] for e in harness.events()}

@@ -242,3 +242,17 @@ def test_tag_and_name_bounds_are_inclusive() -> None:
 def test_a_single_string_tag_on_create() -> None:
     spec, _ = validate_create({**body(), "tags": "crm"}, min_refresh_minutes=1)
     assert spec.tags == ["crm"]
+
+
+# --- the instance time zone (event.poller.timezone) ----------------------------------------
+
+
+@pytest.mark.parametrize("zone", ["America/New_York", "GMT", "-08:00", " Europe/Paris "])
+def test_an_instance_time_zone_is_kept(zone: str) -> None:
+    spec = create(**{"event.poller.timezone": zone})
+    assert spec.public["event.poller.timezone"] == zone.strip()
+
+
+@pytest.mark.parametrize("zone", ["Mars/Olympus", "", "   ", 5, "x" * 65])
+def test_a_bad_instance_time_zone_is_refused_naming_the_key(zone: object) -> None:
+    refused("configuration.event.poller.timezone", **{"event.poller.timezone": zone})
