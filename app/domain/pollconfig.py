@@ -32,6 +32,7 @@ from typing import Any
 
 from app.domain.dateformats import DateFormat, DateFormatError, compile_format
 from app.domain.fieldpath import compile_path, get_path
+from app.domain.hubfields import KEAP_DATE_FORMAT, hub_date_field, hub_resource
 from app.domain.jsonsafety import UnsafeJson, loads_checked
 from app.domain.limits import (
     MAX_CREATED_CHECK_TOLERANCE_SECONDS,
@@ -248,6 +249,24 @@ def _date_field(
     return DateField(_field_path(path_key, path), date_format, zone_info, pattern_text, zone_name)
 
 
+def _from_hub(resource: str, field: DateField | None) -> DateField | None:
+    """A date named the Open Connectors hub's way, read from the field Keap returns."""
+    if field is None:
+        return None
+    mapped, keap_field = hub_date_field(resource, field.path)
+    if not mapped:
+        return field
+    if keap_field is None:
+        return None
+    return DateField(
+        keap_field,
+        compile_format(KEAP_DATE_FORMAT),
+        field.timezone,
+        KEAP_DATE_FORMAT,
+        field.timezone_name,
+    )
+
+
 def _resource_name(name: object) -> str:
     if not isinstance(name, str) or not _RESOURCE_NAME_RE.fullmatch(name):
         # A key of any length may arrive; the error names a recognisable prefix of it.
@@ -272,12 +291,18 @@ def _parse_resource(name: str, resource: object) -> ResourceConfig:
     filter_key = "filterByUpdatedDate"
     if filter_key not in resource and "filterByUpdateDate" in resource:
         filter_key = "filterByUpdateDate"
+    url = _url(f"{key}.url", resource.get("url"))
+    hub = hub_resource(str(resource.get("url")))
+    updated = _date_field(key, resource, dates, "updated")
+    created = _date_field(key, resource, dates, "created")
+    if hub is not None:
+        updated, created = _from_hub(hub, updated), _from_hub(hub, created)
     return ResourceConfig(
         name=name,
-        url=_url(f"{key}.url", resource.get("url")),
+        url=url,
         id_field=_field_path(f"{key}.idField", resource.get("idField")),
-        updated=_date_field(key, resource, dates, "updated"),
-        created=_date_field(key, resource, dates, "created"),
+        updated=updated,
+        created=created,
         filter_by_updated_date=_bool(f"{key}.{filter_key}", resource.get(filter_key), True),
         filter_by_current_date=_bool(
             f"{key}.filterByCurrentDate", resource.get("filterByCurrentDate"), False
