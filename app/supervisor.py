@@ -127,6 +127,9 @@ def flower_child(port: int, basic_auth: str) -> Child:
             # A busy worker answers the queue inspection slowly; at 1 s (the default) the
             # Broker page listed only the queues of the workers that answered in time.
             "--inspect_timeout=5000",
+            # Flower would otherwise switch every worker's task events on: the batch
+            # messages and the sweeper would be rows again, beside the per-poll ones.
+            "--enable_events=False",
         ],
         env={"FLOWER_BASIC_AUTH": basic_auth},
     )

@@ -27,9 +27,13 @@ from workers.queues import Queue
 
 
 def queue_depths(broker_url: str) -> dict[str, int | None]:
-    """Messages waiting per queue; ``None`` for a queue no worker has declared yet."""
+    """Messages waiting per queue; ``None`` for a queue no worker has declared yet.
+
+    On Redis a queue is a list, and an empty list does not exist: "not found" means 0.
+    """
     depths: dict[str, int | None] = {}
     with Connection(broker_url, connect_timeout=3) as conn:
+        missing = 0 if conn.transport.driver_type == "redis" else None
         for queue in Queue:
             channel: Any = conn.channel()  # a refused passive declare closes an AMQP channel
             try:
@@ -37,7 +41,7 @@ def queue_depths(broker_url: str) -> dict[str, int | None]:
                     channel.queue_declare(queue=queue.value, passive=True).message_count
                 )
             except conn.channel_errors:
-                depths[queue.value] = None
+                depths[queue.value] = missing
             finally:
                 channel.close()
     return depths
