@@ -308,6 +308,40 @@ def build_openapi(min_refresh_minutes: float = 1.0) -> dict[str, Any]:
         inst + "/polling/run": {
             "post": _op("Poll now", params=[_ID], status="202", errors=("404", "409"))
         },
+        inst + "/polling/test": {
+            "post": _op(
+                "Test poll: run a poller configuration once against the provider and return"
+                " the events it would emit; stores and sends nothing",
+                {
+                    "type": "object",
+                    "properties": {
+                        "id": {"type": "integer"},
+                        "stored": {"type": "boolean"},
+                        "resources": {"type": "array", "items": {"type": "object"}},
+                    },
+                },
+                params=[_ID],
+                body={
+                    "type": "object",
+                    "additionalProperties": False,
+                    "properties": {
+                        "configuration": {
+                            "description": "a poller configuration (object or JSON string);"
+                            " default: the instance's",
+                            "nullable": True,
+                        },
+                        "since": {
+                            "type": "string",
+                            "format": "date-time",
+                            "nullable": True,
+                            "description": "read from here (1970 .. now); default: each"
+                            " resource's watermark",
+                        },
+                    },
+                },
+                errors=("400", "404", "502"),
+            )
+        },
         inst + "/events": {
             "get": _op(
                 "The event log, newest first, with delivery status",

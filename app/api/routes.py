@@ -18,13 +18,23 @@ from app.db import transaction
 from app.domain.instanceconfig import ELEMENT_KEY
 from app.domain.jsonsafety import check_value, loads_checked
 from app.domain.limits import MAX_API_PAGE, MAX_API_PAGE_SIZE, MAX_INSTANCE_ID
+from app.domain.pollconfig import (
+    CONFIGURATION_KEY,
+    ConfigError,
+    load_configuration_object,
+    parse_poller_configuration,
+)
 from app.models import DeliveryStatus, Instance
 from app.providers.oauth import authorize_url
 from app.services import activity
 from app.services import instances as svc
 from app.services.orgs import Principal
+from app.services.testpoll import run_test_poll
 
 BASE = "/elements/api-v2"
+# A test poll reads from at most this far back (and never past now: dates must stay
+# inside the calendar once pollDelay is subtracted).
+TEST_POLL_EARLIEST = datetime(1970, 1, 1, tzinfo=UTC)
 # Bodies up to this size parse inline (well under a millisecond); larger ones in a thread.
 INLINE_PARSE_BYTES = 16 * 1024
 _DIGITS = re.compile(r"^[0-9]{1,19}$")
@@ -202,12 +212,18 @@ def since_param(request: web.Request) -> datetime | None:
     raw = query(request, "since")
     if raw is None:
         return None
+    return _parse_since(raw, "since")
+
+
+def _parse_since(raw: object, name: str) -> datetime:
+    if not isinstance(raw, str):
+        raise AppError(f"{name}: must be an ISO-8601 date-time")
     try:
         value = datetime.fromisoformat(raw.replace("Z", "+00:00"))
         # In UTC now: a far-off offset near year 1 or 9999 must fail here, not in the driver.
         return value.astimezone(UTC) if value.tzinfo else value.replace(tzinfo=UTC)
     except (ValueError, OverflowError) as exc:
-        raise AppError("since: must be an ISO-8601 date-time") from exc
+        raise AppError(f"{name}: must be an ISO-8601 date-time") from exc
 
 
 def paged(items: list[dict[str, Any]], total: int) -> web.Response:
@@ -229,6 +245,36 @@ async def run_polling(request: web.Request) -> web.Response:
             raise AppError("configuration.event.notification.enabled: events are not enabled", 409)
         await activity.poll_now(session, instance)
     return web.json_response({"id": instance.id, "scheduled": True}, status=202)
+
+
+async def test_polling(request: web.Request) -> web.Response:
+    """Run a poller configuration once and show what it would emit; nothing is stored."""
+    body: Any = await json_body(request) if request.can_read_body else {}
+    if not isinstance(body, dict):
+        raise AppError("body: must be an object")
+    unknown = set(body) - {"configuration", "since"}
+    if unknown:
+        raise AppError(f"{sorted(unknown)[0]}: unknown key (use configuration and since)")
+    configuration = None
+    if body.get("configuration") is not None:
+        try:
+            configuration = load_configuration_object(body["configuration"])
+            parse_poller_configuration(configuration)
+        except ConfigError as exc:
+            field = exc.field.replace(CONFIGURATION_KEY, "configuration", 1)
+            raise AppError(f"{field}: {exc.detail}") from exc
+    since = None
+    if body.get("since") is not None:
+        since = _parse_since(body["since"], "since")
+        if not TEST_POLL_EARLIEST <= since <= datetime.now(UTC):
+            raise AppError("since: must be between 1970-01-01 and now")
+    ctx = ctx_of(request)
+    async with ctx.sessions() as session:
+        instance = await _owned_instance(request, session)
+    results = await run_test_poll(
+        ctx.settings, ctx.sessions, ctx.redis, ctx.http, ctx.box, instance, configuration, since
+    )
+    return web.json_response({"id": instance.id, "stored": False, "resources": results})
 
 
 async def list_events(request: web.Request) -> web.Response:
@@ -304,6 +350,7 @@ def add_routes(app: web.Application) -> None:
     app.router.add_delete(BASE + "/instances/{id}", delete_instance)
     app.router.add_get(BASE + "/instances/{id}/polling", get_polling)
     app.router.add_post(BASE + "/instances/{id}/polling/run", run_polling)
+    app.router.add_post(BASE + "/instances/{id}/polling/test", test_polling)
     app.router.add_get(BASE + "/instances/{id}/events", list_events)
     app.router.add_get(BASE + "/instances/{id}/deliveries", list_deliveries)
     app.router.add_post(BASE + "/instances/{id}/deliveries/retry", retry_deliveries)

@@ -309,26 +309,57 @@ async def _poll_resource(
 def _client_for(
     deps: PollDeps, snap: Snapshot, slots: asyncio.Semaphore | None
 ) -> InfusionsoftClient:
-    settings = deps.settings
-    secrets = deps.box.open(snap.secrets)
-    tokens = InstanceTokens(
-        snap.info.id,
-        str(secrets.get("access_token", "")),
+    return provider_client(
+        deps.settings,
         deps.sessions,
         deps.redis,
         deps.http,
         deps.box,
+        ProviderAccount(snap.info.id, snap.info.organization_id, snap.client_id, snap.secrets),
+        slots,
+    )
+
+
+@dataclass(frozen=True)
+class ProviderAccount:
+    """Whose provider account a client reads: the instance, its app and its sealed tokens."""
+
+    instance_id: int
+    organization_id: int
+    client_id: str
+    sealed_secrets: bytes | None
+
+
+def provider_client(
+    settings: Settings,
+    sessions: async_sessionmaker[AsyncSession],
+    redis: Redis,
+    http: aiohttp.ClientSession,
+    box: SecretBox,
+    account: ProviderAccount,
+    slots: asyncio.Semaphore | None = None,
+) -> InfusionsoftClient:
+    """A provider client for one instance: its tokens (refreshed single-flight) and its
+    app's request budget (scoped to the organization)."""
+    secrets = box.open(account.sealed_secrets)
+    tokens = InstanceTokens(
+        account.instance_id,
+        str(secrets.get("access_token", "")),
+        sessions,
+        redis,
+        http,
+        box,
         RefreshConfig(
             settings.infusionsoft_token_url,
-            snap.client_id,
+            account.client_id,
             str(secrets.get("oauth.api.secret", "")),
             settings.provider_timeout_seconds,
         ),
     )
     budget = (
         RedisBudget(
-            deps.redis,
-            keys.app_budget(snap.info.organization_id, snap.client_id),
+            redis,
+            keys.app_budget(account.organization_id, account.client_id),
             settings.provider_app_rate_per_second,
             slots,
         )
@@ -336,7 +367,7 @@ def _client_for(
         else None
     )
     return InfusionsoftClient(
-        deps.http,
+        http,
         settings.infusionsoft_api_url,
         tokens,
         budget,

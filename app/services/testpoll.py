@@ -1,0 +1,144 @@
+"""A test poll: run a poller configuration once against the provider and show what it finds.
+
+A configuration copied from elsewhere (Open Connectors, another tenant, a guess at Keap's
+field names) should be seen working before it is trusted with events. A test poll fetches
+each resource exactly as a real poll would — same URL rendering, pages, tokens and budget,
+same delta — and returns the events it *would* emit and the records it could not read. It
+writes nothing: no watermark moves, no event or delivery is stored, nothing is sent. (The
+provider may rotate the instance's OAuth tokens on the way; those are stored, as any
+refresh's are.)
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Mapping
+from datetime import UTC, datetime, timedelta, tzinfo
+from typing import Any
+
+import aiohttp
+from redis.asyncio import Redis
+from sqlalchemy import select
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+from sqlmodel import col
+
+from app.domain.delta import Watermark, compute_delta, initial_watermark, lower_bound
+from app.domain.fieldpath import compile_path
+from app.domain.instanceconfig import POLLER_KEY, TIMEZONE_KEY
+from app.domain.limits import MAX_PAGE_SIZE
+from app.domain.pollconfig import (
+    ResourceConfig,
+    default_poller_configuration,
+    parse_poller_configuration,
+)
+from app.domain.timezones import resolve_timezone
+from app.models import Instance, PollState
+from app.providers.infusionsoft import InfusionsoftClient, ProviderError
+from app.security import SecretBox
+from app.services.polling import ProviderAccount, item_key, provider_client
+from app.settings import Settings
+
+#: Events listed per resource (all are counted).
+MAX_LISTED_EVENTS = 100
+MAX_LISTED_SKIPPED = 20
+
+
+def _iso(value: datetime) -> str:
+    return value.astimezone(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+async def _one(
+    client: InfusionsoftClient,
+    cfg: ResourceConfig,
+    watermark: Watermark,
+    zone: tzinfo,
+    now: datetime,
+) -> dict[str, Any]:
+    path = cfg.url.render(lower_bound(watermark, cfg), zone)
+    result: dict[str, Any] = {"resource": cfg.name, "request": path, "since": _iso(watermark.at)}
+    try:
+        fetched = await client.fetch_all(
+            path, item_key(path), compile_path(cfg.id_field), cfg.page_size or MAX_PAGE_SIZE
+        )
+    except ProviderError as exc:
+        return {**result, "error": str(exc), "records": 0, "eventCount": 0, "events": []}
+    delta = compute_delta(fetched.records, cfg, watermark, now, default_tz=zone)
+    return {
+        **result,
+        "error": None,
+        "records": len(fetched.records),
+        "requests": fetched.stats.requests,
+        "eventCount": len(delta.changes),
+        "events": [
+            {"eventType": c.event_type, "objectId": c.object_id, "date": _iso(c.date)}
+            for c in delta.changes[:MAX_LISTED_EVENTS]
+        ],
+        "skippedCount": len(delta.skipped_unparseable),
+        "skipped": [
+            {"objectId": object_id, "reason": reason}
+            for object_id, reason in delta.skipped_unparseable[:MAX_LISTED_SKIPPED]
+        ],
+    }
+
+
+async def run_test_poll(
+    settings: Settings,
+    sessions: async_sessionmaker[AsyncSession],
+    redis: Redis,
+    http: aiohttp.ClientSession,
+    box: SecretBox,
+    instance: Instance,
+    configuration: Mapping[str, Any] | None,
+    since: datetime | None,
+) -> list[dict[str, Any]]:
+    """Each resource's would-be events. ``configuration`` (a validated poller configuration
+    object) replaces the instance's for this run; ``since`` replaces each resource's
+    watermark (otherwise: its watermark, or one interval ago for a resource not polled yet).
+    """
+    assert instance.id is not None
+    if configuration is not None:
+        resources = parse_poller_configuration(dict(configuration))
+    elif instance.configuration.get(POLLER_KEY):
+        resources = parse_poller_configuration(instance.configuration[POLLER_KEY])
+    else:
+        resources = default_poller_configuration()
+    zone_name = instance.configuration.get(TIMEZONE_KEY)
+    zone = resolve_timezone(zone_name) if zone_name else UTC
+    now = datetime.now(UTC)
+    async with sessions() as session:
+        states = {
+            s.resource: s
+            for s in (
+                await session.execute(
+                    select(PollState).where(col(PollState.instance_id) == instance.id)
+                )
+            ).scalars()
+        }
+    default_start = now - timedelta(seconds=instance.refresh_interval_s)
+
+    def watermark(name: str) -> Watermark:
+        if since is not None:
+            return initial_watermark(since)
+        state = states.get(name)
+        if state is None:
+            return initial_watermark(default_start)
+        return Watermark(state.watermark_at, frozenset(state.watermark_ids))
+
+    client = provider_client(
+        settings,
+        sessions,
+        redis,
+        http,
+        box,
+        ProviderAccount(
+            instance.id,
+            instance.organization_id,
+            str(instance.configuration.get("oauth.api.key", "")),
+            instance.secrets,
+        ),
+    )
+    return list(
+        await asyncio.gather(
+            *(_one(client, cfg, watermark(name), zone, now) for name, cfg in resources.items())
+        )
+    )
