@@ -413,6 +413,34 @@
       button.disabled = false;
     }
   });
+  $("test-poll").addEventListener("click", async () => {
+    const button = $("test-poll");
+    button.disabled = true;
+    try {
+      const r = await api("POST", base + "/polling/test", { body: {} });
+      const list = $("test-poll-summary");
+      list.replaceChildren(
+        ...r.data.resources.map((res) =>
+          el(
+            "li",
+            {},
+            res.resource + ": " +
+              (res.error
+                ? "failed — " + res.error
+                : res.eventCount + " event(s) from " + res.records + " record(s)" +
+                  (res.skippedCount ? ", " + res.skippedCount + " unreadable" : "")),
+          ),
+        ),
+      );
+      $("test-poll-result").textContent = JSON.stringify(r.data, null, 2);
+      $("test-poll-section").hidden = false;
+      notify("success", "Test poll done: nothing was stored or sent.");
+    } catch (err) {
+      notify("error", "Test poll failed: " + errorText(err));
+    } finally {
+      button.disabled = false;
+    }
+  });
   $("retry-failed").addEventListener("click", async () => {
     try {
       const r = await api("POST", base + "/deliveries/retry", { query: { status: "failed" } });
