@@ -45,3 +45,8 @@ def app_budget(organization_id: int, client_id: str) -> str:
 def alive(role: str) -> str:
     """Sorted set of the processes of one role that announced themselves (app.liveness)."""
     return f"{PREFIX}:alive:{role}"
+
+
+def breakers_open() -> str:
+    """Sorted set of callback origins whose circuit breaker is open (score: open until)."""
+    return f"{PREFIX}:cb:open"

@@ -70,7 +70,14 @@ QUARANTINES = Metric(
     "Instances quarantined, by cause (schedule: next poll time cannot be computed or stored; "
     "crash: polls kept crashing)",
 )
+RECORDS_SKIPPED = Metric(
+    "pollinator_records_skipped_total",
+    "counter",
+    "Provider records skipped as unreadable (no id, or a date the configured format cannot "
+    "read); each skip is also the resource's lastError",
+)
 ALL_METRICS = (
+    RECORDS_SKIPPED,
     POLLS,
     POLL_EVENTS,
     POLL_REQUESTS,

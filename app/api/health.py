@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+import time
 
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from sqlalchemy import text
 
+from app import keys
 from app.api.context import CTX
 from app.api.openapi import build_openapi
 from app.metrics import gauge_lines, render_all
@@ -75,12 +77,23 @@ _GAUGES = text(f"""
 """)
 
 
+# Error classes are our own ("http_5xx", "timeout", ...: the part of lastError before the
+# colon), a small fixed set; a class longer than 40 characters is not one of them.
+_FAILING = text(f"""
+    SELECT left(split_part(p.last_error, ':', 1), 40), count(DISTINCT p.instance_id)
+    FROM poll_states AS p JOIN instances AS i ON i.id = p.instance_id
+    WHERE p.consecutive_failures > 0 AND {DUE_PREDICATE}  -- its columns are instances' only
+    GROUP BY 1
+""")
+
+
 async def metrics(request: web.Request) -> web.Response:
     """This process's metrics, the workers' (from Redis) and backlog gauges (PostgreSQL)."""
     ctx = request.app[CTX]
     lines = await render_all(ctx.redis)
     async with ctx.engine.connect() as conn:
         row = (await conn.execute(_GAUGES)).one()
+        failing = (await conn.execute(_FAILING)).all()
     pending, overdue_s, polling, late, late_s, quarantined = (float(v or 0) for v in row)
     lines += gauge_lines(
         "pollinator_deliveries_pending", "Deliveries not yet delivered or failed", [({}, pending)]
@@ -105,6 +118,17 @@ async def metrics(request: web.Request) -> web.Response:
         "pollinator_instances_quarantined",
         "Instances not polled because their schedule failed or their polls kept crashing",
         [({}, quarantined)],
+    )
+    lines += gauge_lines(
+        "pollinator_instances_failing",
+        "Polling instances whose last poll of some resource failed, by error class",
+        [({"error_class": str(kind)}, float(count)) for kind, count in failing],
+    )
+    open_breakers = await ctx.redis.zcount(keys.breakers_open(), time.time(), "+inf")
+    lines += gauge_lines(
+        "pollinator_breakers_open",
+        "Callback origins whose circuit breaker is open (their deliveries wait)",
+        [({}, float(open_breakers))],
     )
     process = await asyncio.to_thread(generate_latest)
     body = process + ("\n".join(lines) + "\n").encode()

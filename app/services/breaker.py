@@ -23,7 +23,7 @@ from urllib.parse import urlsplit
 
 from redis.asyncio import Redis
 
-from app.keys import PREFIX
+from app.keys import PREFIX, breakers_open
 
 PER_ORIGIN_CONCURRENCY = 8
 FAILURE_THRESHOLD = 5
@@ -82,7 +82,10 @@ class CircuitBreakers:
         """Count one attempt's outcome; ``success`` means the receiver is up (any 2xx/4xx)."""
         key = self._key(origin)
         if success:
-            await self.redis.delete(key, f"{key}:probe")
+            async with self.redis.pipeline(transaction=False) as pipe:
+                pipe.delete(key, f"{key}:probe")
+                pipe.zrem(breakers_open(), origin)
+                await pipe.execute()
             return
         open_until = float((await self.redis.hmget(key, ["open_until"]))[0] or 0)
         if time.time() < open_until:
@@ -92,10 +95,14 @@ class CircuitBreakers:
             await self.redis.expire(key, int(MAX_COOLDOWN_S * 2))
             return
         opens = int(await self.redis.hincrby(key, "opens", 1))
+        open_until = time.time() + cooldown_s(opens)
         async with self.redis.pipeline(transaction=True) as pipe:
-            pipe.hset(key, mapping={"open_until": time.time() + cooldown_s(opens)})
+            pipe.hset(key, mapping={"open_until": open_until})
             pipe.expire(key, int(MAX_COOLDOWN_S * 4))
             pipe.delete(f"{key}:probe")
+            # For /metrics: which origins are open now (a scrape counts scores > now).
+            pipe.zadd(breakers_open(), {origin: open_until})
+            pipe.zremrangebyscore(breakers_open(), "-inf", time.time() - MAX_COOLDOWN_S * 4)
             await pipe.execute()
 
 

@@ -468,6 +468,9 @@ def poll_metrics(outcome: PollOutcome, scheduled_at: datetime | None) -> Metrics
             batch.inc(metrics.POLL_ERRORS, {"kind": res.error.split(":", 1)[0]})
         elif res.delta is not None and res.delta.changes:
             batch.inc(metrics.POLL_EVENTS, {"resource": res.resource}, len(res.delta.changes))
+        if res.delta is not None and res.delta.skipped_unparseable:
+            # No resource label: resource names are tenant input (unbounded cardinality).
+            batch.inc(metrics.RECORDS_SKIPPED, None, len(res.delta.skipped_unparseable))
     batch.inc(metrics.POLL_REQUESTS, None, requests)
     batch.journal(
         {

@@ -23,11 +23,12 @@ from redis.asyncio import Redis
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from standardwebhooks.webhooks import Webhook
 
+from app import keys
 from app.db import create_engine, create_pg_pool, session_factory
 from app.domain.events import EventRecord, InstanceInfo, build_payload
 from app.models import Delivery, Instance, utcnow
 from app.security import SecretBox, hash_secret
-from app.services.breaker import CircuitBreakers, OriginSlots
+from app.services.breaker import CircuitBreakers, OriginSlots, origin_of
 from app.services.delivery import DeliveryDeps, deliver, due_deliveries
 from app.services.guarded_http import callback_session
 from app.settings import Settings
@@ -329,6 +330,11 @@ async def test_breaker_opens_and_defers_without_spending_attempts(world: World) 
         assert world.attempts(delivery_id) == []
         assert world.row(delivery_id)["status"] == "pending"
     assert len(world.receiver.received) == 5
+    # /metrics counts it as an open breaker until a delivery to it succeeds.
+    origin = origin_of(world.receiver.url)
+    assert await world.deps.redis.zscore(keys.breakers_open(), origin) is not None
+    await world.deps.breakers.record(origin, True)
+    assert await world.deps.redis.zscore(keys.breakers_open(), origin) is None
 
 
 async def test_sweeper_claims_due_deliveries_once(world: World) -> None:

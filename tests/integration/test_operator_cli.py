@@ -48,6 +48,13 @@ async def test_status_names_the_failing_instance_and_the_live_roles(
     await harness.fault("error500", seconds=60)
     await harness.poll()
 
+    metrics = await (await harness.api.get("/metrics")).text()
+    failing_lines = [
+        x for x in metrics.splitlines() if x.startswith("pollinator_instances_failing")
+    ]
+    assert any('error_class="http_5xx"' in x and float(x.split()[-1]) >= 1 for x in failing_lines)
+    assert "pollinator_breakers_open 0" in metrics
+
     done = await asyncio.to_thread(pollinator, service_urls, "status", "--json")
     assert done.returncode == 0, done.stderr
     state: dict[str, Any] = json.loads(done.stdout)
