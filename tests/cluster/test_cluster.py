@@ -78,6 +78,17 @@ def _burst_in_flight(c: Cluster, delay_s: float, want: int) -> set[int]:
     return best
 
 
+def _until_all_polled(c: Cluster, what: str) -> float:
+    """Seconds from now until every instance has finished a poll that ended after now."""
+    everyone, since = set(c.accounts.values()), time.time()
+    return wait_for(
+        lambda: c.completed_after(everyone, since) == everyone,
+        c.options.refresh_minutes * 60 * 3,
+        what,
+        every=1.0,
+    )
+
+
 def kill_worker_host(c: Cluster) -> Window:
     w = Window("worker host killed", "SIGKILL every process on w1 mid-burst (provider +3 s)", 0)
     in_flight = _burst_in_flight(c, 3.0, 100)
@@ -105,14 +116,7 @@ def partition_worker_host(c: Cluster) -> Window:
     c.net.partition("w2")
     time.sleep(30)
     c.net.heal("w2")
-    healed = time.time()
-    everyone = set(c.accounts.values())
-    w.recovery_s = wait_for(
-        lambda: c.completed_after(everyone, healed) == everyone,
-        c.options.refresh_minutes * 60 * 3,
-        "every instance to be polled after the heal",
-        every=1.0,
-    )
+    w.recovery_s = _until_all_polled(c, "every instance polled after the heal")
     return w
 
 
@@ -138,14 +142,7 @@ def postgres_restart(c: Cluster) -> Window:
     c.stop_postgres()
     time.sleep(5)
     c.start_postgres()
-    back = time.time()
-    everyone = set(c.accounts.values())
-    w.recovery_s = wait_for(
-        lambda: c.completed_after(everyone, back) == everyone,
-        c.options.refresh_minutes * 60 * 3,
-        "every instance polled after the restart",
-        every=1.0,
-    )
+    w.recovery_s = _until_all_polled(c, "every instance polled after the restart")
     return w
 
 
@@ -158,14 +155,7 @@ def redis_restart_data_lost(c: Cluster) -> Window:
     c.kill_redis_and_lose_its_data()
     time.sleep(3)
     c.start_redis()
-    back = time.time()
-    everyone = set(c.accounts.values())
-    w.recovery_s = wait_for(
-        lambda: c.completed_after(everyone, back) == everyone,
-        c.options.refresh_minutes * 60 * 3,
-        "every instance polled after Redis came back empty",
-        every=1.0,
-    )
+    w.recovery_s = _until_all_polled(c, "every instance polled after Redis came back empty")
     return w
 
 
