@@ -33,3 +33,8 @@ def app_budget(client_id: str) -> str:
 def alive(role: str) -> str:
     """Sorted set of the processes of one role that announced themselves (app.liveness)."""
     return f"{PREFIX}:alive:{role}"
+
+
+def retention_report() -> str:
+    """JSON report of the last retention purge run (``/metrics``, ``pollinator status``)."""
+    return f"{PREFIX}:retention:last"

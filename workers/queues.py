@@ -13,6 +13,8 @@ class Queue(enum.StrEnum):
 POLL_INSTANCES = "poll.instances"
 DELIVERY_SEND = "delivery.send"
 DELIVERY_SWEEP = "delivery.sweep"
+LIFECYCLE_PURGE = "lifecycle.purge"
+LIFECYCLE_JOBS = "lifecycle.jobs"
 
 # Polls and deliveries travel in batches of this many per Celery message.
 TASK_BATCH = 20

@@ -11,6 +11,9 @@ from sqlalchemy import text
 from app.api.openapi import build_openapi
 from app.api.routes import CTX
 from app.metrics import gauge_lines, render_all
+from app.models import utcnow
+from app.services import lifecycle
+from app.store.lifecycle import TABLE_SIZES_SQL
 
 PROBE_TIMEOUT_S = 3.0
 
@@ -75,6 +78,14 @@ async def metrics(request: web.Request) -> web.Response:
     lines = await render_all(ctx.redis)
     async with ctx.engine.connect() as conn:
         row = (await conn.execute(_GAUGES)).one()
+        sizes = [
+            lifecycle.TableSize(str(r[0]), int(r[1]), int(r[2]), int(r[3]))
+            for r in (await conn.execute(text(TABLE_SIZES_SQL))).all()
+        ]
+    for name, help_, samples in lifecycle.lifecycle_gauges(
+        sizes, await lifecycle.last_report(ctx.redis), utcnow()
+    ):
+        lines += gauge_lines(name, help_, samples)
     pending, overdue_s, polling, late, late_s = (float(v or 0) for v in row)
     lines += gauge_lines(
         "pollinator_deliveries_pending", "Deliveries not yet delivered or failed", [({}, pending)]

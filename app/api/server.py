@@ -9,7 +9,7 @@ from collections.abc import AsyncIterator
 import aiohttp
 from aiohttp import web
 
-from app.api import health, routes
+from app.api import health, lifecycle_routes, routes
 from app.api.context import ApiContext
 from app.api.errors import error_middleware
 from app.api.ui import add_ui_routes
@@ -47,6 +47,7 @@ def create_app(settings: Settings) -> web.Application:
 
     app.cleanup_ctx.append(lifecycle)
     routes.add_routes(app)
+    lifecycle_routes.add_routes(app)
     health.add_routes(app)
     add_ui_routes(app)
     return app
