@@ -54,7 +54,7 @@ async def delete(settings: Settings, organization_id: int) -> dict[str, object] 
         return {"organizationId": organization_id, "erased": True, "rowsDeleted": deleted}
     finally:
         if redis is not None:
-            await redis.aclose()
+            await redis.aclose(close_connection_pool=True)
         await pool.close()
 
 
