@@ -45,6 +45,8 @@ ERASE_LOCK = 0x504F4C4C0002
 # An instance's marks move only when the horizon has moved this far: a purge every
 # minute over 10,000 instances would otherwise spend its time on empty slices.
 PURGE_STEP = timedelta(minutes=10)
+# Rest after each batch as long as it took: at most half of one connection's time.
+PURGE_REST_RATIO = 1.0
 REPLAY_PAGE = 500
 # A running replay whose worker has not written for this long is taken over.
 REPLAY_STALE = timedelta(minutes=5)
@@ -97,20 +99,28 @@ class PurgeReport:
 
 
 class _Batches:
-    """Times every batch transaction: the longest is the upper bound of any lock held."""
+    """Times every batch transaction: the longest is the upper bound of any lock held.
 
-    def __init__(self, report: PurgeReport, deadline: float) -> None:
+    After each batch the purge rests ``rest_ratio`` times as long as the batch took, so
+    it never takes more than its share of the database (and of the WAL and vacuum work
+    it leaves behind), however large its backlog.
+    """
+
+    def __init__(self, report: PurgeReport, deadline: float, rest_ratio: float) -> None:
         self.report = report
         self.deadline = deadline
+        self.rest_ratio = rest_ratio
 
     def expired(self) -> bool:
         return time.monotonic() >= self.deadline
 
-    def record(self, started: float) -> None:
+    async def record(self, started: float) -> None:
         took = time.monotonic() - started
         self.report.batches += 1
         self.report.batch_seconds.append(took)
         self.report.longest_batch_s = max(self.report.longest_batch_s, took)
+        if self.rest_ratio > 0:
+            await asyncio.sleep(took * self.rest_ratio)
 
 
 async def purge(
@@ -121,6 +131,7 @@ async def purge(
     now: datetime | None = None,
     step: timedelta = PURGE_STEP,
     redis: Redis | None = None,
+    rest_ratio: float = PURGE_REST_RATIO,
 ) -> PurgeReport | None:
     """One purge run over every instance, within ``budget_s``; ``None`` if one is running.
 
@@ -133,7 +144,8 @@ async def purge(
         if not await conn.fetchval("SELECT pg_try_advisory_lock($1)", PURGE_LOCK):
             return None
         try:
-            await _purge_locked(conn, settings, report, started + budget_s, now, step)
+            batches = _Batches(report, started + budget_s, rest_ratio)
+            await _purge_locked(conn, settings, batches, now, step)
             report.oldest_payload = _iso(await store.oldest_retained_payload(conn))
         finally:
             await conn.execute("SELECT pg_advisory_unlock($1)", PURGE_LOCK)
@@ -147,14 +159,13 @@ async def purge(
 async def _purge_locked(
     conn: store.Conn,
     settings: Settings,
-    report: PurgeReport,
-    deadline: float,
+    batches: _Batches,
     now: datetime | None,
     step: timedelta,
 ) -> None:
+    report = batches.report
     default = default_retention(settings)
     rows = settings.purge_batch_rows
-    batches = _Batches(report, deadline)
     moment = now or await conn.fetchval("SELECT now()")
     pending = await store.oldest_pending(conn)
     for item in await store.instances_to_purge(conn):
@@ -163,11 +174,24 @@ async def _purge_locked(
         retention = Retention.effective(default, item.payload_days, item.metadata_days)
         cut = cutoffs(retention, moment, pending.get(item.instance_id))
         report.instances += 1
-        if _due(item.payload_before, cut.payload_before, step):
-            await _purge_payloads(conn, item, cut.payload_before, rows, batches)
+        # Metadata first: rows it deletes need no payload purge. The payload slices then
+        # start where the deleted rows end.
+        deleted_to = item.metadata_before
         if _due(item.metadata_before, cut.metadata_before, step):
             await _purge_metadata(conn, item, cut.metadata_before, rows, batches)
+            if batches.expired():
+                return
+            deleted_to = cut.metadata_before
+        payload_from = _latest(item.payload_before, deleted_to)
+        if _due(payload_from, cut.payload_before, step):
+            await _purge_payloads(conn, item, payload_from, cut.payload_before, rows, batches)
     report.complete = not batches.expired()
+
+
+def _latest(a: datetime | None, b: datetime | None) -> datetime | None:
+    if a is None or b is None:
+        return a or b
+    return max(a, b)
 
 
 def _due(mark: datetime | None, cut: datetime, step: timedelta) -> bool:
@@ -177,20 +201,18 @@ def _due(mark: datetime | None, cut: datetime, step: timedelta) -> bool:
 async def _purge_payloads(
     conn: store.Conn,
     item: store.InstanceRetention,
+    lo: datetime | None,
     cut: datetime,
     rows: int,
     batches: _Batches,
 ) -> None:
-    lo = item.payload_before
     while not batches.expired():
         end = await store.slice_end(conn, item.instance_id, lo, cut, rows)
-        if end is None:
-            return
         started = time.monotonic()
         async with conn.transaction():
             events, deliveries = await store.purge_payload_slice(conn, item.instance_id, lo, end)
             await store.save_progress(conn, item.instance_id, payload_before=end)
-        batches.record(started)
+        await batches.record(started)
         batches.report.payload_events += events
         batches.report.payload_deliveries += deliveries
         if end >= cut:
@@ -208,15 +230,13 @@ async def _purge_metadata(
     lo = item.metadata_before
     while not batches.expired():
         end = await store.slice_end(conn, item.instance_id, lo, cut, rows)
-        if end is None:
-            return
         started = time.monotonic()
         async with conn.transaction():
             events, deliveries, attempts = await store.purge_metadata_slice(
                 conn, item.instance_id, end
             )
             await store.save_progress(conn, item.instance_id, metadata_before=end)
-        batches.record(started)
+        await batches.record(started)
         batches.report.deleted_events += events
         batches.report.deleted_deliveries += deliveries
         batches.report.deleted_attempts += attempts

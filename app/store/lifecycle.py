@@ -68,44 +68,34 @@ async def oldest_pending(conn: Conn) -> dict[int, datetime]:
 
 async def slice_end(
     conn: Conn, instance_id: int, after: datetime | None, before: datetime, rows: int
-) -> datetime | None:
+) -> datetime:
     """The end of the next slice of about ``rows`` events in ``[after, before)``.
 
-    ``None`` when the range holds no events at all. A slice never ends at its start
-    (one poll may have written more than ``rows`` events at the same instant): then
-    it ends at the next distinct instant, so every slice makes progress.
+    One index probe in the common case. A slice never ends at its start (one poll may
+    have written more than ``rows`` events at the same instant): then it ends at the
+    next distinct instant, so every slice makes progress.
     """
     floor = after or datetime.min.replace(tzinfo=before.tzinfo)
-    first = await conn.fetchval(
-        """SELECT created_at FROM events WHERE instance_id = $1 AND created_at >= $2
-           AND created_at < $3 ORDER BY created_at LIMIT 1""",
-        instance_id,
-        floor,
-        before,
-    )
-    if first is None:
-        # No events left here; deliveries without events (none today) still end at `before`.
-        return before
-    end = await conn.fetchval(
+    end: datetime | None = await conn.fetchval(
         """SELECT created_at FROM events WHERE instance_id = $1 AND created_at >= $2
            AND created_at < $3 ORDER BY created_at OFFSET $4 LIMIT 1""",
         instance_id,
-        first,
+        floor,
         before,
         rows,
     )
     if end is None:
         return before
-    if end == first:
-        nxt = await conn.fetchval(
+    if end == floor:
+        end = await conn.fetchval(
             """SELECT min(created_at) FROM events WHERE instance_id = $1
                AND created_at > $2 AND created_at < $3""",
             instance_id,
-            first,
+            floor,
             before,
         )
-        return nxt or before
-    return end  # type: ignore[no-any-return]
+        return end or before
+    return end
 
 
 async def purge_payload_slice(
