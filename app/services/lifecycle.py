@@ -326,27 +326,33 @@ def lifecycle_gauges(
 
 
 async def run_replay_jobs(
-    pool: asyncpg.Pool, settings: Settings, enqueue: Enqueue, *, budget_s: float = 20.0
+    pool: asyncpg.Pool,
+    settings: Settings,
+    enqueue: Enqueue,
+    *,
+    budget_s: float = 20.0,
+    page: int = REPLAY_PAGE,
 ) -> int:
     """Work queued replay jobs for up to ``budget_s``; returns deliveries re-armed.
 
     A job counts its selection once, then re-arms it a page at a time in
     ``(created_at, id)`` order, saving its cursor with each page, so a job taken
-    over after a crash re-arms nothing twice.
+    over after a crash re-arms nothing twice. A job cut short by the budget stays
+    ``running`` and is released for the next tick to resume at once.
     """
     deadline = time.monotonic() + budget_s
     armed_total = 0
     async with pool.acquire() as conn:
-        while time.monotonic() < deadline:
+        while True:
             job = await store.claim_replay_job(conn, utcnow() - REPLAY_STALE)
             if job is None:
-                break
+                return armed_total
             if job.cursor_at is None and job.sent == 0:
                 await store.set_selected(conn, job.id, await store.count_replayable(conn, job))
             while True:
                 lease_until = utcnow() + timedelta(seconds=settings.delivery_lease_seconds)
                 async with conn.transaction():
-                    armed, cursor = await store.rearm_page(conn, job, lease_until, REPLAY_PAGE)
+                    armed, cursor = await store.rearm_page(conn, job, lease_until, page)
                 if armed:
                     enqueue([(delivery_id, lease_until) for delivery_id in armed])
                     armed_total += len(armed)
@@ -355,8 +361,10 @@ async def run_replay_jobs(
                     break
                 job = _advance(job, cursor, len(armed))
                 if time.monotonic() >= deadline:
-                    return armed_total  # still 'running'; resumed by a later tick
-    return armed_total
+                    await store.release_replay_job(conn, job.id)
+                    return armed_total
+            if time.monotonic() >= deadline:
+                return armed_total
 
 
 def _advance(

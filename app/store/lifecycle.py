@@ -271,12 +271,13 @@ async def get_replay_job(conn: Conn, instance_id: int, job_id: uuid.UUID) -> Rep
 
 
 async def claim_replay_job(conn: Conn, stale_before: datetime) -> ReplayJob | None:
-    """Take the oldest queued job, or a running one whose worker stopped heartbeating."""
+    """Take the oldest queued job, a paused one, or one whose worker stopped heartbeating."""
     row = await conn.fetchrow(
         f"""UPDATE replay_jobs SET state = 'running', heartbeat_at = now()
             WHERE id = (
               SELECT id FROM replay_jobs
-              WHERE state = 'queued' OR (state = 'running' AND heartbeat_at < $1)
+              WHERE state = 'queued'
+                 OR (state = 'running' AND (heartbeat_at IS NULL OR heartbeat_at < $1))
               ORDER BY created_at LIMIT 1 FOR UPDATE SKIP LOCKED)
             RETURNING {_JOB_COLUMNS}""",
         stale_before,
@@ -351,6 +352,11 @@ async def rearm_page(
         cursor[1],
     )
     return [r[0] for r in armed], cursor
+
+
+async def release_replay_job(conn: Conn, job_id: uuid.UUID) -> None:
+    """A running job paused by its worker's budget: the next claim resumes it at once."""
+    await conn.execute("UPDATE replay_jobs SET heartbeat_at = NULL WHERE id = $1", job_id)
 
 
 async def finish_replay_job(conn: Conn, job_id: uuid.UUID) -> None:

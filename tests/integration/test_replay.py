@@ -305,3 +305,32 @@ async def test_rewind_bounds(
         url, json={"resource": "contacts", "since": _iso(now - DAY)}, headers=org.headers
     )
     assert resp.status == 202
+
+
+async def test_a_replay_cut_short_resumes_at_the_next_tick(
+    api: TestClient[Any, Any], rig: Rig
+) -> None:
+    """A worker's time budget pauses a job; the next tick picks it up, not minutes later."""
+    await lifecycle.run_replay_jobs(rig.pool, rig.settings, lambda _: None)  # earlier tests' jobs
+    async with rig.pool.acquire() as conn:
+        org = await make_org(conn, "replay-resume")
+        inst = await make_instance(conn, org.id, callback_url=rig.receiver.url)
+        seeded = [await seed_delivery(conn, inst, org.id, age=(3 + n) * DAY) for n in range(3)]
+    resp = await api.post(
+        f"{BASE}/instances/{inst}/deliveries/replay",
+        json={"since": _iso(utcnow() - 7 * DAY), "until": _iso(utcnow())},
+        headers=org.headers,
+    )
+    job = (await resp.json())["jobId"]
+    enqueued: list[tuple[uuid.UUID, datetime]] = []
+    for expected_sent in (1, 2, 3):  # one page of one delivery per tick
+        await lifecycle.run_replay_jobs(rig.pool, rig.settings, enqueued.extend, budget_s=0, page=1)
+        status = await _status(api, org, inst, job)
+        assert (status["status"], status["selected"], status["sent"]) == (
+            "running",
+            3,
+            expected_sent,
+        )
+    await lifecycle.run_replay_jobs(rig.pool, rig.settings, enqueued.extend, budget_s=0, page=1)
+    assert (await _status(api, org, inst, job))["status"] == "done"
+    assert sorted(d for d, _ in enqueued) == sorted(s.delivery_id for s in seeded)
