@@ -276,3 +276,51 @@ async def test_metrics_and_status_show_sizes_oldest_payload_and_progress(
     assert set(state["retention"]["tables"]) == {"events", "deliveries", "delivery_attempts"}
     assert state["retention"]["lastPurge"]["oldest_payload"] == report.oldest_payload
     assert "oldest payload kept:" in render(state)
+
+
+async def test_operator_sets_and_clears_organization_overrides(
+    pool: asyncpg.Pool, make_settings: Callable[..., Settings]
+) -> None:
+    from app.orgs import set_retention
+
+    settings = make_settings(payload_retention_days=30, metadata_retention_days=90)
+    async with pool.acquire() as conn:
+        org = await make_org(conn, "overrides")
+    result = await set_retention(settings, org.id, "7.5", None)
+    assert result is not None
+    assert (result["payloadRetentionDays"], result["metadataRetentionDays"]) == (7.5, 90)
+    result = await set_retention(settings, org.id, None, "14")
+    assert result is not None
+    assert result["overrides"] == {"payload": 7.5, "metadata": 14.0}
+    result = await set_retention(settings, org.id, "default", None)
+    assert result is not None
+    assert (result["payloadRetentionDays"], result["metadataRetentionDays"]) == (30, 14.0)
+    row = await pool.fetchrow(
+        "SELECT payload_retention_days, metadata_retention_days FROM organizations WHERE id = $1",
+        org.id,
+    )
+    assert tuple(row) == (None, 14.0)
+    assert await set_retention(settings, 10**12, "1", None) is None
+
+
+async def test_deleted_instances_payloads_follow_the_same_rules(
+    pool: asyncpg.Pool, make_settings: Callable[..., Settings]
+) -> None:
+    """DELETE /instances/{id} keeps a tombstone and its log; retention still applies to it."""
+    async with pool.acquire() as conn:
+        org = await make_org(conn, "tombstone")
+        inst = await make_instance(conn, org.id)
+        old = await seed_delivery(conn, inst, org.id, age=40 * DAY)
+        fresh = await seed_delivery(conn, inst, org.id, age=DAY)
+        await conn.execute(
+            "UPDATE instances SET deleted_at = now(), secrets = NULL, events_enabled = false"
+            " WHERE id = $1",
+            inst,
+        )
+    assert await lifecycle.purge(pool, make_settings()) is not None
+    state = await _state(pool, old.delivery_id)
+    assert state is not None
+    assert state["body"] == 0
+    state = await _state(pool, fresh.delivery_id)
+    assert state is not None
+    assert state["body"] > 0
