@@ -305,11 +305,12 @@ def lifecycle_gauges(
                 [({}, datetime.fromisoformat(finished).timestamp())],
             )
         )
+    rows = report.get("rows")
     gauges.append(
         (
             "pollinator_purge_last_run_rows",
             "Rows the last retention purge run purged or deleted",
-            [({}, float(str(report.get("rows", 0))))],
+            [({}, float(rows) if isinstance(rows, int | float) else 0.0)],
         )
     )
     gauges.append(
