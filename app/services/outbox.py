@@ -3,8 +3,8 @@
 Everything here runs inside ONE PostgreSQL transaction, on a raw asyncpg
 connection: this is the hottest write path of the system, and each statement
 is one prepared round trip that takes whole arrays (``unnest``) instead of a
-row at a time. Events are inserted with ``ON CONFLICT DO NOTHING``: an event id
-is a function of (instance, resource, record, updated date), so a record seen
+row at a time. Events are inserted ``ON CONFLICT (id)``: an event id is a
+function of (instance, resource, record, updated date), so a record seen
 again is skipped here and never becomes a second event — unless its resource was
 rewound (``poll_states.rewound_at``, ``POST …/polling/rewind``) after the event was
 stored: then the re-read change is emitted again, with the same event id (so the
