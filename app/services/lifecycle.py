@@ -407,8 +407,9 @@ async def rewind(
     """Move one resource's watermark back to ``since`` so its changes are read again.
 
     Done under the instance's poll lock, so no poll in flight can write its (newer)
-    checkpoint over the rewound one; the Redis hot copy is deleted after the commit and
-    rebuilt from PostgreSQL by the next poll (:func:`app.services.polling.load_watermarks`).
+    checkpoint over the rewound one; the Redis hot copy is deleted after the commit, and
+    until the next poll the checkpoint wins over any copy a poll that ended just before
+    wrote late (:func:`app.services.polling.load_watermarks`).
     """
     holder = pysecrets.token_hex(8)
     lock = keys.poll_lock(instance_id)

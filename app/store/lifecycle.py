@@ -141,7 +141,9 @@ async def purge_metadata_slice(
 
     Returns (events, deliveries, attempts). Everything older is already gone, so the
     index range starts at the instance's oldest row. Events go first: a delivery's
-    deletion would otherwise update each of its events (``ON DELETE SET NULL``).
+    deletion would otherwise update each of its events (``ON DELETE SET NULL``). A
+    delivery row locked by a concurrent retry is waited for (one short statement) and
+    re-checked, not skipped: a skipped row would sit behind the mark for good.
     """
     events = await conn.fetchval(
         """WITH gone AS (
@@ -154,7 +156,7 @@ async def purge_metadata_slice(
         """WITH victims AS (
              SELECT id FROM deliveries
              WHERE instance_id = $1 AND created_at < $2 AND status <> 'pending'
-             FOR UPDATE SKIP LOCKED
+             FOR UPDATE
            ), attempts AS (
              DELETE FROM delivery_attempts WHERE delivery_id IN (SELECT id FROM victims)
              RETURNING 1

@@ -34,7 +34,7 @@ from app.services.breaker import CircuitBreakers, OriginSlots
 from app.services.delivery import DeliveryDeps, deliver_many, due_deliveries
 from app.services.guarded_http import callback_session
 from app.services.outbox import ResourceResult, store_poll
-from app.services.polling import ResourceState, load_watermarks
+from app.services.polling import load_snapshot, load_watermarks
 from app.settings import Settings
 from tests.conftest import SECRET_KEY, ServiceUrls
 from tests.integration.lifecycle_data import Org, make_instance, make_org, seed_delivery
@@ -243,8 +243,8 @@ async def test_rewind_re_reads_and_re_emits_with_the_same_event_ids(
     # Read again without a rewind (e.g. an overlapping page): nothing is emitted twice.
     assert await _poll(rig.pool, info, _delta(changes, now - DAY)) == []
     # The hot copy in Redis is ahead of the rewind target.
-    hot = watermark_to_json(Watermark(now - DAY, frozenset({"3"})))
-    await rig.redis.set(keys.watermark(inst, "contacts"), json.dumps(hot))
+    hot = json.dumps(watermark_to_json(Watermark(now - DAY, frozenset({"3"}))))
+    await rig.redis.set(keys.watermark(inst, "contacts"), hot)
 
     resp = await api.post(
         f"{BASE}/instances/{inst}/polling/rewind",
@@ -256,9 +256,13 @@ async def test_rewind_re_reads_and_re_emits_with_the_same_event_ids(
         "SELECT watermark_at FROM poll_states WHERE instance_id = $1", inst
     )
     assert checkpoint == now - 2 * DAY - timedelta(hours=1)
-    # The next poll starts from the rewound checkpoint, not the newer Redis copy.
-    state = ResourceState("contacts", Watermark(checkpoint, frozenset()), now)
-    loaded = await load_watermarks(rig.redis, inst, [state])
+    assert await rig.redis.get(keys.watermark(inst, "contacts")) is None
+    # A poll that ended just before the rewind writes its (newer) Redis copy late: the next
+    # poll still starts from the rewound checkpoint.
+    await rig.redis.set(keys.watermark(inst, "contacts"), hot)
+    snapshot = await load_snapshot(rig.pool, inst)
+    assert snapshot is not None
+    loaded = await load_watermarks(rig.redis, inst, snapshot.states)
     assert loaded["contacts"].at == checkpoint
 
     # The re-read changes since then are emitted again, with their original ids...
