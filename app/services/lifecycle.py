@@ -6,9 +6,10 @@ partitioned table must contain the partition key, so time partitions would lose
 that guarantee. Instead each purge step is one short transaction over one time
 slice of one instance (about ``POLLINATOR_PURGE_BATCH_ROWS`` events and their
 deliveries), found through the ``(instance_id, created_at)`` indexes: row locks
-are held for one slice only, nothing waits on them (no request updates old rows),
-and the dead tuples arrive at a steady rate that autovacuum absorbs. See
-``bench/bench_retention.py`` for the numbers at ten million events.
+are held for one slice only, reads never wait on them (only a retry or replay of a
+delivery being purged waits, for that one slice), and the dead tuples arrive at a
+steady rate that autovacuum absorbs. ``bench/bench_retention.py`` measures it at ten
+million events (``bench/results/retention-*.txt``).
 
 Every runner takes a PostgreSQL advisory lock, so overlapping beat ticks or a
 second worker never run the same purge or erasure twice at once.
