@@ -18,7 +18,10 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "worker": ("workers.worker", "run a Celery worker (--queues poll|delivery)"),
     "migrate": ("app.migrate", "apply database migrations (alembic upgrade head)"),
     "services": ("app.embedded", "services up: run embedded PostgreSQL + Redis"),
-    "org": ("app.orgs", "org create NAME: create an organization and its first user"),
+    "org": (
+        "app.orgs",
+        "org create NAME | delete ID | retention ID [--payload-days D] [--metadata-days D]",
+    ),
     "simulate": ("app.simulator.cli", "run the Infusionsoft (Keap) simulator"),
     "sink": ("app.sink", "run a callback receiver that records every request"),
     "loadtest": ("app.loadtest.cli", "run a load test against the whole stack"),

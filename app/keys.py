@@ -50,3 +50,8 @@ def alive(role: str) -> str:
 def breakers_open() -> str:
     """Sorted set of callback origins whose circuit breaker is open (score: open until)."""
     return f"{PREFIX}:cb:open"
+
+
+def retention_report() -> str:
+    """JSON report of the last retention purge run (``/metrics``, ``pollinator status``)."""
+    return f"{PREFIX}:retention:last"

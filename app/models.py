@@ -77,6 +77,12 @@ class Organization(SQLModel, table=True):
     name: str = Field(sa_column=Column(String(200), nullable=False))
     secret_hash: str = Field(sa_column=Column(String(64), nullable=False, unique=True))
     created_at: datetime = _ts(default=True)
+    # Data lifecycle: per-organization retention overrides (days; NULL = the operator's
+    # POLLINATOR_*_RETENTION_DAYS), and when its erasure was requested (its credentials
+    # are revoked at that moment; the rows go in bounded batches afterwards).
+    payload_retention_days: float | None = Field(default=None, nullable=True)
+    metadata_retention_days: float | None = Field(default=None, nullable=True)
+    erasing_since: datetime | None = _ts(nullable=True)
 
 
 class User(SQLModel, table=True):
@@ -192,6 +198,9 @@ class PollState(SQLModel, table=True):
         default=0, sa_column=Column(Integer, nullable=False, server_default="0")
     )
     last_error: str | None = Field(default=None, sa_column=Column(Text, nullable=True))
+    # Set by a rewind (``POST …/polling/rewind``): events first stored before this moment
+    # and read again by a later poll are emitted again (same event ids, new deliveries).
+    rewound_at: datetime | None = _ts(nullable=True)
 
 
 class Event(SQLModel, table=True):
@@ -269,3 +278,56 @@ class DeliveryAttempt(SQLModel, table=True):
     error: str | None = Field(default=None, sa_column=Column(String(32), nullable=True))
     error_detail: str | None = Field(default=None, sa_column=Column(Text, nullable=True))
     response_body: str | None = Field(default=None, sa_column=Column(Text, nullable=True))
+
+
+class RetentionProgress(SQLModel, table=True):
+    """How far the purge has got for one instance: everything older is already purged.
+
+    The purge never moves a mark past the instance's oldest pending delivery, so a
+    pending delivery (and every row after it) is never purged.
+    """
+
+    __tablename__ = "retention_progress"
+
+    instance_id: int = Field(
+        sa_column=Column(
+            BigInteger, ForeignKey("instances.id", ondelete="CASCADE"), primary_key=True
+        )
+    )
+    payload_before: datetime | None = _ts(nullable=True)
+    metadata_before: datetime | None = _ts(nullable=True)
+    updated_at: datetime = _ts(default=True)
+
+
+class ReplayJob(SQLModel, table=True):
+    """A replay of an instance's deliveries in a time range (``POST …/deliveries/replay``)."""
+
+    __tablename__ = "replay_jobs"
+    __table_args__ = (
+        Index("ix_replay_jobs_open", "created_at", postgresql_where=text("state <> 'done'")),
+    )
+
+    id: uuid.UUID = Field(sa_column=Column(UUID(as_uuid=True), primary_key=True))
+    instance_id: int = Field(
+        sa_column=Column(
+            BigInteger,
+            ForeignKey("instances.id", ondelete="CASCADE"),
+            nullable=False,
+            index=True,
+        )
+    )
+    since: datetime = _ts()
+    until: datetime = _ts()
+    only_failed: bool = Field(default=False, nullable=False)
+    state: str = Field(sa_column=Column(String(16), nullable=False, server_default="queued"))
+    selected: int = Field(default=0, sa_column=Column(Integer, nullable=False, server_default="0"))
+    sent: int = Field(default=0, sa_column=Column(Integer, nullable=False, server_default="0"))
+    # Keyset cursor (created_at, id) of the last delivery re-armed: a job resumed after a
+    # crash continues after it and never re-arms a delivery twice.
+    cursor_at: datetime | None = _ts(nullable=True)
+    cursor_id: uuid.UUID | None = Field(
+        default=None, sa_column=Column(UUID(as_uuid=True), nullable=True)
+    )
+    created_at: datetime = _ts(default=True)
+    heartbeat_at: datetime | None = _ts(nullable=True)
+    finished_at: datetime | None = _ts(nullable=True)

@@ -75,6 +75,14 @@ class Settings(BaseSettings):
     api_requests_per_second_per_org: float = Field(
         default=DEFAULT_API_REQUESTS_PER_SECOND_PER_ORG, ge=0
     )
+    # -- data lifecycle (README "Data retention") --------------------------------------------
+    # Payloads (delivery bodies, events' raw records) and metadata (event, delivery and
+    # attempt rows) are purged separately; organizations may override both. 30 days of
+    # payloads keep a month replayable; 90 days of metadata keep the quarter's log.
+    payload_retention_days: float = Field(default=30.0, gt=0, le=36500)
+    metadata_retention_days: float = Field(default=90.0, gt=0, le=36500)
+    # Rows per purge/erasure transaction: small enough that no lock is held for long.
+    purge_batch_rows: int = Field(default=2000, ge=10, le=100_000)
 
     @field_validator("delivery_retry_schedule", mode="before")
     @classmethod

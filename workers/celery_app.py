@@ -8,9 +8,20 @@ from celery import Celery
 from kombu import Queue as KombuQueue
 
 from app.settings import Settings, get_settings
-from workers.queues import DELIVERY_BATCH, DELIVERY_SWEEP, POLL_INSTANCES, Queue
+from workers.queues import (
+    DELIVERY_BATCH,
+    DELIVERY_SWEEP,
+    LIFECYCLE_JOBS,
+    LIFECYCLE_PURGE,
+    POLL_INSTANCES,
+    Queue,
+)
 
 SWEEP_EVERY_S = 2.0
+# Retention purge runs (each within its budget, resuming where the last stopped) and
+# replay/erasure work (short ticks, so a new replay job starts within seconds).
+PURGE_EVERY_S = 60.0
+LIFECYCLE_JOBS_EVERY_S = 2.0
 
 
 def create_celery(settings: Settings) -> Celery:
@@ -24,6 +35,8 @@ def create_celery(settings: Settings) -> Celery:
             POLL_INSTANCES: {"queue": Queue.POLL.value},
             DELIVERY_BATCH: {"queue": Queue.DELIVERY.value},
             DELIVERY_SWEEP: {"queue": Queue.DELIVERY.value},
+            LIFECYCLE_PURGE: {"queue": Queue.DELIVERY.value},
+            LIFECYCLE_JOBS: {"queue": Queue.DELIVERY.value},
         },
         # Polls are re-scheduled by beat and deliveries re-enqueued by the sweeper
         # from PostgreSQL, so a message lost with a dead worker loses no work; late
@@ -45,6 +58,16 @@ def create_celery(settings: Settings) -> Celery:
                 "schedule": SWEEP_EVERY_S,
                 "options": {"expires": 30},
             },
+            "lifecycle-purge": {
+                "task": LIFECYCLE_PURGE,
+                "schedule": PURGE_EVERY_S,
+                "options": {"expires": PURGE_EVERY_S},
+            },
+            "lifecycle-jobs": {
+                "task": LIFECYCLE_JOBS,
+                "schedule": LIFECYCLE_JOBS_EVERY_S,
+                "options": {"expires": 10},
+            },
         },
         # Flower lists one task per poll and per delivery, sent by the workers themselves
         # (workers/taskview.py); the batch messages and the sweeper send no task events.
@@ -52,7 +75,11 @@ def create_celery(settings: Settings) -> Celery:
         task_send_sent_event=False,
         worker_hijack_root_logger=False,
     )
-    app.conf.imports = ["workers.tasks.poll", "workers.tasks.delivery"]
+    app.conf.imports = [
+        "workers.tasks.poll",
+        "workers.tasks.delivery",
+        "workers.tasks.lifecycle",
+    ]
     return app
 
 

@@ -17,6 +17,8 @@ DELIVERY_SWEEP = "delivery.sweep"
 # What Flower lists: one task per poll and per delivery (workers/taskview.py).
 POLL_UNIT = "poll.instance"
 DELIVERY_UNIT = "delivery.send"
+LIFECYCLE_PURGE = "lifecycle.purge"
+LIFECYCLE_JOBS = "lifecycle.jobs"
 
 # Polls and deliveries travel in batches of this many per Celery message.
 TASK_BATCH = 20

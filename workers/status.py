@@ -23,6 +23,7 @@ from app import keys, liveness
 from app.db import libpq_url
 from app.settings import Settings
 from app.store import operator
+from app.store.lifecycle import TABLE_SIZES_SQL
 from workers.queues import Queue
 
 
@@ -53,11 +54,13 @@ def read_state(settings: Settings) -> dict[str, Any]:
     try:
         roles = liveness.alive(client)
         leader = client.get(keys.beat_leader())
+        purge_raw = client.get(keys.retention_report())
     finally:
         client.close()
     with psycopg.connect(libpq_url(settings.require("database_url")), connect_timeout=5) as conn:
         backlog = operator.backlog(conn)
         failing = operator.failing_resources(conn)
+        sizes = conn.execute(TABLE_SIZES_SQL).fetchall()
     return {
         "roles": roles,
         "beatLeader": leader is not None,
@@ -73,6 +76,15 @@ def read_state(settings: Settings) -> dict[str, Any]:
             "oldestPendingAgeSeconds": round(backlog.oldest_pending_age_s, 3),
         },
         "failing": [asdict(f) for f in failing],
+        "retention": {
+            "payloadDays": settings.payload_retention_days,
+            "metadataDays": settings.metadata_retention_days,
+            "tables": {
+                str(r[0]): {"rows": int(r[1]), "tableBytes": int(r[2]), "indexBytes": int(r[3])}
+                for r in sizes
+            },
+            "lastPurge": json.loads(purge_raw) if purge_raw else None,
+        },
     }
 
 
@@ -102,7 +114,32 @@ def render(state: dict[str, Any]) -> str:
             f"  instance {f['instance_id']} (org {f['organization_id']}) {f['resource']}:"
             f" {f['error_class']} x{f['consecutive_failures']}"
         )
+    lines += _render_retention(state["retention"])
     return "\n".join(lines)
+
+
+def _render_retention(retention: dict[str, Any]) -> list[str]:
+    lines = [
+        f"retention  payloads {retention['payloadDays']:g} d, metadata"
+        f" {retention['metadataDays']:g} d (defaults; organizations may override)"
+    ]
+    for name, t in retention["tables"].items():
+        lines.append(
+            f"  {name:<18} ~{t['rows']} rows, {t['tableBytes'] / 2**20:.1f} MiB"
+            f" + {t['indexBytes'] / 2**20:.1f} MiB indexes"
+        )
+    last = retention["lastPurge"]
+    if last is None:
+        lines.append("  purge: no run recorded yet")
+    else:
+        state = "caught up" if last["complete"] else "behind (continues next run)"
+        lines.append(
+            f"  purge: last run {last['finished_at']}, {last['rows']} rows in"
+            f" {last['seconds']:.1f} s, longest batch {last['longest_batch_s'] * 1000:.0f} ms,"
+            f" {state}"
+        )
+        lines.append(f"  oldest payload kept: {last['oldest_payload'] or 'none'}")
+    return lines
 
 
 def main(argv: list[str]) -> int:

@@ -13,7 +13,9 @@ from app import keys
 from app.api.context import CTX
 from app.api.openapi import build_openapi
 from app.metrics import gauge_lines, render_all
-from app.models import DUE_PREDICATE
+from app.models import DUE_PREDICATE, utcnow
+from app.services import lifecycle
+from app.store.lifecycle import TABLE_SIZES_SQL
 
 PROBE_TIMEOUT_S = 3.0
 
@@ -94,6 +96,14 @@ async def metrics(request: web.Request) -> web.Response:
     async with ctx.engine.connect() as conn:
         row = (await conn.execute(_GAUGES)).one()
         failing = (await conn.execute(_FAILING)).all()
+        sizes = [
+            lifecycle.TableSize(str(r[0]), int(r[1]), int(r[2]), int(r[3]))
+            for r in (await conn.execute(text(TABLE_SIZES_SQL))).all()
+        ]
+    for name, help_, samples in lifecycle.lifecycle_gauges(
+        sizes, await lifecycle.last_report(ctx.redis), utcnow()
+    ):
+        lines += gauge_lines(name, help_, samples)
     pending, overdue_s, polling, late, late_s, quarantined = (float(v or 0) for v in row)
     lines += gauge_lines(
         "pollinator_deliveries_pending", "Deliveries not yet delivered or failed", [({}, pending)]

@@ -422,6 +422,7 @@ def build_openapi(min_refresh_minutes: float = 1.0) -> dict[str, Any]:
         },
         "/openapi.json": {"get": _op("This document", auth=False)},
     }
+    paths.update(_lifecycle_paths(inst))
     return {
         "openapi": "3.0.3",
         "info": {
@@ -517,5 +518,74 @@ def build_openapi(min_refresh_minutes: float = 1.0) -> dict[str, Any]:
                     },
                 },
             },
+        },
+    }
+
+
+def _lifecycle_paths(inst: str) -> dict[str, Any]:
+    """Replay, rewind and erasure (SPEC §8, app/api/lifecycle_routes.py)."""
+    instant = {"type": "string", "format": "date-time"}
+    job = {
+        "type": "object",
+        "properties": {
+            "jobId": {"type": "string", "format": "uuid"},
+            "status": {"type": "string", "enum": ["queued", "running", "done"]},
+            "selected": {"type": "integer"},
+            "sent": {"type": "integer"},
+        },
+    }
+    return {
+        inst + "/deliveries/replay": {
+            "post": _op(
+                "Send again the deliveries created in [since, until) (all, or only failed),"
+                " as a background job; each selected delivery is sent once",
+                {"type": "object", "properties": {"jobId": {"type": "string"}}},
+                params=[_ID],
+                body={
+                    "type": "object",
+                    "required": ["since", "until"],
+                    "properties": {
+                        "since": instant,
+                        "until": instant,
+                        "status": {"type": "string", "enum": ["all", "failed"]},
+                    },
+                },
+                status="202",
+            )
+        },
+        inst + "/deliveries/replay/{jobId}": {
+            "get": _op(
+                "A replay job's progress",
+                job,
+                params=[
+                    _ID,
+                    {
+                        "name": "jobId",
+                        "in": "path",
+                        "required": True,
+                        "schema": {"type": "string", "format": "uuid"},
+                    },
+                ],
+            )
+        },
+        inst + "/polling/rewind": {
+            "post": _op(
+                "Move a resource's watermark back (not before the payload retention);"
+                " changes after it are read and emitted again with their event ids",
+                params=[_ID],
+                body={
+                    "type": "object",
+                    "required": ["resource", "since"],
+                    "properties": {"resource": {"type": "string"}, "since": instant},
+                },
+                status="202",
+            )
+        },
+        BASE + "/organizations/me": {
+            "delete": _op(
+                "Erase the calling organization and all of its data; its credentials stop"
+                " working at once, the rows are deleted in the background",
+                status="202",
+            )
         },
     }

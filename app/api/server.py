@@ -10,7 +10,7 @@ import aiohttp
 from aiohttp import web
 
 from app import liveness
-from app.api import health, routes
+from app.api import health, lifecycle_routes, routes
 from app.api.auth import auth_middleware
 from app.api.console_routes import add_console_routes
 from app.api.context import CTX, ApiContext
@@ -56,6 +56,7 @@ def create_app(settings: Settings) -> web.Application:
     app.cleanup_ctx.append(lifecycle)
     routes.add_routes(app)
     add_console_routes(app)
+    lifecycle_routes.add_routes(app)
     health.add_routes(app)
     add_ui_routes(app)
     return app

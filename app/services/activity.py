@@ -148,13 +148,16 @@ async def list_deliveries(
 
 
 def _delivery_view(delivery: Delivery, attempts: list[DeliveryAttempt]) -> dict[str, Any]:
-    body = json.loads(delivery.body)
-    message = body.get("message", {})
+    # An empty body is a payload purged by retention (app.services.lifecycle).
+    purged = not delivery.body
+    body = None if purged else json.loads(delivery.body)
+    message = {} if body is None else body.get("message", {})
     return {
         "id": str(delivery.id),
         "status": delivery.status,
         "eventCount": delivery.event_count,
         "eventIds": [e.get("eventId") for e in message.get("events", [])],
+        "payloadPurged": purged,
         "createdDate": iso(delivery.created_at),
         "deliveredDate": iso(delivery.delivered_at),
         "nextAttemptAt": iso(delivery.next_attempt_at)
@@ -178,20 +181,31 @@ def _delivery_view(delivery: Delivery, attempts: list[DeliveryAttempt]) -> dict[
 
 
 async def retry_delivery(session: AsyncSession, instance: Instance, delivery_id: uuid.UUID) -> bool:
-    """Make one delivery pending and due now, whatever its status; ``False`` if not found."""
+    """Make one delivery pending and due now, whatever its status; ``False`` if not found.
+
+    A delivery whose payload retention purged is not found: there is nothing to send.
+    """
     result = await session.execute(
         update(Delivery)
-        .where(col(Delivery.id) == delivery_id, col(Delivery.instance_id) == instance.id)
+        .where(
+            col(Delivery.id) == delivery_id,
+            col(Delivery.instance_id) == instance.id,
+            func.octet_length(col(Delivery.body)) > 0,
+        )
         .values(status=DeliveryStatus.PENDING, next_attempt_at=utcnow(), delivered_at=None)
     )
     return bool(result.rowcount)  # type: ignore[attr-defined]
 
 
 async def retry_deliveries(session: AsyncSession, instance: Instance, status: str) -> int:
-    """Make every delivery of ``status`` pending and due now; returns how many."""
+    """Make every delivery of ``status`` that still has its payload pending and due now."""
     result = await session.execute(
         update(Delivery)
-        .where(col(Delivery.instance_id) == instance.id, col(Delivery.status) == status)
+        .where(
+            col(Delivery.instance_id) == instance.id,
+            col(Delivery.status) == status,
+            func.octet_length(col(Delivery.body)) > 0,
+        )
         .values(status=DeliveryStatus.PENDING, next_attempt_at=utcnow())
     )
     return int(result.rowcount)  # type: ignore[attr-defined]

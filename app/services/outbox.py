@@ -3,9 +3,13 @@
 Everything here runs inside ONE PostgreSQL transaction, on a raw asyncpg
 connection: this is the hottest write path of the system, and each statement
 is one prepared round trip that takes whole arrays (``unnest``) instead of a
-row at a time. Events are inserted with ``ON CONFLICT DO NOTHING``: an event id
-is a function of (instance, resource, record, updated date), so a record seen
-again is skipped here and never becomes a second event.
+row at a time. Events are inserted ``ON CONFLICT (id)``: an event id is a
+function of (instance, resource, record, updated date), so a record seen
+again is skipped here and never becomes a second event — unless its resource was
+rewound (``poll_states.rewound_at``, ``POST …/polling/rewind``) after the event was
+stored: then the re-read change is emitted again, with the same event id (so the
+receiver can tell it has seen it) in a new delivery, and the event row takes the new
+poll's date.
 """
 
 from __future__ import annotations
@@ -35,7 +39,11 @@ _INSERT_EVENTS = """
            CAST(u.record AS jsonb)
     FROM unnest($3::uuid[], $4::text[], $5::text[], $6::text[], $7::timestamptz[], $8::text[])
          AS u(id, object_type, object_id, event_type, event_date, record)
-    ON CONFLICT (id) DO NOTHING
+    ON CONFLICT (id) DO UPDATE SET poll_date = EXCLUDED.poll_date, record = EXCLUDED.record,
+                                   created_at = now(), delivery_id = NULL
+    WHERE events.created_at < (
+        SELECT p.rewound_at FROM poll_states AS p
+        WHERE p.instance_id = events.instance_id AND p.resource = events.object_type)
     RETURNING id
 """
 # Deliveries, their links to events and every resource's checkpoint in ONE statement
@@ -98,7 +106,15 @@ async def insert_new_events(
     events: Sequence[EventRecord],
     poll_date: datetime,
 ) -> list[EventRecord]:
-    """Insert events; return only those that were not stored already."""
+    """Insert events; return only those that were not stored already (or were rewound).
+
+    Duplicate ids within one call are dropped first: ``ON CONFLICT DO UPDATE`` may not
+    touch a row twice in one statement.
+    """
+    unique: dict[uuid.UUID, EventRecord] = {}
+    for e in events:
+        unique.setdefault(e.id, e)
+    events = list(unique.values())
     if not events:
         return []
     rows = await conn.fetch(

@@ -101,6 +101,7 @@ _LOAD = """
            CAST(i.configuration -> 'event.poller.configuration' AS text),
            i.secrets, i.poll_failures, i.refresh_interval_s, i.poll_crashes,
            p.resource, p.watermark_at, CAST(p.watermark_ids AS text), p.last_success_at,
+           coalesce(p.rewound_at > coalesce(p.last_polled_at, '-infinity'), false),
            i.configuration ->> 'event.poller.timezone'
     FROM instances AS i LEFT JOIN poll_states AS p ON p.instance_id = i.id
     WHERE i.id = $1 AND i.deleted_at IS NULL AND i.events_enabled
@@ -185,6 +186,9 @@ class ResourceState:
     resource: str
     checkpoint: Watermark
     last_success_at: datetime | None
+    # Rewound (POST …/polling/rewind) and not polled since: the checkpoint wins over any
+    # Redis copy, even one a poll that ended just before the rewind wrote late.
+    rewound: bool = False
 
 
 @dataclass(frozen=True)
@@ -236,7 +240,7 @@ async def load_snapshot(pg: asyncpg.Pool, instance_id: int) -> Snapshot | None:
     first = rows[0]
     resources = resources_from(first[4])
     states = [
-        ResourceState(r[9], Watermark(r[10], frozenset(json.loads(r[11]))), r[12])
+        ResourceState(r[9], Watermark(r[10], frozenset(json.loads(r[11]))), r[12], r[13])
         for r in rows
         if r[9] is not None and r[9] in resources
     ]
@@ -249,14 +253,15 @@ async def load_snapshot(pg: asyncpg.Pool, instance_id: int) -> Snapshot | None:
         interval_s=first[7],
         poll_crashes=first[8],
         states=states,
-        timezone=_instance_timezone(first[13]),
+        timezone=_instance_timezone(first[14]),
     )
 
 
 async def load_watermarks(
     redis: Redis, instance_id: int, states: Sequence[ResourceState]
 ) -> dict[str, Watermark]:
-    """Redis is the hot copy; the PostgreSQL checkpoint wins when it is newer (or Redis lost it)."""
+    """Redis is the hot copy; the PostgreSQL checkpoint wins when it is newer (or Redis lost
+    it), or when it was rewound since the last poll."""
     if not states:
         return {}
     cached = await redis.mget([keys.watermark(instance_id, s.resource) for s in states])
@@ -264,7 +269,11 @@ async def load_watermarks(
     for state, raw in zip(states, cached, strict=True):
         hot = watermark_from_json(json.loads(raw)) if raw else None
         checkpoint = state.checkpoint
-        newer = hot is not None and (hot.at, len(hot.ids)) > (checkpoint.at, len(checkpoint.ids))
+        newer = (
+            hot is not None
+            and not state.rewound
+            and (hot.at, len(hot.ids)) > (checkpoint.at, len(checkpoint.ids))
+        )
         result[state.resource] = hot if newer and hot is not None else checkpoint
     return result
 
