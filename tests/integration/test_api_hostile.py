@@ -332,7 +332,7 @@ async def test_every_route_answers_401_before_looking_at_any_parameter(api: Clie
                 assert resp.status == 401, (route.method, canonical, headers)
                 assert "message" in await resp.json()
             checked += 1
-    assert checked == 15  # every route under the base path (routes and console_routes)
+    assert checked == 19  # every route under the base path (routes, console, lifecycle)
 
 
 @pytest.mark.parametrize(
