@@ -10,6 +10,7 @@ from aiohttp import web
 
 from app.domain.jsonsafety import UnsafeJson
 from app.domain.limits import MAX_BODY_BYTES
+from app.logging import bind_log_context
 
 log = logging.getLogger(__name__)
 
@@ -63,6 +64,7 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
     request_id = request.headers.get("X-Request-Id") or uuid.uuid4().hex
     if not request_id.isascii() or not request_id.isprintable() or len(request_id) > 200:
         request_id = uuid.uuid4().hex  # echoed in a header: only a sane value
+    bind_log_context(request_id=request_id)  # aiohttp runs each request in its own task
     try:
         response = await handler(request)
     except AppError as exc:

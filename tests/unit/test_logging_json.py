@@ -81,3 +81,26 @@ def test_text_is_the_default(
     logging.getLogger("pollinator.test").info("plain")
     err = capsys.readouterr().err
     assert "INFO pollinator.test: plain" in err
+
+
+async def test_api_log_lines_carry_the_request_id(
+    restore_root_logging: None, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from aiohttp import web
+    from aiohttp.test_utils import TestClient, TestServer
+
+    from app.api.errors import error_middleware
+
+    setup_logging("INFO", "json")
+
+    async def handler(_: web.Request) -> web.Response:
+        logging.getLogger("pollinator.test").info("handling")
+        return web.json_response({})
+
+    app = web.Application(middlewares=[error_middleware])
+    app.router.add_get("/x", handler)
+    async with TestClient(TestServer(app)) as client:
+        resp = await client.get("/x", headers={"X-Request-Id": "req-42"})
+        assert resp.headers["X-Request-Id"] == "req-42"
+    lines = [x for x in _lines(capsys.readouterr().err) if x["message"] == "handling"]
+    assert lines[0]["request_id"] == "req-42"
