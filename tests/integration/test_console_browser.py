@@ -313,6 +313,13 @@ def _add_delivery(
     return str(delivery_id)
 
 
+def _replay_jobs(database_url: str, instance_id: int) -> list[tuple[Any, ...]]:
+    with psycopg.connect(database_url) as conn:
+        return conn.execute(
+            "SELECT only_failed FROM replay_jobs WHERE instance_id = %s", (instance_id,)
+        ).fetchall()
+
+
 def _add_failed_delivery(database_url: str, instance_id: int) -> str:
     """One failed delivery with two attempts and its event, as the delivery worker leaves it."""
     delivery_id, event_id = uuid.uuid4(), uuid.uuid4()
@@ -453,6 +460,17 @@ async def test_browser_sign_in_oauth_create_and_retry(
     assert "HTTP 500" in deliveries_text
     assert "HTTP 503" in deliveries_text
     await page.screenshot("4-instance")
+    # Replay a time range (POST …/deliveries/replay): the job is queued and followed.
+    hour = timedelta(hours=1)
+    now = datetime.now(UTC).replace(microsecond=0, tzinfo=None)
+    await page.eval("document.getElementById('replay-panel').open = true")
+    await page.page.fill("#replay-since", (now - hour).isoformat())
+    await page.page.fill("#replay-until", (now + hour).isoformat())
+    await page.page.select_option("#replay-status", "failed")
+    await page.eval("document.getElementById('replay-form').requestSubmit()")
+    await page.wait_for("document.getElementById('replay-result').innerText.includes('Replay')")
+    jobs = _replay_jobs(service_urls.database_url, instance["id"])
+    assert jobs == [(True,)]  # one job, failed deliveries only
     await page.eval("document.querySelector('#deliveries button').click()")
     await page.wait_for("document.getElementById('message').innerText.includes('queued')")
     resp = await api.get(f"{BASE}/instances/{instance['id']}/deliveries", headers=org)

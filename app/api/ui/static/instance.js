@@ -441,6 +441,38 @@
       button.disabled = false;
     }
   });
+  // Replay: re-send the deliveries created in a time range (a background job; each is
+  // sent once, with its original webhook-id), then follow the job until it is done.
+  $("replay-form").addEventListener("submit", async (event) => {
+    event.preventDefault();
+    const since = $("replay-since").value;
+    const until = $("replay-until").value;
+    if (!since || !until) {
+      notify("error", "replay: choose both times.");
+      return;
+    }
+    const out = $("replay-result");
+    try {
+      const r = await api("POST", base + "/deliveries/replay", {
+        body: { since: since + "Z", until: until + "Z", status: $("replay-status").value },
+      });
+      const jobId = r.data.jobId;
+      out.textContent = "Replay queued (job " + jobId + ")…";
+      for (let i = 0; i < 60; i++) {
+        const job = (await api("GET", base + "/deliveries/replay/" + encodeURIComponent(jobId))).data;
+        out.textContent =
+          "Replay " + job.status + ": " + job.sent + " of " + job.selected + " deliveries re-sent.";
+        if (job.status === "done") {
+          loadDeliveries();
+          return;
+        }
+        await new Promise((resolve) => setTimeout(resolve, 2000));
+      }
+    } catch (err) {
+      out.textContent = "";
+      notify("error", "Replay failed: " + errorText(err));
+    }
+  });
   $("retry-failed").addEventListener("click", async () => {
     try {
       const r = await api("POST", base + "/deliveries/retry", { query: { status: "failed" } });
