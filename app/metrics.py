@@ -12,10 +12,13 @@ for exact schedule lag.
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from prometheus_client import CollectorRegistry, generate_latest
+from prometheus_client.metrics_core import Metric as Family
+from prometheus_client.registry import Collector
 from redis import Redis as SyncRedis
 from redis.asyncio import Redis
 
@@ -159,54 +162,66 @@ def inc_sync(
     client.hincrbyfloat(metric.key, _labels(labels), amount)
 
 
-def _escape(value: str) -> str:
-    return value.replace("\\", "\\\\").replace("\n", "\\n").replace('"', '\\"')
-
-
-def _label_text(labels: Mapping[str, Any], extra: Mapping[str, str] | None = None) -> str:
-    merged = {**{k: str(v) for k, v in labels.items()}, **(extra or {})}
-    if not merged:
-        return ""
-    return "{" + ",".join(f'{k}="{_escape(v)}"' for k, v in merged.items()) + "}"
-
-
-def render_metric(metric: Metric, raw: Mapping[bytes | str, bytes | str]) -> list[str]:
-    """Prometheus text lines for one metric from its Redis hash."""
-    lines = [f"# HELP {metric.name} {metric.help}", f"# TYPE {metric.name} {metric.kind}"]
+def metric_family(metric: Metric, raw: Mapping[bytes | str, bytes | str]) -> Family:
+    """One metric's family (for ``prometheus_client``'s exposition) from its Redis hash."""
+    # A counter family is named without "_total"; its samples carry it (OpenMetrics rule).
+    family = Family(metric.name.removesuffix("_total"), metric.help, metric.kind)
     values = {(k.decode() if isinstance(k, bytes) else k): float(v) for k, v in raw.items()}
     if metric.kind == "counter":
         for field, value in sorted(values.items()):
-            lines.append(f"{metric.name}{_label_text(json.loads(field))} {value:g}")
-        return lines
+            family.add_sample(family.name + "_total", _str_labels(json.loads(field)), value)
+        return family
     series: dict[str, dict[str, float]] = {}
     for field, value in values.items():
         base, _, part = field.rpartition("|")
         series.setdefault(base, {})[part] = value
     for base, parts in sorted(series.items()):
-        labels = json.loads(base)
+        labels = _str_labels(json.loads(base))
         cumulative = 0.0
         for bound in (*[str(b) for b in metric.buckets], "+Inf"):
             cumulative += parts.get(bound, 0.0)
-            lines.append(f"{metric.name}_bucket{_label_text(labels, {'le': bound})} {cumulative:g}")
-        lines.append(f"{metric.name}_sum{_label_text(labels)} {parts.get('sum', 0.0):g}")
-        lines.append(f"{metric.name}_count{_label_text(labels)} {cumulative:g}")
-    return lines
+            family.add_sample(metric.name + "_bucket", {**labels, "le": bound}, cumulative)
+        family.add_sample(metric.name + "_sum", labels, parts.get("sum", 0.0))
+        family.add_sample(metric.name + "_count", labels, cumulative)
+    return family
 
 
-async def render_all(redis: Redis, metrics: Sequence[Metric] = ALL_METRICS) -> list[str]:
+def _str_labels(labels: Mapping[str, Any]) -> dict[str, str]:
+    return {str(k): str(v) for k, v in labels.items()}
+
+
+async def shared_families(redis: Redis, metrics: Sequence[Metric] = ALL_METRICS) -> list[Family]:
+    """The workers' counters and histograms, as every process wrote them to Redis."""
     async with redis.pipeline(transaction=False) as pipe:
         for metric in metrics:
             pipe.hgetall(metric.key)
         results = await pipe.execute()
-    lines: list[str] = []
-    for metric, raw in zip(metrics, results, strict=True):
-        lines += render_metric(metric, raw)
-    return lines
+    return [metric_family(m, raw) for m, raw in zip(metrics, results, strict=True)]
 
 
-def gauge_lines(
+def gauge_family(
     name: str, help_: str, samples: Iterable[tuple[Mapping[str, str], float]]
-) -> list[str]:
-    lines = [f"# HELP {name} {help_}", f"# TYPE {name} gauge"]
-    lines += [f"{name}{_label_text(labels)} {value:g}" for labels, value in samples]
-    return lines
+) -> Family:
+    """A gauge read at scrape time (from PostgreSQL or Redis)."""
+    family = Family(name, help_, "gauge")
+    for labels, value in samples:
+        family.add_sample(name, _str_labels(labels), value)
+    return family
+
+
+def exposition(families: Iterable[Family]) -> bytes:
+    """The Prometheus text of ``families`` plus this process's own metrics, rendered by
+    ``prometheus_client`` (escaping, ordering and format are its, not ours)."""
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(_Snapshot(list(families)))
+    return generate_latest(registry) + generate_latest()
+
+
+class _Snapshot(Collector):
+    """A collector over families read once per scrape (the shared store, not this process)."""
+
+    def __init__(self, families: list[Family]) -> None:
+        self.families = families
+
+    def collect(self) -> Iterator[Family]:
+        return iter(self.families)

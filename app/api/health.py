@@ -6,13 +6,13 @@ import asyncio
 import time
 
 from aiohttp import web
-from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from prometheus_client import CONTENT_TYPE_LATEST
 from sqlalchemy import text
 
 from app import keys
 from app.api.context import CTX
 from app.api.openapi import build_openapi
-from app.metrics import gauge_lines, render_all
+from app.metrics import exposition, gauge_family, shared_families
 from app.models import DUE_PREDICATE, utcnow
 from app.services import lifecycle
 from app.store.lifecycle import TABLE_SIZES_SQL
@@ -92,7 +92,7 @@ _FAILING = text(f"""
 async def metrics(request: web.Request) -> web.Response:
     """This process's metrics, the workers' (from Redis) and backlog gauges (PostgreSQL)."""
     ctx = request.app[CTX]
-    lines = await render_all(ctx.redis)
+    families = await shared_families(ctx.redis)
     async with ctx.engine.connect() as conn:
         row = (await conn.execute(_GAUGES)).one()
         failing = (await conn.execute(_FAILING)).all()
@@ -103,45 +103,66 @@ async def metrics(request: web.Request) -> web.Response:
     for name, help_, samples in lifecycle.lifecycle_gauges(
         sizes, await lifecycle.last_report(ctx.redis), utcnow()
     ):
-        lines += gauge_lines(name, help_, samples)
+        families.append(gauge_family(name, help_, samples))
     pending, overdue_s, polling, late, late_s, quarantined = (float(v or 0) for v in row)
-    lines += gauge_lines(
-        "pollinator_deliveries_pending", "Deliveries not yet delivered or failed", [({}, pending)]
+    families.append(
+        gauge_family(
+            "pollinator_deliveries_pending",
+            "Deliveries not yet delivered or failed",
+            [({}, pending)],
+        )
     )
-    lines += gauge_lines(
-        "pollinator_delivery_backlog_seconds",
-        "How overdue the oldest due pending delivery is",
-        [({}, overdue_s)],
+    families.append(
+        gauge_family(
+            "pollinator_delivery_backlog_seconds",
+            "How overdue the oldest due pending delivery is",
+            [({}, overdue_s)],
+        )
     )
-    lines += gauge_lines(
-        "pollinator_instances_polling",
-        "Instances beat schedules (events enabled, not disabled, not quarantined)",
-        [({}, polling)],
+    families.append(
+        gauge_family(
+            "pollinator_instances_polling",
+            "Instances beat schedules (events enabled, not disabled, not quarantined)",
+            [({}, polling)],
+        )
     )
-    lines += gauge_lines(
-        "pollinator_polls_overdue", "Instances more than 10 s past their poll time", [({}, late)]
+    families.append(
+        gauge_family(
+            "pollinator_polls_overdue",
+            "Instances more than 10 s past their poll time",
+            [({}, late)],
+        )
     )
-    lines += gauge_lines(
-        "pollinator_poll_overdue_seconds", "How late the most overdue instance is", [({}, late_s)]
+    families.append(
+        gauge_family(
+            "pollinator_poll_overdue_seconds",
+            "How late the most overdue instance is",
+            [({}, late_s)],
+        )
     )
-    lines += gauge_lines(
-        "pollinator_instances_quarantined",
-        "Instances not polled because their schedule failed or their polls kept crashing",
-        [({}, quarantined)],
+    families.append(
+        gauge_family(
+            "pollinator_instances_quarantined",
+            "Instances not polled because their schedule failed or their polls kept crashing",
+            [({}, quarantined)],
+        )
     )
-    lines += gauge_lines(
-        "pollinator_instances_failing",
-        "Polling instances whose last poll of some resource failed, by error class",
-        [({"error_class": str(kind)}, float(count)) for kind, count in failing],
+    families.append(
+        gauge_family(
+            "pollinator_instances_failing",
+            "Polling instances whose last poll of some resource failed, by error class",
+            [({"error_class": str(kind)}, float(count)) for kind, count in failing],
+        )
     )
     open_breakers = await ctx.redis.zcount(keys.breakers_open(), time.time(), "+inf")
-    lines += gauge_lines(
-        "pollinator_breakers_open",
-        "Callback origins whose circuit breaker is open (their deliveries wait)",
-        [({}, float(open_breakers))],
+    families.append(
+        gauge_family(
+            "pollinator_breakers_open",
+            "Callback origins whose circuit breaker is open (their deliveries wait)",
+            [({}, float(open_breakers))],
+        )
     )
-    process = await asyncio.to_thread(generate_latest)
-    body = process + ("\n".join(lines) + "\n").encode()
+    body = await asyncio.to_thread(exposition, families)
     return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
 
 

@@ -44,6 +44,8 @@ def _declared(metrics_text: str) -> set[str]:
         if line.startswith("# TYPE "):
             _, _, name, kind = line.split()
             names.add(name)
+            if kind == "counter":  # prometheus_client declares a counter by its base name
+                names.add(name.removesuffix("_total") + "_total")
             if kind == "histogram":
                 names |= {name + suffix for suffix in _SUFFIXES}
     return names

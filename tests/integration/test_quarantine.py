@@ -246,9 +246,9 @@ def insert_due_instances(conn: psycopg.Connection[Any], count: int) -> list[int]
 
 def schedule_quarantines(client: redis.Redis) -> float:
     raw = client.hgetall(metrics.QUARANTINES.key)
-    for line in metrics.render_metric(metrics.QUARANTINES, raw):
-        if line.startswith('pollinator_quarantines_total{cause="schedule"} '):
-            return float(line.rsplit(" ", 1)[1])
+    for sample in metrics.metric_family(metrics.QUARANTINES, raw).samples:
+        if sample.labels == {"cause": "schedule"}:
+            return float(sample.value)
     return 0.0
 
 

@@ -268,7 +268,7 @@ async def test_metrics_and_status_show_sizes_oldest_payload_and_progress(
     assert report is not None
     assert report.oldest_payload is not None
     text = await (await api.get("/metrics")).text()
-    assert 'pollinator_table_bytes{table="events",kind="index"}' in text
+    assert 'pollinator_table_bytes{kind="index",table="events"}' in text
     assert 'pollinator_table_rows{table="delivery_attempts"}' in text
     assert "pollinator_oldest_payload_age_seconds " in text
     assert "pollinator_purge_caught_up 1" in text
