@@ -57,6 +57,7 @@ def _op(
     params: list[dict[str, Any]] | None = None,
     status: str = "200",
     errors: tuple[str, ...] = ("400", "404"),
+    body_required: bool = True,
 ) -> dict[str, Any]:
     responses: dict[str, Any] = {
         status: {
@@ -73,7 +74,10 @@ def _op(
     if not auth:
         op["security"] = []
     if body is not None:
-        op["requestBody"] = {"required": True, "content": {"application/json": {"schema": body}}}
+        op["requestBody"] = {
+            "required": body_required,
+            "content": {"application/json": {"schema": body}},
+        }
     if params:
         op["parameters"] = params
     return op
@@ -340,6 +344,7 @@ def build_openapi(min_refresh_minutes: float = 1.0) -> dict[str, Any]:
                     },
                 },
                 errors=("400", "404", "502"),
+                body_required=False,
             )
         },
         inst + "/events": {
