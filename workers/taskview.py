@@ -16,6 +16,7 @@ take them costs the events, never the poll.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import socket
@@ -93,8 +94,21 @@ class TaskView:
                     hostname=self.hostname,
                     buffer_group=["task"],
                     buffer_limit=BUFFER_LIMIT,
+                    # Raise instead of queueing in memory: a broken connection is replaced
+                    # (see _reset), never left to buffer events without bound.
+                    buffer_while_offline=False,
                 )
             return self._dispatcher
+
+    def _reset(self) -> None:
+        """Drop the dispatcher and its connection (after a broker failure); the next batch
+        opens a new one. The events of the failed batch are lost: they are only a view."""
+        with self._lock:
+            dispatcher, self._dispatcher = self._dispatcher, None
+        if dispatcher is not None:
+            with contextlib.suppress(Exception):
+                dispatcher.close()
+                dispatcher.connection.release()
 
     def _unit(
         self,
@@ -181,6 +195,7 @@ class TaskView:
             self._warn(exc)
 
     def _warn(self, exc: Exception) -> None:
+        self._reset()
         if not self._warned:
             log.warning("task events for Flower could not be sent (%s)", type(exc).__name__)
             self._warned = True

@@ -118,5 +118,7 @@ def test_a_broker_that_is_down_costs_the_events_not_the_poll() -> None:
     app.conf.broker_connection_timeout = 1
     app.conf.broker_connection_retry = False
     outcome = PollOutcome(1, skipped=True, busy=True)
-    TaskView(app, "poll-1@host").polls([outcome], {1: None})  # must not raise
+    view = TaskView(app, "poll-1@host")
+    view.polls([outcome], {1: None})  # must not raise
+    assert view._dispatcher is None  # dropped, not left buffering: the next batch reconnects
     app.close()
