@@ -159,6 +159,9 @@ class Cluster:
             "POLLINATOR_ALLOW_PRIVATE_CALLBACKS": "true",  # the receiver is on 10.213.0.30
             "POLLINATOR_MIN_REFRESH_MINUTES": "0.1",
             "POLLINATOR_PROVIDER_APP_RATE_PER_SECOND": "0",
+            # One organization owns every instance here: no per-tenant fairness limits.
+            "POLLINATOR_API_REQUESTS_PER_SECOND_PER_ORG": "0",
+            "POLLINATOR_MAX_INSTANCES_PER_ORG": "1000000",
             "POLLINATOR_PROVIDER_TIMEOUT_SECONDS": f"{o.provider_timeout_s:g}",
             "POLLINATOR_DELIVERY_RETRY_SCHEDULE": o.retry_schedule,
             "POLLINATOR_INFUSIONSOFT_API_URL": f"{self.sim_url}/crm/rest/v1",
