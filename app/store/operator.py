@@ -14,14 +14,11 @@ from typing import Any
 import psycopg
 from psycopg.rows import dict_row
 
+from app.models import DUE_PREDICATE
 
-def _pollable(alias: str = "") -> str:
-    """The pollable-instance predicate, as the beat's partial index states it."""
-    p = f"{alias}." if alias else ""
-    return f"{p}events_enabled AND NOT {p}disabled AND {p}deleted_at IS NULL"
-
-
-_POLLABLE = _pollable()
+# Beat's due predicate (the one its partial index states): a quarantined instance is not
+# pollable, or it would read as overdue forever. Its columns are the instances' only.
+_POLLABLE = DUE_PREDICATE
 
 
 @dataclass(frozen=True)
@@ -77,7 +74,7 @@ def failing_resources(conn: psycopg.Connection[Any], limit: int = 50) -> list[Fa
         SELECT p.instance_id, i.organization_id, p.resource, p.consecutive_failures,
                coalesce(p.last_error, '')
         FROM poll_states p JOIN instances i ON i.id = p.instance_id
-        WHERE p.consecutive_failures > 0 AND {_pollable("i")}
+        WHERE p.consecutive_failures > 0 AND {_POLLABLE}
         ORDER BY p.consecutive_failures DESC, p.instance_id, p.resource
         LIMIT %s
         """,

@@ -116,3 +116,25 @@ async def test_liveness_forgets_a_process_that_stopped_announcing(
     finally:
         client.delete("pollinator:alive:worker-poll")
         client.close()
+
+
+async def test_a_quarantined_instance_is_neither_pollable_nor_overdue(
+    harness: Harness,  # noqa: F811
+) -> None:
+    """Status counts what beat schedules: a quarantined row would read as overdue forever."""
+    import psycopg
+
+    from app.db import libpq_url
+    from app.store import operator
+
+    instance_id = await harness.create_instance(contacts_config())
+    with psycopg.connect(libpq_url(harness.database_url)) as conn:
+        before = operator.backlog(conn)
+        conn.execute(
+            "UPDATE instances SET quarantined_at = now(), next_poll_at = now() - interval '1 hour'"
+            " WHERE id = %s",
+            (instance_id,),
+        )
+        after = operator.backlog(conn)
+    assert after.pollable_instances == before.pollable_instances - 1
+    assert after.overdue_instances == before.overdue_instances
