@@ -21,7 +21,6 @@ from app.domain.limits import MAX_API_PAGE, MAX_API_PAGE_SIZE, MAX_INSTANCE_ID
 from app.domain.pollconfig import (
     CONFIGURATION_KEY,
     ConfigError,
-    load_configuration_object,
     parse_poller_configuration,
 )
 from app.models import DeliveryStatus, Instance
@@ -255,11 +254,10 @@ async def test_polling(request: web.Request) -> web.Response:
     unknown = set(body) - {"configuration", "since"}
     if unknown:
         raise AppError(f"{sorted(unknown)[0]}: unknown key (use configuration and since)")
-    configuration = None
+    resources = None
     if body.get("configuration") is not None:
         try:
-            configuration = load_configuration_object(body["configuration"])
-            parse_poller_configuration(configuration)
+            resources = parse_poller_configuration(body["configuration"])
         except ConfigError as exc:
             field = exc.field.replace(CONFIGURATION_KEY, "configuration", 1)
             raise AppError(f"{field}: {exc.detail}") from exc
@@ -272,7 +270,7 @@ async def test_polling(request: web.Request) -> web.Response:
     async with ctx.sessions() as session:
         instance = await _owned_instance(request, session)
     results = await run_test_poll(
-        ctx.settings, ctx.sessions, ctx.redis, ctx.http, ctx.box, instance, configuration, since
+        ctx.settings, ctx.sessions, ctx.redis, ctx.http, ctx.box, instance, resources, since
     )
     return web.json_response({"id": instance.id, "stored": False, "resources": results})
 

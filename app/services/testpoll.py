@@ -12,7 +12,6 @@ refresh's are.)
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Mapping
 from datetime import UTC, datetime, timedelta, tzinfo
 from typing import Any
 
@@ -88,20 +87,17 @@ async def run_test_poll(
     http: aiohttp.ClientSession,
     box: SecretBox,
     instance: Instance,
-    configuration: Mapping[str, Any] | None,
+    resources: dict[str, ResourceConfig] | None,
     since: datetime | None,
 ) -> list[dict[str, Any]]:
-    """Each resource's would-be events. ``configuration`` (a validated poller configuration
-    object) replaces the instance's for this run; ``since`` replaces each resource's
+    """Each resource's would-be events. ``resources`` (a parsed poller configuration)
+    replace the instance's for this run; ``since`` replaces each resource's
     watermark (otherwise: its watermark, or one interval ago for a resource not polled yet).
     """
     assert instance.id is not None
-    if configuration is not None:
-        resources = parse_poller_configuration(dict(configuration))
-    elif instance.configuration.get(POLLER_KEY):
-        resources = parse_poller_configuration(instance.configuration[POLLER_KEY])
-    else:
-        resources = default_poller_configuration()
+    if resources is None:
+        stored = instance.configuration.get(POLLER_KEY)
+        resources = parse_poller_configuration(stored) if stored else default_poller_configuration()
     zone_name = instance.configuration.get(TIMEZONE_KEY)
     zone = resolve_timezone(zone_name) if zone_name else UTC
     now = datetime.now(UTC)
