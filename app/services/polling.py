@@ -49,12 +49,7 @@ from app.domain.delta import (
 from app.domain.events import InstanceInfo
 from app.domain.fieldpath import compile_path
 from app.domain.instanceconfig import ELEMENT_KEY
-from app.domain.pollconfig import (
-    ConfigError,
-    ResourceConfig,
-    default_poller_configuration,
-    parse_poller_configuration,
-)
+from app.domain.pollconfig import ConfigError, ResourceConfig, resources_from_stored
 from app.domain.schedule import ScheduleError
 from app.domain.timezones import resolve_timezone
 from app.logging import bind_log_context, log_context
@@ -66,6 +61,7 @@ from app.services.leases import Leases
 from app.services.outbox import ResourceResult, record_failures, store_poll
 from app.services.tokens import InstanceTokens, RedisBudget, RefreshConfig
 from app.settings import Settings
+from app.store import instances as instance_store
 
 log = logging.getLogger(__name__)
 
@@ -95,18 +91,6 @@ _NOT_THE_INSTANCES_FAULT: tuple[type[Exception], ...] = (
 # its type only (the traceback, which may show internals, is in the worker's log).
 _EXPLAINED = (ConfigError, ScheduleError)
 
-_LOAD = """
-    SELECT i.name, CAST(i.tags AS text), i.organization_id,
-           i.configuration ->> 'oauth.api.key',
-           CAST(i.configuration -> 'event.poller.configuration' AS text),
-           i.secrets, i.poll_failures, i.refresh_interval_s, i.poll_crashes,
-           p.resource, p.watermark_at, CAST(p.watermark_ids AS text), p.last_success_at,
-           coalesce(p.rewound_at > coalesce(p.last_polled_at, '-infinity'), false),
-           i.configuration ->> 'event.poller.timezone'
-    FROM instances AS i LEFT JOIN poll_states AS p ON p.instance_id = i.id
-    WHERE i.id = $1 AND i.deleted_at IS NULL AND i.events_enabled
-      AND i.quarantined_at IS NULL
-"""
 _RESET_CRASHES = "UPDATE instances SET poll_crashes = 0 WHERE id = $1"
 # Counts a crash; the one that reaches the limit quarantines (later ones match no row).
 _CRASHED = """
@@ -198,7 +182,7 @@ class Snapshot:
     info: InstanceInfo
     client_id: str
     resources: dict[str, ResourceConfig]
-    secrets: bytes | None
+    tokens: bytes | None  # sealed; opened when the provider client is made
     poll_failures: int
     interval_s: float
     poll_crashes: int
@@ -214,16 +198,13 @@ def _instance_timezone(name: str | None) -> tzinfo:
 
 
 @lru_cache(maxsize=4096)
-def _parse_config(config_json: str) -> dict[str, ResourceConfig]:
-    """Parsing is pure and deterministic: cache it by the configuration's JSON text."""
-    return parse_poller_configuration(json.loads(config_json))
+def resources_from(poller_json: str) -> dict[str, ResourceConfig]:
+    """The instance's resources from its stored poller (``instances.poller`` as JSON text).
 
-
-def resources_from(config_json: str | None) -> dict[str, ResourceConfig]:
-    """The instance's resources; the Keap defaults when it has no poller configuration."""
-    if config_json is None:
-        return default_poller_configuration()
-    return _parse_config(config_json)
+    Loading is pure and deterministic, so it is cached by that text: a worker decodes and
+    builds each distinct configuration once, not once per poll.
+    """
+    return resources_from_stored(json.loads(poller_json))
 
 
 def item_key(rendered_path: str) -> str:
@@ -234,26 +215,33 @@ def item_key(rendered_path: str) -> str:
 
 async def load_snapshot(pg: asyncpg.Pool, instance_id: int) -> Snapshot | None:
     """The instance and its resources' state, or ``None`` if it is gone or not polling."""
-    rows = await pg.fetch(_LOAD, instance_id)
-    if not rows:
+    found = await instance_store.poll_snapshot(pg, instance_id)
+    if found is None:
         return None
-    first = rows[0]
-    resources = resources_from(first[4])
+    row, rows = found
+    resources = resources_from(row.poller_json)
     states = [
-        ResourceState(r[9], Watermark(r[10], frozenset(json.loads(r[11]))), r[12], r[13])
+        ResourceState(
+            r.resource,
+            Watermark(r.watermark_at, frozenset(json.loads(r.watermark_ids_json))),
+            r.last_success_at,
+            r.rewound,
+        )
         for r in rows
-        if r[9] is not None and r[9] in resources
+        if r.resource in resources
     ]
     return Snapshot(
-        info=InstanceInfo(instance_id, first[0], json.loads(first[1]), first[2], ELEMENT_KEY),
-        client_id=first[3] or "",
+        info=InstanceInfo(
+            instance_id, row.name, json.loads(row.tags_json), row.organization_id, ELEMENT_KEY
+        ),
+        client_id=row.client_id,
         resources=resources,
-        secrets=first[5],
-        poll_failures=first[6],
-        interval_s=first[7],
-        poll_crashes=first[8],
+        tokens=row.sealed_tokens,
+        poll_failures=row.poll_failures,
+        interval_s=row.interval_s,
+        poll_crashes=row.poll_crashes,
         states=states,
-        timezone=_instance_timezone(first[14]),
+        timezone=_instance_timezone(row.timezone),
     )
 
 
@@ -324,7 +312,7 @@ def _client_for(
         deps.redis,
         deps.http,
         deps.box,
-        ProviderAccount(snap.info.id, snap.info.organization_id, snap.client_id, snap.secrets),
+        ProviderAccount(snap.info.id, snap.info.organization_id, snap.client_id, snap.tokens),
         slots,
     )
 
@@ -336,7 +324,7 @@ class ProviderAccount:
     instance_id: int
     organization_id: int
     client_id: str
-    sealed_secrets: bytes | None
+    sealed_tokens: bytes | None
 
 
 def provider_client(
@@ -349,20 +337,17 @@ def provider_client(
     slots: asyncio.Semaphore | None = None,
 ) -> InfusionsoftClient:
     """A provider client for one instance: its tokens (refreshed single-flight) and its
-    app's request budget (scoped to the organization)."""
-    secrets = box.open(account.sealed_secrets)
+    app's request budget (scoped to the organization). Only the tokens are opened here:
+    the client secret is read (and decrypted) by a refresh, the one thing that needs it."""
     tokens = InstanceTokens(
         account.instance_id,
-        str(secrets.get("access_token", "")),
+        str(box.open(account.sealed_tokens).get("access_token", "")),
         sessions,
         redis,
         http,
         box,
         RefreshConfig(
-            settings.infusionsoft_token_url,
-            account.client_id,
-            str(secrets.get("oauth.api.secret", "")),
-            settings.provider_timeout_seconds,
+            settings.infusionsoft_token_url, account.client_id, settings.provider_timeout_seconds
         ),
     )
     budget = (
