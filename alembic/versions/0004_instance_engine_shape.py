@@ -18,6 +18,9 @@ existing row over:
   poll of it would have;
 * the blob is split: ``secrets`` keeps the configuration's secrets, ``tokens`` the
   provider's, and ``secret_keys`` names what the API shows as ``********``;
+* a 410 from the callback used to switch the tenant's ``events_enabled`` off (the body
+  still said enabled); such an instance keeps the tenant's switch and gets ``disabled``,
+  which is what a 410 sets from now on;
 * the dead columns go: ``instances.element_key`` (always ``infusionsoftrest``) and
   ``poll_states.enabled_at`` (never read).
 
@@ -143,13 +146,16 @@ def upgrade() -> None:
                timezone = :timezone, refresh_interval_minutes = :minutes,
                poller = CAST(:poller AS jsonb), configuration = CAST(:configuration AS jsonb),
                secrets = :secrets, secret_keys = :secret_keys, tokens = :tokens,
+               events_enabled = :enabled, disabled = disabled OR :gone,
                quarantined_at = CASE WHEN CAST(:reason AS text) IS NULL THEN quarantined_at
                                      ELSE coalesce(quarantined_at, now()) END,
                quarantine_reason = coalesce(quarantine_reason, CAST(:reason AS text))
         WHERE id = :id
     """)
-    for row in _rows(conn, 'configuration, secrets, refresh_interval_s'):
+    for row in _rows(conn, 'configuration, secrets, refresh_interval_s, events_enabled, deleted_at IS NOT NULL'):
         config: dict[str, Any] = dict(row[1])
+        # Switched off while the body says on, and not deleted: a 410 did that.
+        gone = not row[4] and config.get(ENABLED) is True and not row[5]
         callback = config.get(CALLBACK)
         zone = config.get(TIMEZONE)
         poller, reason = _poller(config)
@@ -167,6 +173,8 @@ def upgrade() -> None:
             'secret_keys': secret_keys,
             'tokens': tokens,
             'reason': reason,
+            'enabled': row[4] or gone,
+            'gone': gone,
         })
     for column in ('client_id', 'refresh_interval_minutes', 'poller'):
         op.alter_column('instances', column, nullable=False)
@@ -191,6 +199,7 @@ def downgrade() -> None:
     )
     columns = 'configuration, client_id, callback_url, timezone, refresh_interval_minutes, events_enabled, secrets, tokens'
     for row in _rows(conn, columns):
+        # The tenant's switch goes back into the body; a 410 goes back to switching it off.
         config: dict[str, Any] = {**dict(row[1]), CLIENT_ID: row[2], INTERVAL: row[5], ENABLED: row[6]}
         if row[3] is not None:
             config[CALLBACK] = row[3]
@@ -205,5 +214,6 @@ def downgrade() -> None:
             'configuration': json.dumps(config),
             'secrets': box.seal(merged) if box is not None and merged else None,
         })
+    op.execute('UPDATE instances SET events_enabled = false, disabled = false WHERE disabled')
     for column in ('tokens', 'secret_keys', 'poller', 'refresh_interval_minutes', 'timezone', 'callback_url', 'client_id'):
         op.drop_column('instances', column)
