@@ -15,6 +15,7 @@ from typing import Any
 
 import asyncpg
 
+from app.domain.pollconfig import default_poller_configuration, stored_resources
 from app.models import utcnow
 from app.security import SecretBox, hash_secret, new_secret
 from tests.conftest import SECRET_KEY
@@ -62,7 +63,7 @@ async def make_instance(
         """INSERT INTO instances (organization_id, name, token_hash, tags, configuration,
              client_id, callback_url, refresh_interval_minutes, poller, secrets, secret_keys,
              tokens, events_enabled, disabled, valid)
-           VALUES ($1, $2, $3, $4::jsonb, $5::jsonb, 'client', $6, 15, '{}'::jsonb, $7,
+           VALUES ($1, $2, $3, $4::jsonb, $5::jsonb, 'client', $6, 15, $9::jsonb, $7,
              '{event.notification.signature.key,oauth.user.token}', $8, true, false, true)
            RETURNING id""",
         org_id,
@@ -73,6 +74,7 @@ async def make_instance(
         callback_url,
         box.seal({"event.notification.signature.key": "k"}),
         box.seal({"access_token": f"AT-{marker}"}),
+        json.dumps(stored_resources(default_poller_configuration())),
     )
     await _poll_states(conn, instance_id, resources)
     return int(instance_id)
