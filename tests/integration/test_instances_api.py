@@ -5,20 +5,24 @@ from __future__ import annotations
 import json
 import logging
 from collections.abc import Callable
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import psycopg
 import pytest
 import redis
 from aiohttp.test_utils import TestClient, TestServer
+from sqlalchemy import NullPool
+from sqlalchemy import create_engine as sa_create_engine
 
 from app import keys
 from app.api.server import create_app
+from app.db import sync_url
 from app.security import DecryptionError, SecretBox
 from app.settings import Settings
 from tests.conftest import ServiceUrls
 from tests.integration.conftest import FakeTokenEndpoint, create_body, new_org_headers
+from workers.beat import claim_due
 
 BASE = "/elements/api-v2"
 Client = TestClient[Any, Any]
@@ -525,3 +529,23 @@ async def test_the_element_token_names_its_instance_on_the_singular_route(
     assert (await api.get(f"{BASE}/instance")).status == 401
     await api.delete(f"{BASE}/instances/{first['id']}", headers=org)
     assert (await api.get(f"{BASE}/instance", headers=element)).status in (401, 404)
+
+
+async def test_poll_now_runs_soon_and_keeps_the_instance_on_its_schedule_grid(
+    api: Client, org: dict[str, str], service_urls: ServiceUrls
+) -> None:
+    created = await _create(api, org, create_body())  # every 15 minutes, phase by its id
+    scheduled = _instance_row(service_urls.database_url, created["id"])["next_poll_at"]
+    resp = await api.post(f"{BASE}/instances/{created['id']}/polling/run", headers=org)
+    assert resp.status == 202, await resp.text()
+    due = _instance_row(service_urls.database_url, created["id"])["next_poll_at"]
+    assert due <= datetime.now(UTC)  # beat's next tick claims it
+    assert (scheduled - due) % timedelta(minutes=15) == timedelta(0)  # a tick of its grid
+    engine = sa_create_engine(sync_url(service_urls.database_url), poolclass=NullPool)
+    try:
+        claim = claim_due(engine, datetime.now(UTC))
+    finally:
+        engine.dispose()
+    assert created["id"] in {c.instance_id for c in claim.polls}
+    # Rescheduled from the tick it was due at: back to the slot it had, phase kept.
+    assert _instance_row(service_urls.database_url, created["id"])["next_poll_at"] == scheduled
