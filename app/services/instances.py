@@ -11,12 +11,13 @@ import json
 import logging
 from collections.abc import Sequence
 from datetime import datetime, timedelta
-from typing import Any
+from typing import Any, cast
 
 import aiohttp
 from redis.asyncio import Redis
 from sqlalchemy import delete, func, select, update
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+from sqlalchemy.orm import QueryableAttribute, defer
 from sqlmodel import col
 
 from app import keys
@@ -378,10 +379,14 @@ async def get_instance(session: AsyncSession, organization_id: int, instance_id:
     return instance
 
 
+#: Columns a view never reads (app.api.views): the stored poller and both encrypted blobs.
+_NOT_SHOWN = (Instance.poller, Instance.secrets, Instance.tokens)
+
+
 async def list_instances(
     session: AsyncSession, organization_id: int, page: int, page_size: int
 ) -> tuple[Sequence[Instance], int]:
-    """One page of the organization's instances, oldest first, and the total count."""
+    """One page of the organization's instances (for views only), oldest first, and the total."""
     where = (
         col(Instance.organization_id) == organization_id,
         col(Instance.deleted_at).is_(None),
@@ -389,6 +394,8 @@ async def list_instances(
     total = await session.execute(select(func.count()).select_from(Instance).where(*where))
     stmt = (
         select(Instance)
+        # Not even read: the stored poller is a large JSON document to decode.
+        .options(*(defer(cast("QueryableAttribute[Any]", c)) for c in _NOT_SHOWN))
         .where(*where)
         .order_by(col(Instance.id))
         .offset((page - 1) * page_size)
