@@ -11,6 +11,7 @@ walks the simulator's consent page and drives its ``/_sim`` admin routes;
 
 from __future__ import annotations
 
+import copy
 import json
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -58,7 +59,10 @@ class InstanceSpec:
     extra: Mapping[str, Any] = field(default_factory=dict)
 
     def body(self, code: str) -> dict[str, Any]:
-        """The create body for the authorization grant ``code``, keys in SPEC §3 order."""
+        """The create body for the authorization grant ``code``, keys in SPEC §3 order.
+
+        A fresh copy each time: a caller may change the body without changing the spec.
+        """
         configuration: dict[str, Any] = {
             "oauth.api.key": self.app.client_id,
             "oauth.api.secret": self.app.client_secret,
@@ -71,8 +75,8 @@ class InstanceSpec:
             configuration["event.notification.signature.key"] = self.signature_key
         configuration["event.poller.refresh_interval"] = self.refresh_minutes
         if self.poller is not None:
-            configuration["event.poller.configuration"] = dict(self.poller)
-        configuration.update(self.extra)
+            configuration["event.poller.configuration"] = copy.deepcopy(dict(self.poller))
+        configuration.update(copy.deepcopy(dict(self.extra)))
         return {
             "element": {"key": ELEMENT_KEY},
             "providerData": {"code": code},
