@@ -14,6 +14,7 @@ from __future__ import annotations
 import contextlib
 import os
 import sys
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -148,18 +149,11 @@ class Stack:
             if name.startswith("worker-"):
                 wait_until(log_contains(proc, " ready"), timeout, watch=proc)
 
-    def _start(self, name: str, argv: list[str], env: os._Environ[str] | dict[str, str]) -> None:
+    def _start(self, name: str, argv: list[str], env: Mapping[str, str]) -> None:
         self.log_dir.mkdir(parents=True, exist_ok=True)
         self.procs[name] = Process.start(name, argv, self.log_dir / f"{name}.log", env=env)
 
     # --- inspect -----------------------------------------------------------------------------
-
-    def log(self, name: str) -> str:
-        path = self.log_dir / f"{name}.log"
-        return path.read_text(errors="replace") if path.exists() else ""
-
-    def pids(self) -> dict[str, int]:
-        return {name: p.pid for name, p in self.procs.items() if p.alive()}
 
     def pid_of(self, name: str) -> int | None:
         proc = self.procs.get(name)
