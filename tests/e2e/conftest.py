@@ -27,7 +27,7 @@ import aiohttp
 import pytest
 import redis
 
-from app.client import InstanceSpec, OAuthApp, Pollinator, Simulator
+from app.client import InstanceSpec, OAuthApp, Pollinator, Simulator, authorization
 from app.embedded import drop_database, free_port, scratch_database
 from app.migrate import upgrade
 from app.procs import Process, http_ok, log_contains, wait_until
@@ -140,12 +140,7 @@ class Stack:
     def new_tenant(self, name: str = "e2e") -> Tenant:
         org = self.cli_json("org", "create", name)
         return Tenant(
-            self,
-            {
-                "Authorization": (
-                    f"User {org['userSecret']}, Organization {org['organizationSecret']}"
-                )
-            },
+            self, {"Authorization": authorization(org["userSecret"], org["organizationSecret"])}
         )
 
 
