@@ -70,9 +70,6 @@ class _LeaseKey:
         self.ttl_ms = ttl_ms
         self.token = new_token() if token is None else token
 
-    def __repr__(self) -> str:
-        return f"{type(self).__name__}({self.key!r}, ttl_ms={self.ttl_ms})"
-
 
 class Lease(_LeaseKey):
     """One lease on ``key`` (asyncio client); a new :class:`Lease` is a new holder, unless
