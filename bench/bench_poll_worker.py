@@ -298,13 +298,14 @@ def _run_polls(env: dict[str, Any], r: redis.Redis, ids: list[int]) -> float:
     os.environ.update(env)
     from app.settings import get_settings
     from workers.celery_app import create_celery
+    from workers.messages import PollOrder, encode_polls
 
     app = create_celery(get_settings())
     before = r.xlen(POLL_JOURNAL)
     started = time.monotonic()
     with app.producer_or_acquire() as producer:
         for start in range(0, len(ids), 20):  # as beat sends them: batches of 20
-            batch = [[instance_id, None] for instance_id in ids[start : start + 20]]
+            batch = encode_polls(PollOrder(i, None) for i in ids[start : start + 20])
             app.send_task("poll.instances", args=[batch], queue="poll", producer=producer)
     while r.xlen(POLL_JOURNAL) - before < len(ids):
         if time.monotonic() - started > 600:
