@@ -8,7 +8,9 @@ PREFIX = "pollinator"
 
 
 def watermark(instance_id: int, resource: str) -> str:
-    """Hash {at, ids} of one (instance, resource) watermark; checkpointed in PostgreSQL."""
+    """The Redis copy of one (instance, resource) watermark (a string in the form of
+    :class:`app.domain.watermark.Encoded`); read and written only by
+    :class:`app.store.watermarks.WatermarkStore`, checkpointed in PostgreSQL."""
     return f"{PREFIX}:wm:{instance_id}:{resource}"
 
 
