@@ -19,7 +19,6 @@ from sqlalchemy import delete, func, select, update
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from sqlmodel import col
 
-from app import keys
 from app.domain.instanceconfig import (
     CALLBACK_KEY,
     ELEMENT_KEY,
@@ -33,14 +32,15 @@ from app.domain.instanceconfig import (
     validate_patch,
 )
 from app.domain.jsonsafety import UnsafeJson, check_value, loads_checked
-from app.domain.pollconfig import ResourceConfig
 from app.domain.schedule import first_poll_at
+from app.domain.watermark import starting_watermark
 from app.errors import BadGateway, BadInput, Conflict
 from app.models import Delivery, DeliveryStatus, Instance, Organization, PollState, utcnow
 from app.providers.oauth import GrantRejected, ProviderUnavailable, exchange_code
 from app.security import REDACTED, SecretBox, hash_secret, new_secret
 from app.services.guarded_http import BlockedAddress, check_callback_host
 from app.settings import Settings
+from app.store.watermarks import WatermarkStore
 
 log = logging.getLogger(__name__)
 
@@ -48,16 +48,6 @@ PROVIDER_TOKEN_KEYS = ("access_token", "refresh_token", "expires_at")
 SHOWN_TOKEN_KEYS = {"access_token": "oauth.user.token", "refresh_token": "oauth.user.refresh_token"}
 
 
-def starting_watermark(enabled_at: datetime, resource: ResourceConfig) -> datetime:
-    """Where a resource's watermark starts when polling is enabled for it.
-
-    Keap renders most dates to the second, so a record written in the same second
-    as ``enabled_at`` carries an earlier date than ``enabled_at`` itself; and a
-    provider clock that lags (what ``pollDelay`` is for) dates records before our
-    clock. Starting at the whole second, less ``pollDelay``, reports those records
-    (at worst a few changes from just before enabling) instead of missing them.
-    """
-    return enabled_at.replace(microsecond=0) - timedelta(seconds=resource.poll_delay)
 
 
 async def check_callback_dns(url: str | None, allow_private: bool) -> None:
@@ -533,5 +523,4 @@ async def delete_instance(session: AsyncSession, instance: Instance) -> set[str]
 
 async def forget_watermarks(redis: Redis, instance_id: int, resources: set[str]) -> None:
     """Drop an instance's hot watermarks from Redis (after the change committed)."""
-    if resources:
-        await redis.delete(*(keys.watermark(instance_id, r) for r in resources))
+    await WatermarkStore(redis).forget(instance_id, resources)

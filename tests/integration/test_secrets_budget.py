@@ -22,11 +22,12 @@ from app.client import InstanceSpec, OAuthApp
 from app.db import create_engine, create_pg_pool, session_factory
 from app.security import SecretBox
 from app.services import polling
-from app.services.polling import PollDeps, load_snapshot, run_polls
+from app.services.polling import PollDeps, run_polls
 from app.services.tokens import RedisBudget
 from app.settings import Settings
 from app.simulator import SimulatorConfig
 from app.simulator import create_app as create_sim
+from app.store.polling import load_snapshot
 from tests.conftest import SECRET_KEY, ServiceUrls
 from tests.integration.conftest import api_clients, new_org_headers
 
@@ -56,7 +57,8 @@ class Stack:
 
     async def budget_of(self, instance_id: int) -> RedisBudget:
         """The budget the poll path builds for this instance."""
-        snapshot = await load_snapshot(self.deps.pg, instance_id)
+        async with self.deps.pg.acquire() as conn:
+            snapshot = await load_snapshot(conn, instance_id)
         assert snapshot is not None
         budget = polling._client_for(self.deps, snapshot, None).budget
         assert isinstance(budget, RedisBudget)
