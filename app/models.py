@@ -132,7 +132,7 @@ class Instance(SQLModel, table=True):
     # (RETURNING), so it is never stale on a loaded instance.
     __mapper_args__ = {"eager_defaults": True}
     __table_args__ = (
-        # Beat's claim predicate (workers/beat.py) must imply this one word for word, or
+        # Beat's claim predicate (app/store/schedule.py) must imply this one word for word, or
         # the planner cannot use the index and every tick scans the whole table.
         Index(
             "ix_instances_due",
