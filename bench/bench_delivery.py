@@ -61,10 +61,14 @@ async def _seed(db_url: str, urls: list[str], per_url: int) -> list[bytes]:
             instance = Instance(
                 organization_id=org.organization_id,
                 name=f"bench {n}",
-                element_key="infusionsoftrest",
                 token_hash=hash_secret(uuid.uuid4().hex),
-                configuration={"event.notification.callback.url": url},
+                configuration={},
+                client_id="bench",
+                callback_url=url,
+                refresh_interval_minutes=15.0,
+                poller={},
                 secrets=box.seal({"event.notification.signature.key": "bench-key"}),
+                secret_keys=["event.notification.signature.key"],
                 events_enabled=True,
             )
             session.add(instance)

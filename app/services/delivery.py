@@ -160,8 +160,9 @@ _CLAIM = """
     FROM instances AS i
     WHERE d.id = $1 AND d.status = 'pending' AND i.id = d.instance_id
       AND ($3::timestamptz IS NULL OR d.next_attempt_at = $3)
-    RETURNING d.body, d.instance_id, i.deleted_at IS NOT NULL,
-              i.configuration ->> 'event.notification.callback.url', i.secrets
+    RETURNING d.body, d.instance_id, i.deleted_at IS NOT NULL, i.callback_url,
+              CASE WHEN 'event.notification.signature.key' = ANY(i.secret_keys)
+                   THEN i.secrets END
 """
 _CANCEL = """
     UPDATE deliveries SET status = 'cancelled', next_attempt_at = NULL
@@ -188,7 +189,9 @@ _RECORD = """
     RETURNING (SELECT attempt FROM attempt)
 """
 _ATTEMPTS = "SELECT count(*) FROM delivery_attempts WHERE delivery_id = $1"
-_DISABLE = "UPDATE instances SET events_enabled = false, updated_at = now() WHERE id = $1"
+# 410 Gone: the system disables the instance; the tenant's own events_enabled is left as
+# they set it, and their next accepted PATCH clears the flag.
+_DISABLE = "UPDATE instances SET disabled = true, updated_at = now() WHERE id = $1"
 _DUE = """
     WITH due AS (
         SELECT id FROM deliveries

@@ -57,6 +57,9 @@ class Receiver:
         return web.Response(status=status, text=f"answer {status}", headers=self.headers)
 
 
+SIGNATURE_KEY = "event.notification.signature.key"
+
+
 @dataclass
 class World:
     deps: DeliveryDeps
@@ -70,13 +73,15 @@ class World:
             instance = Instance(
                 organization_id=self.org_id,
                 name="delivery test",
-                element_key="infusionsoftrest",
                 token_hash=hash_secret(uuid.uuid4().hex),
                 tags=["t"],
-                configuration={"event.notification.callback.url": url},
-                secrets=self.deps.box.seal(
-                    {"event.notification.signature.key": key} if key else {}
-                ),
+                configuration={},
+                client_id="client",
+                callback_url=url,
+                refresh_interval_minutes=15.0,
+                poller={},
+                secrets=self.deps.box.seal({SIGNATURE_KEY: key}) if key else None,
+                secret_keys=[SIGNATURE_KEY] if key else [],
                 events_enabled=True,
             )
             session.add(instance)
@@ -281,9 +286,9 @@ async def test_gone_disables_events_and_keeps_the_delivery(world: World) -> None
     assert (await deliver(world.deps, delivery_id)).outcome == "failed"
     with psycopg.connect(world.database_url) as conn:
         row = conn.execute(
-            "SELECT events_enabled FROM instances WHERE id = %s", (instance_id,)
+            "SELECT disabled, events_enabled FROM instances WHERE id = %s", (instance_id,)
         ).fetchone()
-    assert row == (False,)
+    assert row == (True, True)  # disabled by the system; the tenant's own switch untouched
     assert world.row(delivery_id)["status"] == "failed"
 
 
