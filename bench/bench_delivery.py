@@ -9,8 +9,10 @@ dead callback URL among many healthy ones does to the healthy ones.
   (every attempt waits for the 15 s timeout): how fast do the other nine in ten go out,
   and what happens to the dead URL's deliveries (they must wait, not fail or vanish).
 
-Usage: .venv/bin/python bench/bench_delivery.py [--quick] [--deliveries N]
+Usage: .venv/bin/python bench/bench_delivery.py [--quick] [--deliveries N] [--profile OUT.txt]
 (uses POLLINATOR_DATABASE_URL / POLLINATOR_REDIS_URL when set, else embedded servers).
+``--profile`` samples the worker with py-spy during the healthy run and writes where its CPU
+went (own time by package and by function, and inclusive time by function) to ``OUT.txt``.
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ import subprocess
 import sys
 import time
 import uuid
+from collections import Counter
 from pathlib import Path
 from typing import Any
 
@@ -35,6 +38,7 @@ from app.embedded import drop_database, ensure_services, free_port, scratch_data
 from app.migrate import upgrade
 from app.models import Delivery, Instance, utcnow
 from app.security import SecretBox, hash_secret
+from app.services.breaker import PER_ORIGIN_CONCURRENCY
 from app.services.delivery import due_deliveries
 from app.services.orgs import create_organization
 
@@ -98,7 +102,7 @@ async def _seed(db_url: str, urls: list[str], per_url: int) -> list[bytes]:
     return bodies
 
 
-async def _ceiling(url: str, bodies: list[bytes], seconds: float) -> float:
+async def _ceiling(url: str, bodies: list[bytes], seconds: float, in_flight: int) -> float:
     done = 0
     deadline = time.monotonic() + seconds
     async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0)) as http:
@@ -112,10 +116,10 @@ async def _ceiling(url: str, bodies: list[bytes], seconds: float) -> float:
                 ) as resp:
                     await resp.read()
                 done += 1
-                i += CONCURRENCY
+                i += in_flight
 
         started = time.monotonic()
-        await asyncio.gather(*(loop(k) for k in range(CONCURRENCY)))
+        await asyncio.gather(*(loop(k) for k in range(in_flight)))
         return done / (time.monotonic() - started)
 
 
@@ -153,9 +157,64 @@ def _run(
     return healthy_total / (time.monotonic() - started), _counts(db_url)
 
 
+def _frame(frame: str) -> tuple[str, str]:
+    """``(function, package)`` of one py-spy raw frame ``"name (path/to/file.py)"``."""
+    name, _, where = frame.rpartition(" (")
+    path = where.rstrip(")")
+    parts = [p for p in path.split("/") if p]
+    if "site-packages" in parts:
+        parts = parts[parts.index("site-packages") + 1 :]
+    elif "python3.11" in parts:
+        parts = ["stdlib", *parts[parts.index("python3.11") + 1 :]]
+    package = parts[0].removesuffix(".py") if parts else "?"
+    if package == "stdlib" and len(parts) > 1:
+        package = f"stdlib/{parts[1].removesuffix('.py')}"
+    return f"{name} ({'/'.join(parts)})", package
+
+
+def _summarize(raw: Path, out: Path, title: str, top: int = 40) -> None:
+    """Text summary of py-spy's collapsed stacks: own samples by package and by function,
+    inclusive samples by function (a function counted once per stack)."""
+    own_pkg: Counter[str] = Counter()
+    own_fn: Counter[str] = Counter()
+    incl_fn: Counter[str] = Counter()
+    total = 0
+    for line in raw.read_text().splitlines():
+        stack, _, count_text = line.rpartition(" ")
+        if not stack or not count_text.isdigit():
+            continue
+        count = int(count_text)
+        frames = [_frame(f) for f in stack.split(";") if "(" in f]
+        if not frames:
+            continue
+        total += count
+        fn, pkg = frames[-1]
+        own_fn[fn] += count
+        own_pkg[pkg] += count
+        for name in {f for f, _ in frames}:
+            incl_fn[name] += count
+
+    def table(counter: Counter[str], label: str) -> list[str]:
+        rows = [f"## {label}", f"{'samples':>8} {'share':>6}  where"]
+        rows += [f"{c:>8} {c / total:>6.1%}  {k}" for k, c in counter.most_common(top)]
+        return [*rows, ""]
+
+    sampled = f"{total} samples (py-spy --gil, 200 Hz: the thread holding the GIL)"
+    lines = [f"# {title}", sampled, ""]
+    lines += table(own_pkg, "own time by package")
+    lines += table(own_fn, "own time by function")
+    lines += table(incl_fn, "inclusive time by function")
+    out.write_text("\n".join(lines))
+
+
 def _scenario(
-    services: Any, sink: str, dead: str | None, n: int, procs: list[Any]
-) -> tuple[float, dict[str, int], float]:
+    services: Any,
+    sink: str,
+    dead: str | None,
+    n: int,
+    procs: list[Any],
+    profile: Path | None = None,
+) -> tuple[float, dict[str, int], list[bytes]]:
     db_url, name = scratch_database(services.database_url, "pollinator_bench")
     try:
         upgrade(db_url)
@@ -183,11 +242,25 @@ def _scenario(
         procs.append(worker)
         time.sleep(4)
         healthy = per_url * (9 if dead else 10)
+        spy = None
+        raw = Path(f"{profile}.raw") if profile else None
+        if raw is not None:
+            spy = subprocess.Popen(
+                [Path(sys.executable).parent / "py-spy", "record", "--pid", str(worker.pid),
+                 "--rate", "200", "--gil", "--nolineno", "--format", "raw", "-o", str(raw)],
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,
+            )  # fmt: skip
+            time.sleep(1)
         rate, counts = _run(env, db_url, healthy)
-        ceiling = asyncio.run(_ceiling(f"{sink}/events/ceiling", bodies, 8)) if not dead else 0.0
+        if spy is not None and raw is not None and profile is not None:
+            spy.send_signal(signal.SIGINT)
+            spy.wait(60)
+            _summarize(raw, profile, f"delivery worker, {healthy} deliveries, {rate:.0f}/s")
+            raw.unlink()
         os.killpg(worker.pid, signal.SIGTERM)
         worker.wait(30)
-        return rate, counts, ceiling
+        return rate, counts, bodies
     finally:
         drop_database(services.database_url, name)
 
@@ -196,6 +269,7 @@ def main() -> int:
     parser = argparse.ArgumentParser()
     parser.add_argument("--quick", action="store_true")
     parser.add_argument("--deliveries", type=int, default=None)
+    parser.add_argument("--profile", type=Path, default=None, help="py-spy summary to this file")
     args = parser.parse_args()
     n = args.deliveries or (1000 if args.quick else 5000)
     services = ensure_services(
@@ -228,20 +302,24 @@ def main() -> int:
             )
         _up(f"{sink}/_sink/requests")
         _up(f"http://127.0.0.1:{dead_port}/_sink/requests")
-        rate, _, ceiling = _scenario(services, sink, None, n, procs)
+        rate, _, bodies = _scenario(services, sink, None, n, procs, args.profile)
+        ceiling_url = f"{sink}/events/ceiling"
+        ceiling = asyncio.run(_ceiling(ceiling_url, bodies, 8, CONCURRENCY))
+        # The sink is one origin: the worker keeps at most this many POSTs in flight to it.
+        capped = asyncio.run(_ceiling(ceiling_url, bodies, 8, PER_ORIGIN_CONCURRENCY))
         dead_rate, counts, _ = _scenario(
             services, sink, f"http://127.0.0.1:{dead_port}/events", n, procs
         )
-        print(
-            f"delivery worker: {n} deliveries of 3 events to a local sink, {CONCURRENCY} in flight"
-        )
-        print(f"{'':34} {'per second':>10} {'vs ceiling':>10}")
-        print(f"{'bare aiohttp POST loop (ceiling)':34} {ceiling:>10.1f} {1.0:>10.2f}")
-        print(f"{'one delivery worker process':34} {rate:>10.1f} {rate / ceiling:>10.2f}")
-        print(
-            f"{'  same, 1 URL in 10 dead (healthy)':34} {dead_rate:>10.1f} "
-            f"{dead_rate / ceiling:>10.2f}"
-        )
+        print(f"delivery worker: {n} deliveries of 3 events to a local sink (one origin)")
+        print(f"{'':40} {'per second':>10} {'vs ceiling':>10}")
+        rows = [
+            (f"bare aiohttp POST loop, {CONCURRENCY} in flight", ceiling),
+            (f"bare aiohttp POST loop, {PER_ORIGIN_CONCURRENCY} in flight", capped),
+            ("one delivery worker process", rate),
+            ("  same, 1 URL in 10 dead (healthy)", dead_rate),
+        ]
+        for label, value in rows:
+            print(f"{label:40} {value:>10.1f} {value / ceiling:>10.2f}")
         print(
             f"  dead URL's deliveries at the end: {counts.get('pending', 0)} pending, "
             f"{counts.get('failed', 0)} failed (none may be dropped)"
