@@ -12,7 +12,8 @@ dead callback URL among many healthy ones does to the healthy ones.
 Usage: .venv/bin/python bench/bench_delivery.py [--quick] [--deliveries N] [--profile OUT.txt]
 (uses POLLINATOR_DATABASE_URL / POLLINATOR_REDIS_URL when set, else embedded servers).
 ``--profile`` samples the worker with py-spy during the healthy run and writes where its CPU
-went (own time by package and by function, and inclusive time by function) to ``OUT.txt``.
+went (own time by package and by function, and inclusive time by function) to ``OUT.txt``,
+and py-spy's raw stacks to ``bench/out/`` (git-ignored).
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ import sys
 import time
 import uuid
 from collections import Counter
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -41,6 +43,7 @@ from app.security import SecretBox, hash_secret
 from app.services.breaker import PER_ORIGIN_CONCURRENCY
 from app.services.delivery import due_deliveries
 from app.services.orgs import create_organization
+from workers.celery_app import SWEEP_EVERY_S
 
 SECRET = "bench-secret-key-0123456789abcdef0123456789"
 
@@ -102,7 +105,19 @@ async def _seed(db_url: str, urls: list[str], per_url: int) -> list[bytes]:
     return bodies
 
 
-async def _ceiling(url: str, bodies: list[bytes], seconds: float, in_flight: int) -> float:
+@dataclass(frozen=True)
+class Rate:
+    per_s: float
+    cpu_ms: float  # CPU time of the sending process per callback (robust to a loaded machine)
+
+
+def _cpu_s(pid: int) -> float:
+    """User + system CPU seconds of process ``pid`` so far (all its threads)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+async def _ceiling(url: str, bodies: list[bytes], seconds: float, in_flight: int) -> Rate:
     done = 0
     deadline = time.monotonic() + seconds
     async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0)) as http:
@@ -118,9 +133,21 @@ async def _ceiling(url: str, bodies: list[bytes], seconds: float, in_flight: int
                 done += 1
                 i += in_flight
 
-        started = time.monotonic()
+        started, cpu = time.monotonic(), time.process_time()
         await asyncio.gather(*(loop(k) for k in range(in_flight)))
-        return done / (time.monotonic() - started)
+        cpu_ms = (time.process_time() - cpu) * 1000 / max(done, 1)
+        return Rate(done / (time.monotonic() - started), cpu_ms)
+
+
+def _post_ms(db_url: str) -> tuple[float, float]:
+    """Mean and p90 of the attempts' POST time as the worker saw it (a slot is held that long)."""
+    with psycopg.connect(db_url) as conn:
+        row = conn.execute(
+            "SELECT avg(duration_ms), percentile_cont(0.9) WITHIN GROUP (ORDER BY duration_ms)"
+            " FROM delivery_attempts"
+        ).fetchone()
+    assert row is not None
+    return float(row[0] or 0), float(row[1] or 0)
 
 
 def _counts(db_url: str) -> dict[str, int]:
@@ -129,17 +156,33 @@ def _counts(db_url: str) -> dict[str, int]:
     return {str(r[0]): int(r[1]) for r in rows}
 
 
-def _run(
-    env: dict[str, str], db_url: str, healthy_total: int, timeout: float = 300
-) -> tuple[float, dict[str, int]]:
-    """Lease + enqueue every due delivery (as the sweeper does); time until the healthy
-    ones are delivered."""
+def _celery(env: dict[str, str]) -> Any:
     os.environ.update(env)
     from app.settings import get_settings
     from workers.celery_app import create_celery
+
+    get_settings.cache_clear()
+    return create_celery(get_settings())
+
+
+def _wait_ready(env: dict[str, str], timeout: float = 120) -> None:
+    """Until the worker answers a ping: its start (imports) is not part of the measure."""
+    app = _celery(env)
+    deadline = time.monotonic() + timeout
+    while not app.control.ping(timeout=1.0):
+        if time.monotonic() > deadline:
+            raise RuntimeError("the delivery worker did not start")
+
+
+def _run(
+    env: dict[str, str], db_url: str, healthy_total: int, worker: int, timeout: float = 300
+) -> tuple[Rate, dict[str, int]]:
+    """Lease + enqueue every due delivery, again every ``SWEEP_EVERY_S`` (as beat's sweeper
+    does: deliveries deferred by a saturated origin or an open breaker come back); time
+    until the healthy ones are delivered."""
     from workers.tasks.delivery import enqueue_deliveries
 
-    app = create_celery(get_settings())
+    app = _celery(env)
 
     async def lease() -> list[tuple[uuid.UUID, Any]]:
         pool = await create_pg_pool(db_url, 2)
@@ -148,13 +191,18 @@ def _run(
         finally:
             await pool.close()
 
-    started = time.monotonic()
+    started, cpu = time.monotonic(), _cpu_s(worker)
     enqueue_deliveries(app, asyncio.run(lease()))
+    swept = time.monotonic()
     while _counts(db_url).get("delivered", 0) < healthy_total:
         if time.monotonic() - started > timeout:
             raise RuntimeError(f"not delivered in {timeout}s: {_counts(db_url)}")
         time.sleep(0.1)
-    return healthy_total / (time.monotonic() - started), _counts(db_url)
+        if time.monotonic() - swept >= SWEEP_EVERY_S:  # deferred deliveries come back
+            enqueue_deliveries(app, asyncio.run(lease()))
+            swept = time.monotonic()
+    cpu_ms = (_cpu_s(worker) - cpu) * 1000 / healthy_total
+    return Rate(healthy_total / (time.monotonic() - started), cpu_ms), _counts(db_url)
 
 
 def _frame(frame: str) -> tuple[str, str]:
@@ -214,7 +262,7 @@ def _scenario(
     n: int,
     procs: list[Any],
     profile: Path | None = None,
-) -> tuple[float, dict[str, int], list[bytes]]:
+) -> tuple[Rate, dict[str, int], list[bytes]]:
     db_url, name = scratch_database(services.database_url, "pollinator_bench")
     try:
         upgrade(db_url)
@@ -240,24 +288,29 @@ def _scenario(
             start_new_session=True,
         )
         procs.append(worker)
-        time.sleep(4)
+        _wait_ready(env)
         healthy = per_url * (9 if dead else 10)
         spy = None
-        raw = Path(f"{profile}.raw") if profile else None
+        raw = Path("bench/out") / f"{profile.name}.raw" if profile else None
         if raw is not None:
+            raw.parent.mkdir(parents=True, exist_ok=True)
             spy = subprocess.Popen(
                 [Path(sys.executable).parent / "py-spy", "record", "--pid", str(worker.pid),
                  "--rate", "200", "--gil", "--nolineno", "--format", "raw", "-o", str(raw)],
                 stdout=subprocess.DEVNULL,
                 stderr=subprocess.DEVNULL,
             )  # fmt: skip
-            time.sleep(1)
-        rate, counts = _run(env, db_url, healthy)
+            time.sleep(0.5)
+        rate, counts = _run(env, db_url, healthy, worker.pid)
+        if not dead:
+            mean, p90 = _post_ms(db_url)
+            print(f"healthy run: POST {mean:.1f} ms mean, {p90:.0f} ms p90 as the worker saw it")
         if spy is not None and raw is not None and profile is not None:
             spy.send_signal(signal.SIGINT)
             spy.wait(60)
-            _summarize(raw, profile, f"delivery worker, {healthy} deliveries, {rate:.0f}/s")
-            raw.unlink()
+            title = f"delivery worker, {healthy} deliveries, {rate.per_s:.0f}/s"
+            _summarize(raw, profile, title)
+            print(f"py-spy's raw stacks: {raw}")
         os.killpg(worker.pid, signal.SIGTERM)
         worker.wait(30)
         return rate, counts, bodies
@@ -311,7 +364,7 @@ def main() -> int:
             services, sink, f"http://127.0.0.1:{dead_port}/events", n, procs
         )
         print(f"delivery worker: {n} deliveries of 3 events to a local sink (one origin)")
-        print(f"{'':40} {'per second':>10} {'vs ceiling':>10}")
+        print(f"{'':40} {'per second':>10} {'vs ceiling':>10} {'CPU ms each':>11}")
         rows = [
             (f"bare aiohttp POST loop, {CONCURRENCY} in flight", ceiling),
             (f"bare aiohttp POST loop, {PER_ORIGIN_CONCURRENCY} in flight", capped),
@@ -319,7 +372,10 @@ def main() -> int:
             ("  same, 1 URL in 10 dead (healthy)", dead_rate),
         ]
         for label, value in rows:
-            print(f"{label:40} {value:>10.1f} {value / ceiling:>10.2f}")
+            print(
+                f"{label:40} {value.per_s:>10.1f} {value.per_s / ceiling.per_s:>10.2f} "
+                f"{value.cpu_ms:>11.3f}"
+            )
         print(
             f"  dead URL's deliveries at the end: {counts.get('pending', 0)} pending, "
             f"{counts.get('failed', 0)} failed (none may be dropped)"

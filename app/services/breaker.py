@@ -137,9 +137,15 @@ class OriginSlots:
         self._semaphores: dict[str, asyncio.Semaphore] = {}
 
     async def acquire(self, origin: str, wait_s: float) -> bool:
-        semaphore = self._semaphores.setdefault(origin, asyncio.Semaphore(self.limit))
+        semaphore = self._semaphores.get(origin)
+        if semaphore is None:
+            semaphore = self._semaphores[origin] = asyncio.Semaphore(self.limit)
+        if not semaphore.locked():
+            await semaphore.acquire()  # free: taken at once, no timer needed
+            return True
         try:
-            await asyncio.wait_for(semaphore.acquire(), wait_s)
+            async with asyncio.timeout(wait_s):  # no task per wait, unlike wait_for
+                await semaphore.acquire()
         except TimeoutError:
             return False
         return True

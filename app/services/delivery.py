@@ -71,6 +71,11 @@ class DeliveryDeps:
     breakers: CircuitBreakers
     slots: OriginSlots  # one per process
 
+    def __post_init__(self) -> None:
+        # Shared by every batch these deps serve, so one write carries the attempts of
+        # all the batches in flight (keep one DeliveryDeps per process).
+        self.writer = AttemptWriter(self.pg)
+
 
 @dataclass(frozen=True)
 class AttemptResult:
@@ -229,7 +234,7 @@ def _crashed(delivery_id: uuid.UUID, started: float, exc: Exception) -> Delivery
 
 @dataclass
 class _Batch:
-    """What the deliveries of one batch share: admissions, signature keys, the writer."""
+    """What the deliveries of one batch share: breaker admissions and signature keys."""
 
     deps: DeliveryDeps
     slots: asyncio.Semaphore | None
@@ -238,9 +243,6 @@ class _Batch:
     metrics: MetricsBatch = field(default_factory=MetricsBatch)
     keys: dict[bytes | None, str | None] = field(default_factory=dict)
     failing: set[str] = field(default_factory=set)  # origins that failed in this batch
-
-    def __post_init__(self) -> None:
-        self.writer = _AttemptWriter(self.deps.pg)
 
     async def run(self, claim: Claim, started: float) -> DeliveryOutcome:
         with log_context(delivery_id=str(claim.id)):
@@ -296,7 +298,7 @@ class _Batch:
         if not (up and admission.clean):
             await deps.breakers.record(origin, up)
         record = decide(claim, result, deps.settings.delivery_retry_schedule)
-        await self.writer.write(record)
+        await deps.writer.write(record)
         if record.gone:
             log.warning("instance %s: callback answered 410 Gone; events disabled",
                         claim.instance_id)  # fmt: skip
@@ -307,7 +309,7 @@ class _Batch:
         )
 
 
-class _AttemptWriter:
+class AttemptWriter:
     """Writes finished attempts in groups, each group in one statement (group commit).
 
     The first attempt to finish is written at once; those that finish while a write is
