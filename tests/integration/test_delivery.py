@@ -518,7 +518,7 @@ async def test_at_most_eight_posts_in_flight_per_origin(world: World, gate: Gate
     instance_id = await world.instance(gate.url)
     ids = [await world.delivery(instance_id) for _ in range(PER_ORIGIN_CONCURRENCY + 4)]
     task = asyncio.create_task(deliver_many(world.deps, [(d, None) for d in ids]))
-    await _until(lambda: gate.in_flight == PER_ORIGIN_CONCURRENCY)
+    await _until(lambda: gate.in_flight >= PER_ORIGIN_CONCURRENCY)
     await asyncio.sleep(0.3)  # room for a ninth to arrive, were the cap broken
     assert gate.most == PER_ORIGIN_CONCURRENCY
     gate.opened.set()
