@@ -24,6 +24,7 @@ import logging
 import random
 import time
 import uuid
+from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
@@ -221,7 +222,7 @@ async def deliver_many(
     batch = _Batch(deps, slots, origins, admissions)
     outcomes = list(await asyncio.gather(*(batch.run(c, started) for c in claims)))
     try:
-        await batch.metrics.flush(deps.redis)
+        await batch.flush_metrics()
     except Exception:  # metrics are best effort
         log.warning("recording delivery metrics failed", exc_info=True)
     return outcomes
@@ -243,6 +244,13 @@ class _Batch:
     metrics: MetricsBatch = field(default_factory=MetricsBatch)
     keys: dict[bytes | None, str | None] = field(default_factory=dict)
     failing: set[str] = field(default_factory=set)  # origins that failed in this batch
+    attempts: Counter[str] = field(default_factory=Counter)  # by outcome label
+
+    async def flush_metrics(self) -> None:
+        """One Redis round trip for the batch; the attempt counter once per outcome."""
+        for label, count in self.attempts.items():
+            self.metrics.inc(metrics.DELIVERY_ATTEMPTS, {"outcome": label}, count)
+        await self.metrics.flush(self.deps.redis)
 
     async def run(self, claim: Claim, started: float) -> DeliveryOutcome:
         with log_context(delivery_id=str(claim.id)):
@@ -303,7 +311,9 @@ class _Batch:
             log.warning("instance %s: callback answered 410 Gone; events disabled",
                         claim.instance_id)  # fmt: skip
         outcome = Outcome(record.status) if record.status else Outcome.RETRY
-        _add_metrics(self.metrics, result, outcome)
+        label = outcome.value if outcome != Outcome.RETRY else f"retry_{result.error or 'http'}"
+        self.attempts[label] += 1
+        self.metrics.observe(metrics.DELIVERY_LATENCY, result.duration_ms / 1000.0)
         return DeliveryOutcome(
             claim.id, outcome, started, time.time(), claim.instance_id, attempt=result
         )
@@ -402,12 +412,6 @@ async def defer(deps: DeliveryDeps, delivery_id: uuid.UUID, seconds: float) -> N
     at = utcnow() + timedelta(seconds=seconds * random.uniform(1.0, 1.2))
     async with deps.pg.acquire() as conn:
         await store.defer(conn, [(delivery_id, at)])
-
-
-def _add_metrics(batch: MetricsBatch, result: AttemptResult, outcome: Outcome) -> None:
-    label = outcome.value if outcome != Outcome.RETRY else f"retry_{result.error or 'http'}"
-    batch.inc(metrics.DELIVERY_ATTEMPTS, {"outcome": label})
-    batch.observe(metrics.DELIVERY_LATENCY, result.duration_ms / 1000.0)
 
 
 async def due_deliveries(
