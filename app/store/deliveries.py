@@ -18,7 +18,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
 
-from app.store.lifecycle import Conn
+from app.store import Conn
 
 # Where the engine reads an instance's callback URL: this statement is the only reader.
 _CLAIM = """
