@@ -13,10 +13,10 @@ from app.domain.delta import (
     compute_delta,
     initial_watermark,
     lower_bound,
-    merge_deltas,
     watermark_from_json,
     watermark_to_json,
 )
+from tests.support.domain_helpers import merge_deltas
 from tests.unit.engine.helpers import T0, keap, resource
 
 S = timedelta(seconds=1)

@@ -24,11 +24,11 @@ from app.domain.delta import (
     compute_delta,
     initial_watermark,
     lower_bound,
-    merge_deltas,
     watermark_from_json,
     watermark_to_json,
 )
 from app.domain.events import event_id
+from tests.support.domain_helpers import merge_deltas
 from tests.unit.engine.helpers import T0, keap, resource
 
 N_IDS = 8
