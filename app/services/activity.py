@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import uuid
+from collections.abc import Iterable
 from datetime import UTC, datetime
 from typing import Any
 
@@ -26,10 +27,6 @@ def iso(value: datetime | None) -> str | None:
 
 
 async def polling_state(session: AsyncSession, instance: Instance) -> list[dict[str, Any]]:
-    # A quarantined instance is not polled: no next poll, and its reason is every
-    # resource's lastError (it is the one thing the tenant needs to act on).
-    quarantined = instance.quarantined_at is not None
-    polling = instance.events_enabled and not quarantined
     rows = (
         await session.execute(
             select(PollState)
@@ -37,6 +34,15 @@ async def polling_state(session: AsyncSession, instance: Instance) -> list[dict[
             .order_by(col(PollState.resource))
         )
     ).scalars()
+    return polling_view(instance, rows)
+
+
+def polling_view(instance: Instance, rows: Iterable[PollState]) -> list[dict[str, Any]]:
+    """``GET .../polling`` of ``instance`` from its poll-state rows (in resource order)."""
+    # A quarantined instance is not polled: no next poll, and its reason is every
+    # resource's lastError (it is the one thing the tenant needs to act on).
+    quarantined = instance.quarantined_at is not None
+    polling = instance.events_enabled and not quarantined
     return [
         {
             "resource": s.resource,

@@ -1,7 +1,8 @@
 """The web console at ``/ui/`` (SPEC §3 "Web console").
 
-A thin client over the public JSON API: the server only serves static pages, scripts and
-``/ui/defaults.json``. The browser keeps the organization and user secrets in
+A thin client over the public JSON API: the server only serves static pages, scripts,
+``/ui/defaults.json`` and one console-only read, ``/ui/api/instances`` (see
+:mod:`app.api.ui.overview`). The browser keeps the organization and user secrets in
 ``sessionStorage`` and sends them in the ``Authorization`` header of its ``fetch`` calls, so
 they never appear in a URL, a server log or a server-side session. Every response under
 ``/ui/`` carries a strict Content-Security-Policy (no inline script, nothing but this
@@ -16,8 +17,10 @@ from pathlib import Path
 
 from aiohttp import web
 
+from app.api.auth import CONSOLE_API, principal_of
 from app.api.context import CTX
-from app.api.routes import BASE
+from app.api.routes import BASE, ctx_of, paging
+from app.api.ui.overview import instance_page
 from app.domain.instanceconfig import DEFAULT_REFRESH_MINUTES
 from app.domain.pollconfig import CONFIGURATION_KEY, DEFAULT_POLLER_CONFIGURATION
 
@@ -117,6 +120,19 @@ async def defaults(request: web.Request) -> web.Response:
     return response
 
 
+async def instances(request: web.Request) -> web.Response:
+    """The instance list page's data: SPEC instances plus ``polling`` and ``failedDeliveries``."""
+    page, page_size = paging(request)
+    items, total = await instance_page(
+        ctx_of(request), principal_of(request).organization_id, page, page_size
+    )
+    response = web.json_response(items)
+    response.headers.update(SECURITY_HEADERS)
+    response.headers["Cache-Control"] = "no-store"
+    response.headers["Elements-Total-Count"] = str(total)
+    return response
+
+
 async def not_found(_: web.Request) -> web.Response:
     return _respond(_read("404.html"), "text/html", status=404)
 
@@ -131,5 +147,6 @@ def add_ui_routes(app: web.Application) -> None:
     for path, name in PAGES.items():
         app.router.add_get(PREFIX + path, _page_handler(name))
     app.router.add_get(PREFIX + "/defaults.json", defaults)
+    app.router.add_get(CONSOLE_API + "/instances", instances)
     app.router.add_get(PREFIX + "/static/{name}", static_file)
     app.router.add_get(PREFIX + "/{tail:.*}", not_found)
