@@ -23,11 +23,11 @@ run: install
 	$(VENV)/bin/pollinator up
 
 # Also measures branch coverage of app/ and workers/, the e2e tests' subprocesses included
-# ([tool.coverage] in pyproject.toml): prints the total and writes .data/coverage.xml;
+# ([tool.coverage] in pyproject.toml): prints the total and writes .data/coverage/coverage.xml;
 # `.venv/bin/coverage report` then lists the misses. .ci/run holds the total above a floor.
 test: install
-	@mkdir -p .data && rm -f .data/coverage .data/coverage.*
-	$(PY) -m pytest --cov --cov-report=xml:.data/coverage.xml --cov-report=
+	@rm -rf .data/coverage && mkdir -p .data/coverage
+	$(PY) -m pytest --cov --cov-report=xml:.data/coverage/coverage.xml --cov-report=
 	@echo "coverage of app/ and workers/ (lines and branches): $$($(VENV)/bin/coverage report --format=total)%"
 
 # Six emulated hosts (network namespaces; root), every chaos scenario, ~15 minutes.
