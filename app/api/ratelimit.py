@@ -26,7 +26,7 @@ from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
 from app import keys
-from app.api.errors import TooManyRequests
+from app.errors import TooManyRequests
 from app.settings import Settings
 
 log = logging.getLogger(__name__)

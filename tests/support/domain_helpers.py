@@ -8,8 +8,9 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from app.domain.delta import Change, DeltaResult, Watermark
+from app.domain.delta import Change, DeltaResult
 from app.domain.templates import UrlTemplate
+from app.domain.watermark import Watermark
 
 
 def merge_deltas(results: Sequence[DeltaResult]) -> DeltaResult:
