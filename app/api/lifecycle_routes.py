@@ -13,11 +13,10 @@ import uuid
 from collections.abc import AsyncIterator
 from typing import Any
 
-import asyncpg
 from aiohttp import web
 
 from app.api.auth import principal_of
-from app.api.context import CTX
+from app.api.context import CTX, PG
 from app.api.routes import BASE, instance_id_of, json_body
 from app.db import create_pg_pool
 from app.domain.isodate import format_ms
@@ -26,7 +25,6 @@ from app.errors import BadInput, NotFound
 from app.services import lifecycle
 from app.store import lifecycle as store
 
-PG: web.AppKey[asyncpg.Pool] = web.AppKey("lifecycle_pg", asyncpg.Pool)
 POOL_SIZE = 4
 
 
