@@ -39,13 +39,8 @@ async def _owned_live_instance(
     request: web.Request, organization_id: int, instance_id: int
 ) -> None:
     async with request.app[PG].acquire() as conn:
-        found = await conn.fetchval(
-            """SELECT 1 FROM instances WHERE id = $1 AND organization_id = $2
-               AND deleted_at IS NULL""",
-            instance_id,
-            organization_id,
-        )
-    if found is None:
+        found = await store.owns_live_instance(conn, organization_id, instance_id)
+    if not found:
         raise NotFound(f"instance {instance_id} not found")
 
 
