@@ -4,8 +4,8 @@ Celery does not run ``async def`` tasks, and a prefork child that polls one
 instance at a time wastes a process on 100-500 ms of provider latency. Instead
 the worker runs Celery's thread pool; every task thread submits its coroutine
 to this process's single loop and waits. All coroutines share one aiohttp
-session, one asyncpg pool (the worker's only database client) and one Redis pool, so hundreds of polls are in
-flight per process.
+session, one asyncpg pool (the worker's only database client) and one Redis
+pool, so hundreds of polls are in flight per process.
 """
 
 from __future__ import annotations

@@ -46,7 +46,9 @@ async def test_a_write_lands_only_at_the_version_it_read(pool: asyncpg.Pool) -> 
     instance_id = await _instance(pool, "cas")
     async with pool.acquire() as conn:
         read = await store.read_tokens(conn, instance_id)
-        assert read is not None and read.tokens is not None and read.secrets is not None
+        assert read is not None
+        assert read.tokens is not None
+        assert read.secrets is not None
         assert BOX.open(read.tokens) == {"access_token": "AT-cas"}
         assert BOX.open(read.secrets) == {"event.notification.signature.key": "k"}
         await store.mark_invalid(conn, instance_id)
@@ -59,7 +61,8 @@ async def test_a_write_lands_only_at_the_version_it_read(pool: asyncpg.Pool) -> 
         )
         after = await store.read_tokens(conn, instance_id)
         assert await store.read_tokens(conn, instance_id + 10_000) is None
-    assert after is not None and after.tokens is not None
+    assert after is not None
+    assert after.tokens is not None
     assert after.version == read.version + 1
     assert BOX.open(after.tokens) == {"access_token": "new"}
     assert await _valid(pool, instance_id)  # stored tokens make the instance valid again
