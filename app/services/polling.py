@@ -38,10 +38,8 @@ from datetime import datetime, timedelta, tzinfo
 
 import aiohttp
 import asyncpg
-import sqlalchemy.exc
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
-from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from app import keys, metrics
 from app.domain.delta import DeltaResult, compute_delta
@@ -83,8 +81,6 @@ _NOT_THE_INSTANCES_FAULT: tuple[type[Exception], ...] = (
     asyncpg.InsufficientResourcesError,
     asyncpg.OperatorInterventionError,
     asyncpg.TransactionRollbackError,
-    sqlalchemy.exc.OperationalError,
-    sqlalchemy.exc.InterfaceError,
     DecryptionError,
 )
 # Domain errors whose message is written for the tenant; any other crash is reported by
@@ -136,8 +132,7 @@ class PollDeps:
     """What a poll needs; the worker runtime builds it once per process."""
 
     settings: Settings
-    pg: asyncpg.Pool  # raw pool for the hot path (load and outbox)
-    sessions: async_sessionmaker[AsyncSession]  # ORM, for the rare token refresh
+    pg: asyncpg.Pool  # the worker's one database client (snapshot, outbox, token refresh)
     redis: Redis
     http: aiohttp.ClientSession
     box: SecretBox
@@ -197,7 +192,7 @@ def _client_for(
 ) -> InfusionsoftClient:
     return provider_client(
         deps.settings,
-        deps.sessions,
+        deps.pg,
         deps.redis,
         deps.http,
         deps.box,
@@ -218,7 +213,7 @@ class ProviderAccount:
 
 def provider_client(
     settings: Settings,
-    sessions: async_sessionmaker[AsyncSession],
+    pg: asyncpg.Pool,
     redis: Redis,
     http: aiohttp.ClientSession,
     box: SecretBox,
@@ -231,7 +226,7 @@ def provider_client(
     tokens = InstanceTokens(
         account.instance_id,
         str(box.open(account.sealed_tokens).get("access_token", "")),
-        sessions,
+        pg,
         redis,
         http,
         box,
