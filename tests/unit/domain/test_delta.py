@@ -17,7 +17,7 @@ from app.domain.delta import (
     watermark_from_json,
     watermark_to_json,
 )
-from tests.unit.engine.helpers import T0, keap, resource
+from tests.unit.domain.helpers import T0, keap, resource
 
 S = timedelta(seconds=1)
 POLL = T0 + 60 * S

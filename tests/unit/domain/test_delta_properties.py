@@ -29,7 +29,7 @@ from app.domain.delta import (
     watermark_to_json,
 )
 from app.domain.events import event_id
-from tests.unit.engine.helpers import T0, keap, resource
+from tests.unit.domain.helpers import T0, keap, resource
 
 N_IDS = 8
 
