@@ -10,6 +10,7 @@ import json
 import re
 import time
 import uuid
+from collections import Counter
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from datetime import timedelta
@@ -28,8 +29,9 @@ from app.db import create_engine, create_pg_pool, session_factory
 from app.domain.events import EventRecord, InstanceInfo, build_payload
 from app.models import Delivery, Instance, utcnow
 from app.security import SecretBox, hash_secret
+from app.services import delivery
 from app.services.breaker import CircuitBreakers, OriginSlots, origin_of
-from app.services.delivery import DeliveryDeps, deliver, due_deliveries
+from app.services.delivery import DeliveryDeps, Outcome, deliver, deliver_many, due_deliveries
 from app.services.guarded_http import callback_session
 from app.settings import Settings
 from tests.conftest import SECRET_KEY, ServiceUrls
@@ -357,6 +359,25 @@ async def test_breaker_opens_and_defers_without_spending_attempts(world: World) 
     assert await world.deps.redis.zscore(keys.breakers_open(), origin) is not None
     await world.deps.breakers.record(origin, True)
     assert await world.deps.redis.zscore(keys.breakers_open(), origin) is None
+
+
+async def test_at_most_eight_posts_in_flight_to_one_origin(
+    world: World, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Twelve deliveries to one hanging receiver: eight POSTs go out, the other four are
+    deferred (no attempt spent) instead of holding delivery slots while they wait."""
+    monkeypatch.setattr(delivery, "ORIGIN_WAIT_S", 0.5)
+    world.receiver.hang_s = 4.0  # longer than a waiter waits, on any machine load
+    instance_id = await world.instance(world.receiver.url)
+    ids = [await world.delivery(instance_id) for _ in range(12)]
+    outcomes = await deliver_many(world.deps, [(d, None) for d in ids], asyncio.Semaphore(16))
+    by_outcome = Counter(o.outcome for o in outcomes)
+    assert by_outcome == {Outcome.DELIVERED: 8, Outcome.DEFERRED: 4}
+    assert len(world.receiver.received) == 8
+    for o in outcomes:
+        if o.outcome == Outcome.DEFERRED:
+            assert world.attempts(o.delivery_id) == []
+            assert world.row(o.delivery_id)["status"] == "pending"
 
 
 async def test_sweeper_claims_due_deliveries_once(world: World) -> None:
