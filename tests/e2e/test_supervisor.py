@@ -136,6 +136,7 @@ def test_a_taken_api_port_is_refused_with_its_holder_named(data_dir: Path) -> No
     assert f"PID {os.getpid()}" in line
 
 
+@pytest.mark.timeout(UP_TIMEOUT_S + 200)
 def test_the_demo_moves_off_taken_ports_and_says_where(data_dir: Path) -> None:
     held: list[socket.socket] = []
     try:
