@@ -116,6 +116,7 @@ def test_children_die_with_a_killed_supervisor_and_the_next_up_starts(data_dir: 
     second = Up(data_dir, "--no-demo", api_port=first.api_port)  # same ports, same data dir
     second.wait_up()
     assert "Pollinator is up." in second.output
+    assert http_json("GET", f"http://127.0.0.1:{second.api_port}/readyz")[0] == 200
     children = [p.pid for p in second.children()]
     assert second.stop(signal.SIGHUP) == 0  # the terminal closed: a clean stop
     wait_for(lambda: _gone(children), 30, what="children after SIGHUP")
