@@ -14,6 +14,7 @@ and never touches the configured one.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import secrets
 from collections.abc import Iterator
@@ -93,8 +94,9 @@ def claim_redis_db(url: str, token: str, taken: frozenset[int] = frozenset()) ->
     flush a database that holds someone else's keys.
     """
     configured = _db_of(url)
-    with redis.Redis.from_url(url) as client:
-        count = int(client.config_get("databases").get("databases", 16))
+    count = 16  # Redis's default, when CONFIG is not available (managed Redis)
+    with redis.Redis.from_url(url) as client, contextlib.suppress(redis.ResponseError):
+        count = int(client.config_get("databases").get("databases", count))
     candidates = [configured] + [db for db in range(count - 1, 0, -1) if db != configured]
     for db in candidates:
         if db in taken:
