@@ -120,7 +120,7 @@ class Instance(SQLModel, table=True):
 
     __tablename__ = "instances"
     __table_args__ = (
-        # Beat's claim predicate (workers/beat.py) must imply this one word for word, or
+        # Beat's claim predicate (app/store/schedule.py) must imply this one word for word, or
         # the planner cannot use the index and every tick scans the whole table.
         Index(
             "ix_instances_due",

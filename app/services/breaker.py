@@ -12,6 +12,13 @@ other URLs. Two guards, both keyed by the URL's origin:
   are deferred without spending an attempt; when the cooldown ends a single
   probe delivery goes through (*half-open*) and its outcome closes or re-opens
   the circuit. Deliveries are never failed early or dropped by the breaker.
+
+The half-open probe is a *flag* (``SET NX EX``), not one of the leases of
+:mod:`app.services.leases`: it marks "a probe is in flight for this cooldown", and
+it is meant to be cleared by whichever delivery records the origin's next outcome
+(a success clears it, a re-opening replaces the cooldown), not by the probe's own
+holder. A token would protect nothing, and there is nothing to renew: if the probe's
+worker dies, the flag's TTL lets the next probe through.
 """
 
 from __future__ import annotations

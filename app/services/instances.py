@@ -19,7 +19,6 @@ from sqlalchemy import delete, func, select, update
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from sqlmodel import col
 
-from app import keys
 from app.domain.instanceconfig import (
     CALLBACK_KEY,
     ELEMENT_KEY,
@@ -33,13 +32,15 @@ from app.domain.instanceconfig import (
     validate_patch,
 )
 from app.domain.jsonsafety import UnsafeJson, check_value, loads_checked
-from app.domain.pollconfig import ResourceConfig
 from app.domain.schedule import first_poll_at
+from app.domain.watermark import starting_watermark
+from app.errors import BadGateway, BadInput, Conflict
 from app.models import Delivery, DeliveryStatus, Instance, Organization, PollState, utcnow
 from app.providers.oauth import GrantRejected, ProviderUnavailable, exchange_code
 from app.security import REDACTED, SecretBox, hash_secret, new_secret
 from app.services.guarded_http import BlockedAddress, check_callback_host
 from app.settings import Settings
+from app.store.watermarks import WatermarkStore
 
 log = logging.getLogger(__name__)
 
@@ -47,25 +48,6 @@ PROVIDER_TOKEN_KEYS = ("access_token", "refresh_token", "expires_at")
 SHOWN_TOKEN_KEYS = {"access_token": "oauth.user.token", "refresh_token": "oauth.user.refresh_token"}
 
 
-class InstanceInputError(Exception):
-    """Bad input; ``status`` is 400 (or 502 when the provider could not be reached)."""
-
-    def __init__(self, message: str, status: int = 400) -> None:
-        super().__init__(message)
-        self.message = message
-        self.status = status
-
-
-def starting_watermark(enabled_at: datetime, resource: ResourceConfig) -> datetime:
-    """Where a resource's watermark starts when polling is enabled for it.
-
-    Keap renders most dates to the second, so a record written in the same second
-    as ``enabled_at`` carries an earlier date than ``enabled_at`` itself; and a
-    provider clock that lags (what ``pollDelay`` is for) dates records before our
-    clock. Starting at the whole second, less ``pollDelay``, reports those records
-    (at worst a few changes from just before enabling) instead of missing them.
-    """
-    return enabled_at.replace(microsecond=0) - timedelta(seconds=resource.poll_delay)
 
 
 async def check_callback_dns(url: str | None, allow_private: bool) -> None:
@@ -79,7 +61,7 @@ async def check_callback_dns(url: str | None, allow_private: bool) -> None:
     try:
         await check_callback_host(url, allow_private)
     except BlockedAddress as exc:  # the message names the host and why it is refused
-        raise InstanceInputError(f"configuration.{CALLBACK_KEY}: {exc}") from exc
+        raise BadInput(f"configuration.{CALLBACK_KEY}: {exc}") from exc
 
 
 def instance_view(instance: Instance, box: SecretBox, token: str | None = None) -> dict[str, Any]:
@@ -124,14 +106,12 @@ def _storable(body: object, spec: InstanceSpec) -> None:
         check_value(spec.public, "configuration")
         check_value(spec.secrets, "configuration")
     except UnsafeJson as exc:
-        raise InstanceInputError(exc.message) from exc
+        raise BadInput.naming(exc) from exc
     for field, value in (("tags", spec.tags), ("configuration", spec.public)):
         try:
             json.dumps(value, allow_nan=False)
         except ValueError as exc:
-            raise InstanceInputError(
-                f"{field}: numbers must be finite (no NaN or Infinity)"
-            ) from exc
+            raise BadInput(f"{field}: numbers must be finite (no NaN or Infinity)") from exc
 
 
 def _schedulable(now: datetime, spec: InstanceSpec) -> None:
@@ -143,14 +123,12 @@ def _schedulable(now: datetime, spec: InstanceSpec) -> None:
     try:
         _ = now + timedelta(seconds=spec.refresh_interval_s)
     except OverflowError as exc:
-        raise InstanceInputError(f"configuration.{INTERVAL_KEY}: is too large") from exc
+        raise BadInput(f"configuration.{INTERVAL_KEY}: is too large") from exc
     for name, resource in spec.resources.items():
         try:
             starting_watermark(now, resource)
         except OverflowError as exc:
-            raise InstanceInputError(
-                f"configuration.{POLLER_KEY}.{name}.pollDelay: is too large"
-            ) from exc
+            raise BadInput(f"configuration.{POLLER_KEY}.{name}.pollDelay: is too large") from exc
 
 
 def _decoded_poller(body: object) -> object:
@@ -171,7 +149,7 @@ def _decoded_poller(body: object) -> object:
     try:
         decoded = loads_checked(raw, f"configuration.{POLLER_KEY}")
     except UnsafeJson as exc:
-        raise InstanceInputError(exc.message) from exc
+        raise BadInput.naming(exc) from exc
     return {**body, "configuration": {**config, POLLER_KEY: decoded}}
 
 
@@ -191,7 +169,7 @@ def _settings_are_text(body: object) -> None:
     for key in _TEXT_SETTINGS:
         value = config.get(key)
         if value is not None and not isinstance(value, str):
-            raise InstanceInputError(f"configuration.{key}: must be a string")
+            raise BadInput(f"configuration.{key}: must be a string")
 
 
 async def _count_live(session: AsyncSession, organization_id: int) -> int:
@@ -206,11 +184,10 @@ async def _count_live(session: AsyncSession, organization_id: int) -> int:
     return int((await session.execute(stmt)).scalar_one())
 
 
-def _limit_error(settings: Settings) -> InstanceInputError:
-    return InstanceInputError(
+def _limit_error(settings: Settings) -> Conflict:
+    return Conflict(
         f"organization: at most {settings.max_instances_per_org} instances "
-        "(POLLINATOR_MAX_INSTANCES_PER_ORG); delete one first",
-        status=409,
+        "(POLLINATOR_MAX_INSTANCES_PER_ORG); delete one first"
     )
 
 
@@ -229,11 +206,9 @@ async def _exchange(
             timeout=settings.provider_timeout_seconds,
         )
     except GrantRejected as exc:
-        raise InstanceInputError(
-            f"providerData.code: provider refused the code: {exc.message}"
-        ) from exc
+        raise BadInput(f"providerData.code: provider refused the code: {exc.message}") from exc
     except ProviderUnavailable as exc:
-        raise InstanceInputError(f"providerData.code: {exc.message}", status=502) from exc
+        raise BadGateway(f"providerData.code: {exc.message}") from exc
     return tokens.to_secrets()
 
 
@@ -246,7 +221,7 @@ def _checked_create(body: object, min_refresh_minutes: float) -> tuple[InstanceS
     try:
         spec, code = validate_create(body, min_refresh_minutes=min_refresh_minutes)
     except FieldError as exc:
-        raise InstanceInputError(exc.message) from exc
+        raise BadInput.naming(exc) from exc
     _storable(body, spec)
     _schedulable(utcnow(), spec)
     return spec, code
@@ -268,7 +243,7 @@ def _checked_patch(
             min_refresh_minutes=min_refresh_minutes,
         )
     except FieldError as exc:
-        raise InstanceInputError(exc.message) from exc
+        raise BadInput.naming(exc) from exc
     _storable(body, spec)
     _schedulable(utcnow(), spec)
     return body, spec
@@ -388,7 +363,7 @@ def _patch_code(body: object) -> str | None:
     provider = body["providerData"]
     code = provider.get("code") if isinstance(provider, dict) else None
     if not isinstance(code, str) or not code.strip():
-        raise InstanceInputError(
+        raise BadInput(
             "providerData.code: must be a non-empty string (the OAuth authorization grant code)"
         )
     return code.strip()
@@ -434,7 +409,7 @@ async def patch_instance(
     code = _patch_code(body)
     changed = _changed_oauth_app(spec, instance.configuration, config_secrets)
     if changed is not None and code is None:
-        raise InstanceInputError(
+        raise BadInput(
             f"configuration.{changed}: changing the OAuth app needs a new authorization; "
             "send providerData.code (a grant code for the new app) with the PATCH"
         )
@@ -548,5 +523,4 @@ async def delete_instance(session: AsyncSession, instance: Instance) -> set[str]
 
 async def forget_watermarks(redis: Redis, instance_id: int, resources: set[str]) -> None:
     """Drop an instance's hot watermarks from Redis (after the change committed)."""
-    if resources:
-        await redis.delete(*(keys.watermark(instance_id, r) for r in resources))
+    await WatermarkStore(redis).forget(instance_id, resources)

@@ -21,7 +21,7 @@ from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from sqlmodel import col
 
-from app.domain.delta import Watermark, compute_delta, initial_watermark, lower_bound
+from app.domain.delta import compute_delta
 from app.domain.fieldpath import compile_path
 from app.domain.instanceconfig import POLLER_KEY, TIMEZONE_KEY
 from app.domain.limits import MAX_PAGE_SIZE
@@ -31,6 +31,7 @@ from app.domain.pollconfig import (
     parse_poller_configuration,
 )
 from app.domain.timezones import resolve_timezone
+from app.domain.watermark import Watermark, initial_watermark, lower_bound
 from app.models import Instance, PollState
 from app.providers.infusionsoft import InfusionsoftClient, ProviderError
 from app.security import SecretBox

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import secrets as pysecrets
 import time
 from dataclasses import dataclass
 
@@ -28,21 +27,12 @@ from app.models import Instance
 from app.providers.infusionsoft import ProviderError
 from app.providers.oauth import GrantRejected, ProviderUnavailable, refresh_tokens
 from app.security import SecretBox
+from app.services.leases import Lease
 
 log = logging.getLogger(__name__)
 
 REFRESH_LOCK_TTL_MS = 30_000
 LOCK_WAIT_S = 35.0
-
-_RELEASE = """
-if redis.call('get', KEYS[1]) == ARGV[1] then return redis.call('del', KEYS[1]) end
-return 0
-"""
-
-
-async def release_lock(redis: Redis, key: str, token: str) -> None:
-    """Delete a lock only if we still hold it."""
-    await redis.eval(_RELEASE, 1, key, token)
 
 
 @dataclass
@@ -79,18 +69,14 @@ class InstanceTokens:
 
     async def refresh(self, rejected_token: str) -> str:
         """A working access token after ``rejected_token`` got a 401."""
-        key = keys.refresh_lock(self.instance_id)
-        holder = pysecrets.token_hex(8)
-        deadline = asyncio.get_running_loop().time() + LOCK_WAIT_S
-        while not await self.redis.set(key, holder, nx=True, px=REFRESH_LOCK_TTL_MS):
-            if asyncio.get_running_loop().time() > deadline:
-                raise ProviderError("auth", "timed out waiting for another worker's refresh")
-            await asyncio.sleep(0.1)
+        lease = Lease(self.redis, keys.refresh_lock(self.instance_id), REFRESH_LOCK_TTL_MS)
+        if not await lease.acquire_within(LOCK_WAIT_S):
+            raise ProviderError("auth", "timed out waiting for another worker's refresh")
         try:
             self._access = await self._refresh_locked(rejected_token)
             return self._access
         finally:
-            await release_lock(self.redis, key, holder)
+            await lease.release()
 
     async def _refresh_locked(self, rejected_token: str) -> str:
         async with self.sessions() as session:

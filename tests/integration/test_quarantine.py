@@ -23,10 +23,11 @@ from sqlalchemy import Engine, create_engine, text
 from app import metrics
 from app.db import sync_url
 from app.services.polling import QUARANTINE_AFTER_CRASHES, PollOutcome, run_polls
+from app.store.schedule import CLAIM
 from tests.conftest import ServiceUrls
 from tests.integration import test_polling
 from tests.integration.test_polling import BASE, Harness, contacts_config
-from workers.beat import _CLAIM, Claimed, claim_due, dispatch_due
+from workers.beat import Claimed, claim_due, dispatch_due
 
 REPORTED_INTERVAL_S = 4_193_436_587 * 60.0
 
@@ -309,7 +310,7 @@ def test_the_claim_uses_the_due_index(engine: Engine) -> None:
         plan = "\n".join(
             str(row[0])
             for row in conn.execute(
-                text(f"EXPLAIN {_CLAIM.text}"),
+                text(f"EXPLAIN {CLAIM.text}"),
                 {
                     "now": "2026-12-01T00:00:00Z",
                     "batch": 10,

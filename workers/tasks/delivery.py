@@ -12,6 +12,7 @@ from celery import Celery, shared_task
 
 from app.services.breaker import CircuitBreakers
 from app.services.delivery import DeliveryDeps, deliver_many, due_deliveries
+from workers.messages import DeliveryTicket, decode_deliveries, encode_deliveries
 from workers.queues import DELIVERY_BATCH, DELIVERY_SWEEP, TASK_BATCH, Queue
 from workers.runtime import get_runtime
 from workers.taskview import task_view
@@ -29,24 +30,25 @@ def _deps() -> DeliveryDeps:
 
 def enqueue_deliveries(app: Celery, tickets: Iterable[tuple[uuid.UUID, datetime]]) -> None:
     """Queue deliveries in batches of ``TASK_BATCH`` (one message, one worker thread each)."""
-    items = [[str(delivery_id), ticket.isoformat()] for delivery_id, ticket in tickets]
+    items = [DeliveryTicket(delivery_id, ticket) for delivery_id, ticket in tickets]
     if not items:
         return
     with app.producer_or_acquire() as producer:
         for start in range(0, len(items), TASK_BATCH):
             app.send_task(
                 DELIVERY_BATCH,
-                args=[items[start : start + TASK_BATCH]],
+                args=[encode_deliveries(items[start : start + TASK_BATCH])],
                 queue=Queue.DELIVERY.value,
                 producer=producer,
             )
 
 
 @shared_task(name=DELIVERY_BATCH, ignore_result=True)
-def send_deliveries_task(items: list[list[str]]) -> None:
-    """POST ``[[delivery id, ticket], ...]`` concurrently; failures reschedule in PostgreSQL."""
+def send_deliveries_task(body: object) -> None:
+    """POST the batch's deliveries (:func:`workers.messages.decode_deliveries`) concurrently;
+    failures reschedule in PostgreSQL."""
+    batch = [(t.delivery_id, t.ticket) for t in decode_deliveries(body)]
     runtime = get_runtime()
-    batch = [(uuid.UUID(i), datetime.fromisoformat(t) if t else None) for i, t in items]
     outcomes = runtime.submit(
         deliver_many(_deps(), batch, runtime.clients.delivery_slots), timeout=SEND_TIMEOUT_S
     )
