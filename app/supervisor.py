@@ -280,7 +280,7 @@ def main(argv: list[str]) -> int:
     write_runtime_env(data_dir, overrides)
     from app.migrate import upgrade
 
-    upgrade(services.database_url)
+    upgrade(services.database_url, overrides["POLLINATOR_SECRET_KEY"])
     supervisor = Supervisor(
         roles(data_dir, demo, base.flower_port, flower_auth), env, data_dir / "logs"
     )

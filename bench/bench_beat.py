@@ -32,10 +32,10 @@ DUE = 100
 TICKS = 20
 
 _FILL = text("""
-    INSERT INTO instances (organization_id, name, element_key, token_hash, configuration,
-                           events_enabled, disabled, valid, refresh_interval_s, next_poll_at)
-    SELECT :org, 'bench', 'infusionsoftrest', md5(random()::text || g), '{}'::jsonb,
-           true, false, true, 60,
+    INSERT INTO instances (organization_id, name, token_hash, configuration, client_id, poller,
+                           events_enabled, disabled, valid, refresh_interval_minutes, next_poll_at)
+    SELECT :org, 'bench', md5(random()::text || g), '{}'::jsonb, 'bench', '{}'::jsonb,
+           true, false, true, 1,
            now() + make_interval(secs => 5 + (g % 55))
     FROM generate_series(1, :n) AS g
 """)

@@ -91,7 +91,7 @@ async def _setup(settings: Settings, sim: str, n: int) -> list[tuple[int, str]]:
                 for k in range(3):
                     await simulator.create_record(account, "contacts", {"given_name": f"c{k}"})
                 assert instance.id is not None
-                token = box.open(instance.secrets)["access_token"]
+                token = box.open(instance.tokens)["access_token"]
                 out.append((instance.id, token))
 
         await asyncio.gather(*(one(i) for i in range(n)))

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import json
 import os
 import time
 from collections.abc import Awaitable, Callable
@@ -27,6 +28,7 @@ from app import keys
 from app.db import create_pg_pool, create_redis
 from app.domain.delta import DeltaResult
 from app.domain.events import InstanceInfo
+from app.domain.pollconfig import parse_poller_configuration, stored_resources
 from app.domain.watermark import Mirror, Watermark
 from app.embedded import drop_database, ensure_services, scratch_database
 from app.migrate import upgrade
@@ -54,15 +56,24 @@ async def run(database_url: str, redis_url: str, n: int) -> list[tuple[str, floa
             "INSERT INTO organizations (name, secret_hash) VALUES ('b', md5(random()::text))"
             " RETURNING id"
         )
+        poller = json.dumps(
+            stored_resources(
+                parse_poller_configuration(
+                    {
+                        "contacts": {"url": "/contacts", "idField": "id"},
+                        "orders": {"url": "/orders", "idField": "id"},
+                    }
+                )
+            )
+        )
         ids = [
             await conn.fetchval(
-                "INSERT INTO instances (organization_id, name, element_key, token_hash,"
-                " configuration, events_enabled, disabled, valid, refresh_interval_s)"
-                " VALUES ($1, 'b', 'infusionsoftrest', md5(random()::text),"
-                ' \'{"event.poller.configuration": {"contacts": {"url": "/contacts",'
-                ' "idField": "id"}, "orders": {"url": "/orders", "idField": "id"}}}\','
-                " true, false, true, 60) RETURNING id",
+                "INSERT INTO instances (organization_id, name, token_hash, configuration,"
+                " client_id, poller, events_enabled, disabled, valid, refresh_interval_minutes)"
+                " VALUES ($1, 'b', md5(random()::text), '{}', 'b', $2::jsonb,"
+                " true, false, true, 1) RETURNING id",
                 org,
+                poller,
             )
             for _ in range(INSTANCES)
         ]

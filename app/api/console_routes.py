@@ -13,9 +13,9 @@ from aiohttp import web
 
 from app.api.auth import principal_of
 from app.api.routes import BASE, ctx_of, int_param, paged, paging, query, since_param
+from app.api.views import event_view
 from app.domain.limits import MAX_INSTANCE_ID
 from app.errors import BadInput, NotFound
-from app.services.activity import event_view
 from app.store import events as store
 
 EVENT_TYPES = frozenset({"CREATED", "UPDATED"})

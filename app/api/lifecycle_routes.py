@@ -20,6 +20,7 @@ from app.api.auth import principal_of
 from app.api.context import CTX
 from app.api.routes import BASE, instance_id_of, json_body
 from app.db import create_pg_pool
+from app.domain.isodate import format_ms
 from app.domain.retention import WindowError, check_replay_window, parse_instant
 from app.errors import BadInput, NotFound
 from app.services import lifecycle
@@ -91,8 +92,8 @@ async def replay_status(request: web.Request) -> web.Response:
             "status": job.state,
             "selected": job.selected,
             "sent": job.sent,
-            "since": job.since.isoformat(),
-            "until": job.until.isoformat(),
+            "since": format_ms(job.since),
+            "until": format_ms(job.until),
             "onlyFailed": job.only_failed,
         }
     )
@@ -122,7 +123,7 @@ async def rewind(request: web.Request) -> web.Response:
         since,
     )
     return web.json_response(
-        {"id": instance_id, "resource": resource, "watermark": since.isoformat()}, status=202
+        {"id": instance_id, "resource": resource, "watermark": format_ms(since)}, status=202
     )
 
 

@@ -11,6 +11,7 @@ from typing import Any
 from aiohttp import web
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from app.api import views
 from app.api.auth import principal_of
 from app.api.context import CTX, ApiContext
 from app.db import transaction
@@ -118,7 +119,7 @@ async def create_instance(request: web.Request) -> web.Response:
     instance, token = await svc.create_instance(
         ctx.sessions, ctx.http, ctx.box, ctx.settings, principal.organization_id, body
     )
-    return web.json_response(svc.instance_view(instance, ctx.box, token=token))
+    return web.json_response(views.instance_view(instance, token=token))
 
 
 async def list_instances(request: web.Request) -> web.Response:
@@ -127,7 +128,7 @@ async def list_instances(request: web.Request) -> web.Response:
     ctx = ctx_of(request)
     async with ctx.sessions() as session:
         rows, total = await svc.list_instances(session, principal.organization_id, page, page_size)
-    response = web.json_response([svc.instance_view(i, ctx.box) for i in rows])
+    response = web.json_response([views.instance_view(i) for i in rows])
     response.headers["Elements-Total-Count"] = str(total)
     return response
 
@@ -154,7 +155,7 @@ async def _instance_response(
             instance = await svc.get_instance(session, principal.organization_id, instance_id)
         except LookupError as exc:
             raise NotFound(str(exc)) from exc
-    return web.json_response(svc.instance_view(instance, ctx.box))
+    return web.json_response(views.instance_view(instance))
 
 
 async def patch_instance(request: web.Request) -> web.Response:
@@ -171,7 +172,7 @@ async def patch_instance(request: web.Request) -> web.Response:
             session, ctx.http, ctx.box, ctx.settings, instance, body
         )
     await svc.forget_watermarks(ctx.redis, instance_id, removed)
-    return web.json_response(svc.instance_view(instance, ctx.box))
+    return web.json_response(views.instance_view(instance))
 
 
 async def delete_instance(request: web.Request) -> web.Response:
@@ -224,7 +225,8 @@ def paged(items: list[dict[str, Any]], total: int) -> web.Response:
 async def get_polling(request: web.Request) -> web.Response:
     async with ctx_of(request).sessions() as session:
         instance = await _owned_instance(request, session)
-        return web.json_response(await activity.polling_state(session, instance))
+        states = await activity.polling_states(session, instance)
+    return web.json_response(views.polling_view(instance, states))
 
 
 async def run_polling(request: web.Request) -> web.Response:
@@ -232,6 +234,10 @@ async def run_polling(request: web.Request) -> web.Response:
         instance = await _owned_instance(request, session)
         if not instance.events_enabled:
             raise Conflict("configuration.event.notification.enabled: events are not enabled")
+        if instance.disabled:
+            raise Conflict(
+                "disabled: the callback answered 410 Gone; PATCH the instance to enable it"
+            )
         await activity.poll_now(session, instance)
     return web.json_response({"id": instance.id, "scheduled": True}, status=202)
 
@@ -274,7 +280,7 @@ async def list_events(request: web.Request) -> web.Response:
     page, page_size = paging(request)
     async with ctx_of(request).sessions() as session:
         instance = await _owned_instance(request, session)
-        items, total = await activity.list_events(
+        rows, total = await activity.list_events(
             session,
             instance,
             object_type=object_type,
@@ -283,7 +289,7 @@ async def list_events(request: web.Request) -> web.Response:
             page=page,
             page_size=page_size,
         )
-    return paged(items, total)
+    return paged([views.event_view(event, status) for event, status in rows], total)
 
 
 def _status_param(request: web.Request, required: bool = False) -> str | None:
@@ -300,10 +306,10 @@ async def list_deliveries(request: web.Request) -> web.Response:
     page, page_size = paging(request)
     async with ctx_of(request).sessions() as session:
         instance = await _owned_instance(request, session)
-        items, total = await activity.list_deliveries(
+        rows, total = await activity.list_deliveries(
             session, instance, status=status, page=page, page_size=page_size
         )
-    return paged(items, total)
+    return paged([views.delivery_view(d, attempts) for d, attempts in rows], total)
 
 
 async def retry_delivery(request: web.Request) -> web.Response:

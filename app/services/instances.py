@@ -11,43 +11,46 @@ import json
 import logging
 from collections.abc import Sequence
 from datetime import datetime, timedelta
-from typing import Any
+from typing import Any, cast
 
 import aiohttp
 from redis.asyncio import Redis
 from sqlalchemy import delete, func, select, update
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+from sqlalchemy.orm import QueryableAttribute, defer
 from sqlmodel import col
 
 from app.domain.instanceconfig import (
     CALLBACK_KEY,
-    ELEMENT_KEY,
-    ELEMENT_NAME,
+    ENABLED_KEY,
     INTERVAL_KEY,
     POLLER_KEY,
+    TIMEZONE_KEY,
     FieldError,
     InstanceSpec,
-    redacted_configuration,
     validate_create,
     validate_patch,
 )
 from app.domain.jsonsafety import UnsafeJson, check_value, loads_checked
+from app.domain.pollconfig import stored_resources
 from app.domain.schedule import first_poll_at
 from app.domain.watermark import starting_watermark
 from app.errors import BadGateway, BadInput, Conflict
 from app.models import Delivery, DeliveryStatus, Instance, Organization, PollState, utcnow
 from app.providers.oauth import GrantRejected, ProviderUnavailable, exchange_code
-from app.security import REDACTED, SecretBox, hash_secret, new_secret
+from app.security import SecretBox, hash_secret, new_secret
 from app.services.guarded_http import BlockedAddress, check_callback_host
 from app.settings import Settings
 from app.store.watermarks import WatermarkStore
 
 log = logging.getLogger(__name__)
 
-PROVIDER_TOKEN_KEYS = ("access_token", "refresh_token", "expires_at")
+#: The provider tokens a view shows (as ``********``) under Open Connectors' names.
 SHOWN_TOKEN_KEYS = {"access_token": "oauth.user.token", "refresh_token": "oauth.user.refresh_token"}
-
-
+CLIENT_ID_KEY = "oauth.api.key"
+#: Keys of the Open Connectors configuration stored in columns of their own, not in
+#: ``Instance.configuration`` (:func:`public_configuration` puts them back).
+ENGINE_KEYS = frozenset({CLIENT_ID_KEY, CALLBACK_KEY, INTERVAL_KEY, ENABLED_KEY, TIMEZONE_KEY})
 
 
 async def check_callback_dns(url: str | None, allow_private: bool) -> None:
@@ -64,31 +67,57 @@ async def check_callback_dns(url: str | None, allow_private: bool) -> None:
         raise BadInput(f"configuration.{CALLBACK_KEY}: {exc}") from exc
 
 
-def instance_view(instance: Instance, box: SecretBox, token: str | None = None) -> dict[str, Any]:
-    """The public JSON of an instance (SPEC §3): secrets redacted, token only on create."""
-    secrets = box.open(instance.secrets)
-    config_secrets = {k: v for k, v in secrets.items() if k not in PROVIDER_TOKEN_KEYS}
-    configuration = redacted_configuration(instance.configuration, config_secrets)
-    for key, shown in SHOWN_TOKEN_KEYS.items():
-        if secrets.get(key):
-            configuration[shown] = REDACTED
-    view: dict[str, Any] = {
-        "id": instance.id,
-        "name": instance.name,
-        "element": {"key": ELEMENT_KEY, "name": ELEMENT_NAME},
-        "tags": [{"name": t} for t in instance.tags],
-        "valid": instance.valid,
-        # SPEC §3 has no quarantine field: a quarantined instance does not poll, so it shows
-        # as disabled; its resources' lastError (GET .../polling) says why.
-        "disabled": instance.disabled or instance.quarantined_at is not None,
-        "eventsEnabled": instance.events_enabled,
-        "configuration": configuration,
-        "createdDate": instance.created_at.isoformat().replace("+00:00", "Z"),
-        "updatedDate": instance.updated_at.isoformat().replace("+00:00", "Z"),
+def public_configuration(instance: Instance) -> dict[str, Any]:
+    """The instance's Open Connectors configuration without its secrets, as validated.
+
+    The keys the engine reads live in columns; this puts them back where a client (and a
+    PATCH, which merges into it) expects them.
+    """
+    config = dict(instance.configuration)
+    config[CLIENT_ID_KEY] = instance.client_id
+    config[ENABLED_KEY] = instance.events_enabled
+    config[INTERVAL_KEY] = instance.refresh_interval_minutes
+    if instance.callback_url is not None:
+        config[CALLBACK_KEY] = instance.callback_url
+    if instance.timezone is not None:
+        config[TIMEZONE_KEY] = instance.timezone
+    return config
+
+
+def polls(instance: Instance) -> bool:
+    """Whether beat schedules the instance (the tenant's switch, no 410, no quarantine)."""
+    return instance.events_enabled and not instance.disabled and instance.quarantined_at is None
+
+
+def _spec_columns(
+    box: SecretBox, spec: InstanceSpec, tokens: dict[str, Any] | None, secret_keys: list[str]
+) -> dict[str, Any]:
+    """A validated spec as the instance's columns, in the engine's shape.
+
+    The one writer of the configuration columns, so the body, the engine's columns and the
+    names of the secrets cannot disagree. ``tokens`` replace the provider tokens; without
+    them the stored tokens stay, and so do their names (from ``secret_keys``).
+    """
+    zone = spec.public.get(TIMEZONE_KEY)
+    columns: dict[str, Any] = {
+        "name": spec.name,
+        "tags": spec.tags,
+        "configuration": {k: v for k, v in spec.public.items() if k not in ENGINE_KEYS},
+        "client_id": spec.client_id,
+        "callback_url": spec.callback_url,
+        "timezone": zone if isinstance(zone, str) and zone else None,
+        "refresh_interval_minutes": float(spec.public[INTERVAL_KEY]),
+        "poller": stored_resources(spec.resources),
+        "events_enabled": spec.events_enabled,
+        "secrets": box.seal(spec.secrets) if spec.secrets else None,
     }
-    if token is not None:
-        view["token"] = token
-    return view
+    if tokens is None:
+        token_names = [k for k in secret_keys if k in SHOWN_TOKEN_KEYS.values()]
+    else:
+        columns["tokens"] = box.seal(tokens)
+        token_names = [name for key, name in SHOWN_TOKEN_KEYS.items() if tokens.get(key)]
+    columns["secret_keys"] = sorted(spec.secrets) + token_names
+    return columns
 
 
 def _storable(body: object, spec: InstanceSpec) -> None:
@@ -237,7 +266,7 @@ def _checked_patch(
         spec = validate_patch(
             instance.name,
             instance.tags,
-            instance.configuration,
+            public_configuration(instance),
             config_secrets,
             body,
             min_refresh_minutes=min_refresh_minutes,
@@ -279,16 +308,10 @@ async def create_instance(
         now = utcnow()
         instance = Instance(
             organization_id=organization_id,
-            name=spec.name,
-            element_key=ELEMENT_KEY,
             token_hash=hash_secret(token),
-            tags=spec.tags,
-            configuration=spec.public,
-            secrets=box.seal({**spec.secrets, **tokens}),
-            events_enabled=spec.events_enabled,
-            refresh_interval_s=spec.refresh_interval_s,
             created_at=now,
             updated_at=now,
+            **_spec_columns(box, spec, tokens, []),
         )
         # FOR NO KEY UPDATE serializes this organization's creates from here to the commit
         # without blocking anything else that references the organization.
@@ -310,7 +333,6 @@ async def create_instance(
                     instance_id=instance.id,
                     resource=name,
                     watermark_at=starting_watermark(now, resource),
-                    enabled_at=now,
                 )
             )
         await session.flush()
@@ -331,10 +353,14 @@ async def get_instance(session: AsyncSession, organization_id: int, instance_id:
     return instance
 
 
+#: Columns a view never reads (app.api.views): the stored poller and both encrypted blobs.
+_NOT_SHOWN = (Instance.poller, Instance.secrets, Instance.tokens)
+
+
 async def list_instances(
     session: AsyncSession, organization_id: int, page: int, page_size: int
 ) -> tuple[Sequence[Instance], int]:
-    """One page of the organization's instances, oldest first, and the total count."""
+    """One page of the organization's instances (for views only), oldest first, and the total."""
     where = (
         col(Instance.organization_id) == organization_id,
         col(Instance.deleted_at).is_(None),
@@ -342,6 +368,8 @@ async def list_instances(
     total = await session.execute(select(func.count()).select_from(Instance).where(*where))
     stmt = (
         select(Instance)
+        # Not even read: the stored poller is a large JSON document to decode.
+        .options(*(defer(cast("QueryableAttribute[Any]", c)) for c in _NOT_SHOWN))
         .where(*where)
         .order_by(col(Instance.id))
         .offset((page - 1) * page_size)
@@ -401,13 +429,12 @@ async def patch_instance(
     Returns the instance and the resources it no longer polls (their Redis watermarks are
     dropped by the caller once the change is committed).
     """
-    secrets = box.open(instance.secrets)
-    config_secrets = {k: v for k, v in secrets.items() if k not in PROVIDER_TOKEN_KEYS}
+    config_secrets = box.open(instance.secrets)  # a PATCH merges into them
     body, spec = await asyncio.to_thread(
         _checked_patch, instance, config_secrets, body, settings.min_refresh_minutes
     )
     code = _patch_code(body)
-    changed = _changed_oauth_app(spec, instance.configuration, config_secrets)
+    changed = _changed_oauth_app(spec, public_configuration(instance), config_secrets)
     if changed is not None and code is None:
         raise BadInput(
             f"configuration.{changed}: changing the OAuth app needs a new authorization; "
@@ -415,7 +442,7 @@ async def patch_instance(
         )
     await check_callback_dns(spec.callback_url, settings.allow_private_callbacks)
     tokens = await _exchange(http, settings, spec, code) if code is not None else None
-    removed = await _apply_spec(session, box, instance, spec, secrets, tokens)
+    removed = await _apply_spec(session, box, instance, spec, tokens)
     return instance, removed
 
 
@@ -424,35 +451,28 @@ async def _apply_spec(
     box: SecretBox,
     instance: Instance,
     spec: InstanceSpec,
-    secrets: dict[str, Any],
     new_tokens: dict[str, Any] | None = None,
 ) -> set[str]:
     assert instance.id is not None
     now = utcnow()
-    if new_tokens is None:
-        tokens = {k: secrets[k] for k in PROVIDER_TOKEN_KEYS if k in secrets}
-    else:
+    if new_tokens is not None:
         # A refresh racing with this write loses its optimistic version check and re-reads.
-        tokens = new_tokens
         instance.token_version += 1
         instance.valid = True
     was_enabled = instance.events_enabled
-    instance.name = spec.name
-    instance.tags = spec.tags
-    instance.configuration = spec.public
-    instance.secrets = box.seal({**spec.secrets, **tokens})
-    instance.events_enabled = spec.events_enabled
+    old_interval_s = instance.refresh_interval_s
+    for column, value in _spec_columns(box, spec, new_tokens, instance.secret_keys).items():
+        setattr(instance, column, value)
     next_by_interval = now + timedelta(seconds=spec.refresh_interval_s)
     if spec.events_enabled and (not was_enabled or instance.next_poll_at is None):
         assert instance.id is not None
         instance.next_poll_at = first_poll_at(now, instance.id, spec.refresh_interval_s)
-    elif (
-        instance.next_poll_at is not None and spec.refresh_interval_s != instance.refresh_interval_s
-    ):
+    elif instance.next_poll_at is not None and spec.refresh_interval_s != old_interval_s:
         instance.next_poll_at = min(instance.next_poll_at, next_by_interval)
-    instance.refresh_interval_s = spec.refresh_interval_s
-    # Any accepted PATCH (the configuration was just re-validated) lifts a quarantine: the
-    # next claim or poll tries again and re-quarantines if the cause is still there.
+    # Any accepted PATCH (the configuration was just re-validated) lifts a quarantine and
+    # a 410's disabling: the next claim or poll tries again, and a callback still Gone
+    # disables the instance again.
+    instance.disabled = False
     instance.quarantined_at = None
     instance.quarantine_reason = None
     instance.poll_crashes = 0
@@ -480,7 +500,6 @@ async def _apply_spec(
                     instance_id=instance.id,
                     resource=name,
                     watermark_at=starting_watermark(now, resource),
-                    enabled_at=now,
                 )
             )
     await session.flush()
@@ -497,6 +516,8 @@ async def delete_instance(session: AsyncSession, instance: Instance) -> set[str]
     instance.deleted_at = now
     instance.updated_at = now
     instance.secrets = None
+    instance.tokens = None
+    instance.secret_keys = []
     instance.events_enabled = False
     instance.next_poll_at = None
     session.add(instance)

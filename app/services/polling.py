@@ -200,7 +200,7 @@ def _client_for(
         deps.redis,
         deps.http,
         deps.box,
-        ProviderAccount(snap.info.id, snap.info.organization_id, snap.client_id, snap.secrets),
+        ProviderAccount(snap.info.id, snap.info.organization_id, snap.client_id, snap.tokens),
         slots,
     )
 
@@ -212,7 +212,7 @@ class ProviderAccount:
     instance_id: int
     organization_id: int
     client_id: str
-    sealed_secrets: bytes | None
+    sealed_tokens: bytes | None
 
 
 def provider_client(
@@ -225,20 +225,17 @@ def provider_client(
     slots: asyncio.Semaphore | None = None,
 ) -> InfusionsoftClient:
     """A provider client for one instance: its tokens (refreshed single-flight) and its
-    app's request budget (scoped to the organization)."""
-    secrets = box.open(account.sealed_secrets)
+    app's request budget (scoped to the organization). Only the tokens are opened here:
+    the client secret is read (and decrypted) by a refresh, the one thing that needs it."""
     tokens = InstanceTokens(
         account.instance_id,
-        str(secrets.get("access_token", "")),
+        str(box.open(account.sealed_tokens).get("access_token", "")),
         sessions,
         redis,
         http,
         box,
         RefreshConfig(
-            settings.infusionsoft_token_url,
-            account.client_id,
-            str(secrets.get("oauth.api.secret", "")),
-            settings.provider_timeout_seconds,
+            settings.infusionsoft_token_url, account.client_id, settings.provider_timeout_seconds
         ),
     )
     budget = (

@@ -37,9 +37,10 @@ LOCK_WAIT_S = 35.0
 
 @dataclass
 class RefreshConfig:
+    """Where and as which OAuth app to refresh; the client secret is read by the refresh."""
+
     token_url: str
     client_id: str
-    client_secret: str
     timeout_s: float
 
 
@@ -82,9 +83,9 @@ class InstanceTokens:
         async with self.sessions() as session:
             row = (
                 await session.execute(
-                    select(col(Instance.secrets), col(Instance.token_version)).where(
-                        col(Instance.id) == self.instance_id
-                    )
+                    select(
+                        col(Instance.tokens), col(Instance.token_version), col(Instance.secrets)
+                    ).where(col(Instance.id) == self.instance_id)
                 )
             ).one_or_none()
         if row is None or row[0] is None:
@@ -97,12 +98,13 @@ class InstanceTokens:
         if not refresh_token:
             raise ProviderError("auth", "access token expired and no refresh token is stored")
         cfg = self.refresh_config
+        client_secret = str(self.box.open(row[2]).get("oauth.api.secret", ""))
         try:
             tokens = await refresh_tokens(
                 self.http,
                 cfg.token_url,
                 cfg.client_id,
-                cfg.client_secret,
+                client_secret,
                 refresh_token,
                 cfg.timeout_s,
             )
@@ -111,14 +113,14 @@ class InstanceTokens:
             raise ProviderError("auth", f"refresh rejected: {exc.message}") from exc
         except ProviderUnavailable as exc:
             raise ProviderError("auth", f"refresh failed: {exc.message}") from exc
-        new_secrets = {**stored, **tokens.to_secrets()}
+        new_tokens = tokens.to_secrets()
         if tokens.refresh_token is None:
-            new_secrets["refresh_token"] = refresh_token
+            new_tokens["refresh_token"] = refresh_token
         async with self.sessions() as session, session.begin():
             result = await session.execute(
                 update(Instance)
                 .where(col(Instance.id) == self.instance_id, col(Instance.token_version) == version)
-                .values(secrets=self.box.seal(new_secrets), token_version=version + 1, valid=True)
+                .values(tokens=self.box.seal(new_tokens), token_version=version + 1, valid=True)
             )
         if result.rowcount != 1:  # type: ignore[attr-defined]
             log.warning("instance %s: tokens changed during refresh", self.instance_id)

@@ -392,6 +392,8 @@ async def begin_erasure(conn: Conn, organization_id: int, revoked_hash: str) -> 
     await conn.execute("DELETE FROM users WHERE organization_id = $1", organization_id)
     rows = await conn.fetch(
         """UPDATE instances SET events_enabled = false, next_poll_at = NULL, secrets = NULL,
+                  tokens = NULL, secret_keys = '{}', callback_url = NULL, client_id = '',
+                  poller = '{}'::jsonb, timezone = NULL,
                   name = '', tags = '[]'::jsonb, configuration = '{}'::jsonb,
                   deleted_at = coalesce(deleted_at, now()), updated_at = now()
            WHERE organization_id = $1 RETURNING id""",

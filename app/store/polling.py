@@ -14,26 +14,24 @@ from functools import lru_cache
 
 from app.domain.events import InstanceInfo
 from app.domain.instanceconfig import ELEMENT_KEY
-from app.domain.pollconfig import (
-    ResourceConfig,
-    default_poller_configuration,
-    parse_poller_configuration,
-)
+from app.domain.pollconfig import ResourceConfig, resources_from_stored
 from app.domain.timezones import resolve_timezone
 from app.domain.watermark import Watermark, decode_ids
 from app.store import Conn
 
-# The instance and every resource's checkpoint, in one query.
+# The instance and every resource's checkpoint, in one query. The engine reads the
+# instance's columns (app.models.Instance), never the Open Connectors body in
+# ``configuration``; the instance must still be polling: not deleted, events on, not
+# disabled by a 410, not quarantined.
 _SNAPSHOT = """
-    SELECT i.name, CAST(i.tags AS text), i.organization_id,
-           i.configuration ->> 'oauth.api.key',
-           CAST(i.configuration -> 'event.poller.configuration' AS text),
-           i.secrets, i.poll_failures, i.refresh_interval_s, i.poll_crashes,
+    SELECT i.name, CAST(i.tags AS text), i.organization_id, i.client_id,
+           CAST(i.poller AS text), i.tokens, i.poll_failures, i.refresh_interval_s,
+           i.poll_crashes,
            p.resource, p.watermark_at, CAST(p.watermark_ids AS text), p.last_success_at,
            coalesce(p.rewound_at > coalesce(p.last_polled_at, '-infinity'), false),
-           i.configuration ->> 'event.poller.timezone'
+           i.timezone
     FROM instances AS i LEFT JOIN poll_states AS p ON p.instance_id = i.id
-    WHERE i.id = $1 AND i.deleted_at IS NULL AND i.events_enabled
+    WHERE i.id = $1 AND i.deleted_at IS NULL AND i.events_enabled AND NOT i.disabled
       AND i.quarantined_at IS NULL
 """
 _FAILED = """
@@ -79,7 +77,7 @@ class Snapshot:
     info: InstanceInfo
     client_id: str
     resources: dict[str, ResourceConfig]
-    secrets: bytes | None
+    tokens: bytes | None  # sealed; opened when the provider client is made
     poll_failures: int
     interval_s: float
     poll_crashes: int
@@ -95,16 +93,14 @@ def _instance_timezone(name: str | None) -> tzinfo:
 
 
 @lru_cache(maxsize=4096)
-def _parse_config(config_json: str) -> dict[str, ResourceConfig]:
-    """Parsing is pure and deterministic: cache it by the configuration's JSON text."""
-    return parse_poller_configuration(json.loads(config_json))
+def resources_from(poller_json: str) -> dict[str, ResourceConfig]:
+    """The instance's resources from its stored poller (``instances.poller`` as JSON text).
 
-
-def resources_from(config_json: str | None) -> dict[str, ResourceConfig]:
-    """The instance's resources; the Keap defaults when it has no poller configuration."""
-    if config_json is None:
-        return default_poller_configuration()
-    return _parse_config(config_json)
+    The API stored what the domain parser produced; loading it is pure and deterministic,
+    so it is cached by that text: a worker decodes and builds each distinct configuration
+    once, not once per poll, and never runs the Open Connectors parsing rules.
+    """
+    return resources_from_stored(json.loads(poller_json))
 
 
 async def load_snapshot(conn: Conn, instance_id: int) -> Snapshot | None:
@@ -121,9 +117,9 @@ async def load_snapshot(conn: Conn, instance_id: int) -> Snapshot | None:
     ]
     return Snapshot(
         info=InstanceInfo(instance_id, first[0], json.loads(first[1]), first[2], ELEMENT_KEY),
-        client_id=first[3] or "",
+        client_id=first[3],
         resources=resources,
-        secrets=first[5],
+        tokens=first[5],
         poll_failures=first[6],
         interval_s=first[7],
         poll_crashes=first[8],

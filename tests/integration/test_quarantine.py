@@ -140,11 +140,11 @@ async def test_unschedulable_rows_are_quarantined_and_the_rest_of_the_batch_is_s
     # but Python cannot represent (due, and first in the claim's order).
     sql(
         harness,
-        "UPDATE instances SET refresh_interval_s = %s WHERE id = %s",
-        REPORTED_INTERVAL_S,
+        "UPDATE instances SET refresh_interval_minutes = %s WHERE id = %s",
+        REPORTED_INTERVAL_S / 60,
         reported,
     )
-    sql(harness, "UPDATE instances SET refresh_interval_s = 1e300 WHERE id = %s", huge)
+    sql(harness, "UPDATE instances SET refresh_interval_minutes = 1e300 WHERE id = %s", huge)
     sql(harness, "UPDATE instances SET next_poll_at = '-infinity' WHERE id = %s", end_of_time)
 
     sent: list[Claimed] = []
@@ -259,10 +259,10 @@ def insert_due_instances(conn: psycopg.Connection[Any], count: int) -> list[int]
     return [
         int(row[0])
         for row in conn.execute(
-            "INSERT INTO instances (organization_id, name, element_key, token_hash,"
-            " configuration, events_enabled, disabled, valid, refresh_interval_s, next_poll_at)"
-            " SELECT %s, 'i' || g, 'infusionsoftrest', md5(random()::text), '{}', true,"
-            " false, true, 60, now() - interval '1 second' FROM generate_series(1, %s) g"
+            "INSERT INTO instances (organization_id, name, token_hash, configuration, client_id,"
+            " poller, events_enabled, disabled, valid, refresh_interval_minutes, next_poll_at)"
+            " SELECT %s, 'i' || g, md5(random()::text), '{}', '', '{}', true,"
+            " false, true, 1, now() - interval '1 second' FROM generate_series(1, %s) g"
             " RETURNING id",
             (org[0], count),
         ).fetchall()
@@ -282,7 +282,9 @@ def test_a_failed_send_ends_the_tick_and_its_quarantines_still_count(
 ) -> None:
     with psycopg.connect(service_urls.database_url, autocommit=True) as conn:
         healthy, poisoned = insert_due_instances(conn, 2)
-        conn.execute("UPDATE instances SET refresh_interval_s = 'NaN' WHERE id = %s", (poisoned,))
+        conn.execute(
+            "UPDATE instances SET refresh_interval_minutes = 'NaN' WHERE id = %s", (poisoned,)
+        )
     before = schedule_quarantines(sync_redis)
     attempts: list[list[int]] = []
 
@@ -333,12 +335,12 @@ async def test_an_instance_whose_polls_keep_crashing_is_quarantined_and_neighbou
 ) -> None:
     crashing = await harness.create_instance(contacts_config())
     neighbour = await harness.create_instance(contacts_config())  # harness.account is its
-    # A stored configuration from before the page-size bound existed: parsing it crashes
+    # A stored configuration from before the page-size bound existed: loading it crashes
     # the poll (ConfigError) every time, before anything is fetched.
     sql(
         harness,
-        "UPDATE instances SET configuration = jsonb_set(configuration,"
-        " '{event.poller.configuration,contacts,pageSize}', '5000') WHERE id = %s",
+        "UPDATE instances SET poller = jsonb_set(poller, '{contacts,pageSize}', '5000')"
+        " WHERE id = %s",
         crashing,
     )
     counted = await metric(harness, 'pollinator_quarantines_total{cause="crash"}')
@@ -375,27 +377,25 @@ async def test_crashes_count_only_in_a_row_and_never_for_shared_failures(
 ) -> None:
     flaky = await harness.create_instance(contacts_config())
     undecryptable = await harness.create_instance(contacts_config())
-    page_size = "'{event.poller.configuration,contacts,pageSize}'"
+    page_size = "'{contacts,pageSize}'"
     for _ in range(QUARANTINE_AFTER_CRASHES - 1):
         sql(
             harness,
-            f"UPDATE instances SET configuration = jsonb_set(configuration, {page_size}, '5000')"
-            " WHERE id = %s",
+            f"UPDATE instances SET poller = jsonb_set(poller, {page_size}, '5000') WHERE id = %s",
             flaky,
         )
         await poll_round(harness, [flaky])
         # Repaired in between: a poll that runs to the end resets the count.
         sql(
             harness,
-            f"UPDATE instances SET configuration = jsonb_set(configuration, {page_size}, '100')"
-            " WHERE id = %s",
+            f"UPDATE instances SET poller = jsonb_set(poller, {page_size}, '100') WHERE id = %s",
             flaky,
         )
         assert (await poll_round(harness, [flaky]))[flaky].failed is False
         assert quarantine_of(harness, flaky)[1:] == (None, 0)
     # Secrets this worker cannot decrypt mean a wrong POLLINATOR_SECRET_KEY as often as a
     # bad row; counting them would quarantine every instance such a worker touches.
-    sql(harness, "UPDATE instances SET secrets = 'not a fernet token' WHERE id = %s", undecryptable)
+    sql(harness, "UPDATE instances SET tokens = 'not a fernet token' WHERE id = %s", undecryptable)
     for _ in range(QUARANTINE_AFTER_CRASHES + 1):
         crash = (await poll_round(harness, [undecryptable]))[undecryptable].crash
         assert crash is not None

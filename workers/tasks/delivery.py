@@ -14,18 +14,26 @@ from app.services.breaker import CircuitBreakers
 from app.services.delivery import DeliveryDeps, deliver_many, due_deliveries
 from workers.messages import DeliveryTicket, decode_deliveries, encode_deliveries
 from workers.queues import DELIVERY_BATCH, DELIVERY_SWEEP, TASK_BATCH, Queue
-from workers.runtime import get_runtime
+from workers.runtime import Clients, get_runtime
 from workers.taskview import task_view
 
 log = logging.getLogger(__name__)
 SEND_TIMEOUT_S = 120.0
 
 
+_process_deps: tuple[Clients, DeliveryDeps] | None = None
+
+
 def _deps() -> DeliveryDeps:
+    """One per runtime: its attempt writer groups the records of every batch in flight."""
+    global _process_deps
     c = get_runtime().clients
-    return DeliveryDeps(
-        c.settings, c.pg, c.callback_http, c.box, c.redis, CircuitBreakers(c.redis), c.slots
-    )
+    if _process_deps is None or _process_deps[0] is not c:
+        deps = DeliveryDeps(
+            c.settings, c.pg, c.callback_http, c.box, c.redis, CircuitBreakers(c.redis), c.slots
+        )
+        _process_deps = (c, deps)
+    return _process_deps[1]
 
 
 def enqueue_deliveries(app: Celery, tickets: Iterable[tuple[uuid.UUID, datetime]]) -> None:
