@@ -46,6 +46,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from app import keys, metrics
 from app.domain.delta import DeltaResult, compute_delta
 from app.domain.fieldpath import compile_path
+from app.domain.limits import MAX_PAGE_SIZE
 from app.domain.pollconfig import ConfigError, ResourceConfig
 from app.domain.schedule import ScheduleError
 from app.domain.watermark import Mirror, Start, Watermark, lower_bound
@@ -167,7 +168,7 @@ async def _poll_resource(
     path = cfg.url.render(lower_bound(watermark, cfg), zone)
     try:
         fetched = await client.fetch_all(
-            path, item_key(path), compile_path(cfg.id_field), cfg.page_size or 1000
+            path, item_key(path), compile_path(cfg.id_field), cfg.page_size or MAX_PAGE_SIZE
         )
     except ProviderError as exc:
         outcome.error = str(exc)[:MAX_ERROR_LENGTH]

@@ -159,7 +159,7 @@ class RedisBudget:
     async def acquire(self) -> None:
         while True:
             second = int(time.time())
-            key = f"{self.key}:{second}"
+            key = keys.app_budget_window(self.key, second)
             async with self.redis.pipeline(transaction=False) as pipe:
                 pipe.incr(key)
                 pipe.expire(key, 2)

@@ -216,6 +216,17 @@ async def oldest_retained_payload(conn: Conn) -> datetime | None:
 
 # -- replay -----------------------------------------------------------------------------------
 
+
+async def owns_live_instance(conn: Conn, organization_id: int, instance_id: int) -> bool:
+    """Whether ``instance_id`` is a live (not deleted) instance of the organization."""
+    found = await conn.fetchval(
+        "SELECT 1 FROM instances WHERE id = $1 AND organization_id = $2 AND deleted_at IS NULL",
+        instance_id,
+        organization_id,
+    )
+    return found is not None
+
+
 REPLAYABLE_ALL = ["delivered", "failed"]
 REPLAYABLE_FAILED = ["failed"]
 
