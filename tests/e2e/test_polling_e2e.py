@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import json
 import signal
+import socket
 import time
 from typing import Any
 
+import pytest
 import redis
 
 from app import keys
@@ -150,32 +152,88 @@ def test_redis_flushed_between_polls(stack: Stack, service_urls: ServiceUrls) ->
     tenant.assert_exactly(keys_of(first + second, "contacts", "CREATED"))
 
 
-def test_poll_worker_killed_mid_poll(stack: Stack) -> None:
+def _redis(service_urls: ServiceUrls) -> redis.Redis:
+    return redis.Redis.from_url(service_urls.redis_url)
+
+
+@pytest.mark.timeout(300)
+def test_poll_worker_killed_mid_poll(stack: Stack, service_urls: ServiceUrls) -> None:
+    """SIGKILL the poll worker while the poll that carries every record holds its lease.
+
+    The records are written while no poll worker runs, and the provider is slowed to
+    0.8 s a page (12 records, 3 a page: ~5 s a poll); so the first poll after the worker
+    starts has all of them in hand, and nothing was delivered before it. It is killed two
+    seconds into its fetch, and its lease, taken before and still held after the kill,
+    proves the kill hit that one poll mid-flight (a finished poll gives its lease back).
+    """
     tenant = stack.new_tenant()
     tenant.create_instance(contacts_config(page_size=3))
-    records = [tenant.write("contacts", given_name=f"k{i}") for i in range(12)]
-    # Slow the provider so a poll is surely in flight, then SIGKILL the poll worker.
-    tenant.fault("slow", 3, delaySeconds=0.8)
-    wait_for(
-        lambda: "poll.instance" in stack.log("worker-poll").split("ready", 1)[-1],
-        20,
-        what="a poll in flight",
-    )
-    time.sleep(1.0)
-    stack.stop("worker-poll", signal.SIGKILL)
-    stack.start("worker-poll", "worker", "--queues", "poll")
-    tenant.assert_exactly(keys_of(records, "contacts", "CREATED"))
-
-
-def test_two_beats_do_not_double_schedule(stack: Stack) -> None:
-    stack.start("beat-2", "beat")
+    client = _redis(service_urls)
+    lock = keys.poll_lock(tenant.instance_id)
     try:
+        stack.stop("worker-poll")  # graceful: its polls finish, nothing is half done
+        records = [tenant.write("contacts", given_name=f"k{i}") for i in range(12)]
+        tenant.fault("slow", 120, delaySeconds=0.8)
+        stack.start("worker-poll", "worker", "--queues", "poll")
+        holder = wait_for(lambda: client.get(lock), 90, interval=0.05, what="a poll lease")
+        # Past its first slow page (0.8 s) and into the next ones, same poll all along.
+        held_since = time.monotonic()
+        wait_for(
+            lambda: client.get(lock) != holder or time.monotonic() - held_since > 2.0,
+            30,
+            interval=0.05,
+            what="the poll two seconds into its fetch",
+        )
+        stack.stop("worker-poll", signal.SIGKILL)
+        assert client.get(lock) == holder, "the poll had finished before the kill"
+        assert tenant.received() == []
+        stack.sim(lambda sim: sim.clear_faults())
+        stack.start("worker-poll", "worker", "--queues", "poll")
+        expected = keys_of(records, "contacts", "CREATED")
+        tenant.wait_received(expected, timeout=90)  # once the dead poll's 30 s lease ends
+        tenant.assert_exactly(expected)
+    finally:
+        client.close()
+        if "worker-poll" not in stack.procs:  # the next tests need a poll worker
+            stack.start("worker-poll", "worker", "--queues", "poll")
+
+
+@pytest.mark.timeout(300)
+def test_two_beats_do_not_double_schedule_and_the_standby_takes_over(
+    stack: Stack, service_urls: ServiceUrls
+) -> None:
+    """A second beat runs beside the leader and schedules nothing; when the leader is
+    killed it takes the lead and polls go on, every event still delivered once."""
+    client = _redis(service_urls)
+    standby = stack.start("beat-2", "beat")
+    try:
+        member = f"{socket.gethostname()}:{standby.pid}"
+        # Alive and ticking (it announces itself every tick), not crashed.
+        wait_for(
+            lambda: client.zscore(keys.alive("beat"), member) is not None,
+            60,
+            what="the second beat announcing itself",
+        )
         tenant = stack.new_tenant()
         tenant.create_instance(contacts_config())
         records = [tenant.write("contacts", given_name=f"b{i}") for i in range(3)]
         tenant.assert_exactly(keys_of(records, "contacts", "CREATED"))
-        # The first beat holds the leader lock: the second one never schedules a poll.
+        assert standby.alive(), stack.log("beat-2")
         assert "scheduled" in stack.log("beat")
         assert "scheduled" not in stack.log("beat-2")
+        assert "leading" not in stack.log("beat-2")
+        # Failover: the leader dies without giving the lock back.
+        stack.stop("beat", signal.SIGKILL)
+        wait_for(
+            lambda: "leading: this beat schedules" in stack.log("beat-2"),
+            60,
+            what="the standby taking the lead",
+        )
+        more = [tenant.write("contacts", given_name=f"c{i}") for i in range(3)]
+        tenant.assert_exactly(keys_of(records + more, "contacts", "CREATED"))
+        assert "scheduled" in stack.log("beat-2")
     finally:
+        client.close()
         stack.stop("beat-2")
+        if "beat" not in stack.procs:
+            stack.start("beat", "beat")

@@ -7,6 +7,7 @@ code, and which processes are left.
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import signal
@@ -16,13 +17,14 @@ import sys
 import threading
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import psutil
 import pytest
 
 from app.embedded import free_port
 from tests.conftest import ROOT
-from tests.e2e.conftest import wait_for
+from tests.e2e.conftest import http_json, wait_for
 
 pytestmark = pytest.mark.e2e
 UP_TIMEOUT_S = 180.0
@@ -114,6 +116,7 @@ def test_children_die_with_a_killed_supervisor_and_the_next_up_starts(data_dir: 
     second = Up(data_dir, "--no-demo", api_port=first.api_port)  # same ports, same data dir
     second.wait_up()
     assert "Pollinator is up." in second.output
+    assert http_json("GET", f"http://127.0.0.1:{second.api_port}/readyz")[0] == 200
     children = [p.pid for p in second.children()]
     assert second.stop(signal.SIGHUP) == 0  # the terminal closed: a clean stop
     wait_for(lambda: _gone(children), 30, what="children after SIGHUP")
@@ -134,6 +137,7 @@ def test_a_taken_api_port_is_refused_with_its_holder_named(data_dir: Path) -> No
     assert f"PID {os.getpid()}" in line
 
 
+@pytest.mark.timeout(UP_TIMEOUT_S + 200)
 def test_the_demo_moves_off_taken_ports_and_says_where(data_dir: Path) -> None:
     held: list[socket.socket] = []
     try:
@@ -153,6 +157,23 @@ def test_the_demo_moves_off_taken_ports_and_says_where(data_dir: Path) -> None:
         assert sink is not None, up.output
         assert {int(sim.group(1)), int(sink.group(1))}.isdisjoint({8090, 8091})
         assert "Demo setup failed" not in up.output
+        # Healthy, and the demo works end to end: the API is ready, and the demo
+        # instance's events (polled from the simulator) arrive at the sink, signed.
+        api = f"http://127.0.0.1:{up.api_port}"
+        assert http_json("GET", f"{api}/readyz")[0] == 200
+        sink_url = f"http://127.0.0.1:{sink.group(1)}/_sink/requests"
+
+        def demo_callbacks() -> list[dict[str, Any]]:
+            status, data = http_json("GET", sink_url)
+            assert status == 200
+            requests = data if isinstance(data, list) else data.get("requests", [])
+            return [r for r in requests if r["method"] == "POST" and r.get("status") == 200]
+
+        [first, *_] = wait_for(demo_callbacks, 120, what="the demo's first callback")
+        message = json.loads(first["body"])["message"]
+        assert message["events"]
+        assert first["headers"]["webhook-id"] == message["eventId"]
+        assert http_json("GET", f"{api}/healthz")[0] == 200
         assert up.stop() == 0
     finally:
         for sock in held:

@@ -18,8 +18,6 @@ from app.services.orgs import create_organization
 from app.settings import Settings
 from tests.conftest import SECRET_KEY, ServiceUrls
 
-pytestmark = pytest.mark.integration
-
 
 class FakeTokenEndpoint:
     """Keap's ``POST /token`` with scripted answers keyed by the code."""

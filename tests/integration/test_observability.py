@@ -9,13 +9,21 @@ from __future__ import annotations
 
 import json
 import re
+import time
+import uuid
 from pathlib import Path
 from typing import Any
 
+import pytest
 import yaml
 from aiohttp.test_utils import TestClient
+from prometheus_client.parser import text_string_to_metric_families
+from redis import Redis as SyncRedis
+from redis.asyncio import Redis
 
-from tests.conftest import ROOT
+from app import keys, metrics
+from app.metrics import MetricsBatch
+from tests.conftest import ROOT, ServiceUrls
 
 OBSERVABILITY = ROOT / "deploy" / "observability"
 _NAME_RE = re.compile(r"\bpollinator_[a-z_]+")
@@ -62,3 +70,68 @@ async def test_every_metric_the_dashboard_and_alerts_name_exists(
     named = {n for e in exprs for n in _NAME_RE.findall(e)}
     assert len(named) >= 12
     assert named - declared == set()
+
+
+def _samples(text: str) -> dict[tuple[str, frozenset[tuple[str, str]]], float]:
+    """Every sample of a scrape, parsed by prometheus_client's own parser."""
+    return {
+        (s.name, frozenset(s.labels.items())): s.value
+        for family in text_string_to_metric_families(text)
+        for s in family.samples
+    }
+
+
+async def test_metrics_expose_what_workers_recorded(
+    api: TestClient[Any, Any], service_urls: ServiceUrls
+) -> None:
+    """What the workers write to Redis comes out of the API's /metrics: counters with their
+    labels, histograms with cumulative buckets, the open-breaker gauge."""
+
+    async def scrape() -> dict[tuple[str, frozenset[tuple[str, str]]], float]:
+        resp = await api.get("/metrics")
+        assert resp.status == 200
+        assert resp.headers["Content-Type"].startswith("text/plain")
+        return _samples(await resp.text())
+
+    def delta(name: str, **labels: str) -> float:
+        key = (name, frozenset(labels.items()))
+        return after.get(key, 0.0) - before.get(key, 0.0)
+
+    before = await scrape()
+    batch = MetricsBatch()
+    batch.inc(metrics.DELIVERY_ATTEMPTS, {"outcome": "delivered"}, 2)
+    batch.inc(metrics.DELIVERY_ATTEMPTS, {"outcome": "retry_timeout"})
+    batch.observe(metrics.DELIVERY_LATENCY, 0.3)
+    batch.observe(metrics.DELIVERY_LATENCY, 7.0)
+    redis = Redis.from_url(service_urls.redis_url)
+    try:
+        await batch.flush(redis)
+        origin = f"https://metrics-test-{uuid.uuid4().hex[:8]}.example:443"
+        await redis.zadd(keys.breakers_open(), {origin: time.time() + 600})
+        with SyncRedis.from_url(service_urls.redis_url) as sync:
+            metrics.inc_sync(sync, metrics.QUARANTINES, {"cause": "schedule"}, 3)
+        open_before = await redis.zcount(keys.breakers_open(), time.time(), "+inf")
+        after = await scrape()
+        open_after = await redis.zcount(keys.breakers_open(), time.time(), "+inf")
+        await redis.zrem(keys.breakers_open(), origin)
+    finally:
+        await redis.aclose()
+
+    attempts = "pollinator_delivery_attempts_total"
+    assert delta(attempts, outcome="delivered") == 2
+    assert delta(attempts, outcome="retry_timeout") == 1
+    assert delta("pollinator_quarantines_total", cause="schedule") == 3
+    latency = "pollinator_delivery_duration_seconds"
+    assert delta(latency + "_bucket", le="0.25") == 0
+    assert delta(latency + "_bucket", le="0.5") == 1  # cumulative: 0.3 from here on
+    assert delta(latency + "_bucket", le="5.0") == 1
+    assert delta(latency + "_bucket", le="10.0") == 2
+    assert delta(latency + "_bucket", le="+Inf") == 2
+    assert delta(latency + "_count") == 2
+    assert delta(latency + "_sum") == pytest.approx(7.3)
+    # Other tests' breakers may close meanwhile: the gauge is the count at scrape time.
+    assert open_before >= 1
+    assert after[("pollinator_breakers_open", frozenset())] in {open_before, open_after}
+    # The backlog gauges are read from PostgreSQL at every scrape.
+    for gauge in ("pollinator_deliveries_pending", "pollinator_instances_polling"):
+        assert (gauge, frozenset()) in after

@@ -7,6 +7,7 @@ real polls (one failing, one succeeding) have written the state they report.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 import os
 import subprocess
@@ -95,7 +96,7 @@ async def test_status_names_the_failing_instance_and_the_live_roles(
 
 
 async def test_status_exits_2_when_the_state_cannot_be_read(service_urls: ServiceUrls) -> None:
-    broken = ServiceUrls("postgresql://nobody@127.0.0.1:1/none", service_urls.redis_url)
+    broken = dataclasses.replace(service_urls, database_url="postgresql://nobody@127.0.0.1:1/none")
     done = await asyncio.to_thread(pollinator, broken, "status")
     assert done.returncode == 2
     assert "cannot read the state" in done.stderr

@@ -7,6 +7,7 @@ ground-truth change log: no change missed, none invented, none repeated.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -308,29 +309,45 @@ async def test_throttling_waits_instead_of_failing(harness: Harness) -> None:
 
 
 async def test_deletes_and_updates_while_walking_pages(harness: Harness) -> None:
+    """A delete and an update land between page 1 and page 2 of one poll.
+
+    The delete shifts every later record one offset back: a walk that did not notice
+    would skip the first record of page 2. The mutation is awaited before page 2 is
+    requested, so it happens in every run (it used to be a task that might run late).
+    """
     poller = contacts_config(pageSize=5)
     await harness.create_instance(poller)
     records = [await harness.write("contacts", given_name=f"c{i}") for i in range(23)]
     original_get = harness.deps.http.get
     calls = 0
+    mutated = False
 
-    def meddling_get(url: Any, **kwargs: Any) -> Any:
-        nonlocal calls
+    @contextlib.asynccontextmanager
+    async def meddling_get(url: Any, **kwargs: Any) -> AsyncIterator[aiohttp.ClientResponse]:
+        nonlocal calls, mutated
         calls += 1
-        if calls == 2:  # between page 1 and page 2: delete an early record, update another
-            asyncio.get_running_loop().create_task(harness.delete("contacts", records[1]["id"]))
-        return original_get(url, **kwargs)
+        if calls == 2:  # page 1 is read; page 2 is not requested yet
+            await harness.delete("contacts", records[1]["id"])
+            await harness.update("contacts", records[3]["id"], given_name="moved")
+            mutated = True
+        async with original_get(url, **kwargs) as resp:
+            yield resp
 
-    harness.deps.http.get = meddling_get  # type: ignore[method-assign]
+    harness.deps.http.get = meddling_get  # type: ignore[assignment]
     try:
         outcome = await harness.poll()
     finally:
         harness.deps.http.get = original_get  # type: ignore[method-assign]
     assert not outcome.failed
-    got = {e[1] for e in harness.events()}
-    expected = {str(r["id"]) for r in records}
-    # Every record that still exists was seen; the deleted one may or may not have been.
-    assert expected - {str(records[1]["id"])} <= got
+    assert mutated
+    assert calls >= 6  # 23 records, 5 a page with overlap: at least 6 pages
+    events = harness.events()
+    got = {e[1] for e in events}
+    all_ids = {str(r["id"]) for r in records}
+    # Every record that still exists was seen exactly once; the deleted one may or may
+    # not have been (it was on page 1), and nothing else was invented.
+    assert all_ids - {str(records[1]["id"])} <= got <= all_ids
+    assert len(events) == len(got), "a record was reported twice"
 
 
 async def test_unreadable_dates_are_reported_not_silently_dropped(harness: Harness) -> None:

@@ -76,7 +76,9 @@ def make_due(h: Harness, ids: Sequence[int]) -> None:
 
 async def metric(h: Harness, series: str) -> float:
     """One sample of GET /metrics (0 when the series is absent)."""
-    body = await (await h.api.get("/metrics")).text()
+    resp = await h.api.get("/metrics")
+    body = await resp.text()
+    assert resp.status == 200, body  # an error page would read as "absent": 0
     match = re.search(rf"^{re.escape(series)} (\S+)$", body, re.MULTILINE)
     return float(match.group(1)) if match else 0.0
 
@@ -104,9 +106,32 @@ async def patch_interval(h: Harness, instance_id: int, minutes: float) -> None:
     assert resp.status == 200, await resp.text()
 
 
+@pytest.mark.xfail(
+    strict=True,
+    reason="bug: /metrics answers 500 while a due instance's next_poll_at is -infinity "
+    "(app/api/health.py _GAUGES: 'cannot subtract infinite timestamps') until beat "
+    "quarantines the row; with beat down, /metrics stays down",
+)
+async def test_metrics_answer_while_a_due_row_holds_an_infinite_slot(harness: Harness) -> None:
+    instance_id = await harness.create_instance(contacts_config())
+    sql(harness, "UPDATE instances SET next_poll_at = '-infinity' WHERE id = %s", instance_id)
+    try:
+        resp = await harness.api.get("/metrics")
+        assert resp.status == 200, await resp.text()
+    finally:  # never leave the poison for the next test's scrape
+        sql(
+            harness,
+            "UPDATE instances SET next_poll_at = now() + interval '1 hour' WHERE id = %s",
+            instance_id,
+        )
+
+
 async def test_unschedulable_rows_are_quarantined_and_the_rest_of_the_batch_is_scheduled(
     harness: Harness, engine: Engine, sync_redis: redis.Redis
 ) -> None:
+    # Read before the poison: /metrics fails while a due row says -infinity (see the xfail
+    # test below), and a failed scrape used to read as 0 here.
+    counted = await metric(harness, 'pollinator_quarantines_total{cause="schedule"}')
     healthy = [await harness.create_instance(contacts_config()) for _ in range(3)]
     reported, huge, end_of_time = [await harness.create_instance(contacts_config()) for _ in "abc"]
     poisoned = {reported, huge, end_of_time}
@@ -121,7 +146,6 @@ async def test_unschedulable_rows_are_quarantined_and_the_rest_of_the_batch_is_s
     )
     sql(harness, "UPDATE instances SET refresh_interval_minutes = 1e300 WHERE id = %s", huge)
     sql(harness, "UPDATE instances SET next_poll_at = '-infinity' WHERE id = %s", end_of_time)
-    counted = await metric(harness, 'pollinator_quarantines_total{cause="schedule"}')
 
     sent: list[Claimed] = []
     dispatch_due(engine, sent.extend, sync_redis)

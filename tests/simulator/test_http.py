@@ -22,6 +22,16 @@ from app.simulator.resources import RESOURCE_NAMES
 from .conftest import REDIRECT, authorize, bearer, login, token
 
 Sim = Callable[..., Awaitable[TestClient[Any, Any]]]
+
+
+async def eventually(check: Callable[[], Awaitable[bool]], timeout: float = 20.0) -> None:
+    """Wait for ``check`` to hold: timing on a loaded machine is a condition, not a sleep."""
+    deadline = time.monotonic() + timeout
+    while not await check():
+        assert time.monotonic() < deadline, f"still false after {timeout}s"
+        await asyncio.sleep(0.05)
+
+
 KEAP_DATE = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.000\+0000$")
 DATE_FIELDS = {
     "contacts": ("date_created", "last_updated"),
@@ -120,10 +130,14 @@ async def test_refresh_rotates_with_basic_auth(make_sim: Sim) -> None:
 
 
 async def test_access_token_expires(make_sim: Sim) -> None:
-    client = await make_sim(token_ttl=0.3)
+    client = await make_sim(token_ttl=3.0)  # long enough to use it first on any machine
     tokens = await login(client)
     assert (await _list(client, tokens, "contacts"))[0] == 200
-    await asyncio.sleep(0.35)
+
+    async def expired() -> bool:
+        return (await _list(client, tokens, "contacts"))[0] != 200
+
+    await eventually(expired)
     status, body = await _list(client, tokens, "contacts")
     assert status == 401
     assert body["fault"]["detail"]["errorcode"].startswith("keymanagement.service.")
@@ -330,14 +344,21 @@ async def test_faults_error500_malformed_throttle(make_sim: Sim) -> None:
 async def test_fault_expires_after_seconds_and_probability(make_sim: Sim) -> None:
     client = await make_sim()
     tokens = await login(client)
-    await _fault(client, kind="error500", probability=0.5, seconds=0.4)
+    await _fault(client, kind="error500", probability=0.5, seconds=60)
     statuses = [
         (await client.get("/crm/rest/v1/contacts", headers=bearer(tokens))).status
         for _ in range(20)
     ]
     assert 0 < statuses.count(500) < 20
-    await asyncio.sleep(0.45)
-    assert (await client.get("/crm/rest/v1/contacts", headers=bearer(tokens))).status == 200
+    await client.delete("/_sim/faults")
+    await _fault(client, kind="error500", probability=1.0, seconds=2)
+    assert (await client.get("/crm/rest/v1/contacts", headers=bearer(tokens))).status == 500
+
+    async def expired() -> bool:
+        resp = await client.get("/crm/rest/v1/contacts", headers=bearer(tokens))
+        return resp.status == 200
+
+    await eventually(expired)
 
 
 async def test_faults_slow_and_timeout(make_sim: Sim) -> None:
@@ -424,7 +445,11 @@ async def test_mutator_produces_changes_and_stops(make_sim: Sim) -> None:
         json={"changesPerSecond": 200, "resources": ["contacts", "orders"], "createRatio": 0.5},
     )
     assert (await resp.json())["running"]
-    await asyncio.sleep(0.3)
+
+    async def twenty_applied() -> bool:
+        return int((await (await client.get("/_sim/stats")).json())["mutatorApplied"]) >= 20
+
+    await eventually(twenty_applied)
     resp = await client.post("/_sim/mutator", json={"changesPerSecond": 0})
     state = await resp.json()
     assert not state["running"]

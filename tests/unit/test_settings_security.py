@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import base64
+
 import pytest
 
 from app.security import DecryptionError, SecretBox, hash_secret, new_secret
@@ -40,9 +42,14 @@ def test_bad_setting_names_the_variable(
 
 def test_secret_box_round_trip_and_wrong_key() -> None:
     box = SecretBox("k" * 40)
-    blob = box.seal({"access_token": "AT"})
-    assert b"AT" not in blob
-    assert box.open(blob) == {"access_token": "AT"}
+    # Long enough that a random token cannot contain it by chance (a 2-byte "AT" was
+    # in about 1 token in 40), so finding it means the box stored the plaintext.
+    token = "access-token-" + "Q7vx" * 8
+    blob = box.seal({"access_token": token})
+    assert token.encode() not in blob
+    assert token.encode() not in base64.urlsafe_b64decode(blob)
+    assert box.seal({"access_token": token}) != blob  # a fresh IV per seal
+    assert box.open(blob) == {"access_token": token}
     assert box.open(None) == {}
     with pytest.raises(DecryptionError):
         SecretBox("j" * 40).open(blob)

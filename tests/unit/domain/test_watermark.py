@@ -20,7 +20,7 @@ from app.domain.watermark import (
     position,
     starting_watermark,
 )
-from tests.unit.engine.helpers import T0, resource
+from tests.unit.domain.helpers import T0, resource
 
 S = timedelta(seconds=1)
 

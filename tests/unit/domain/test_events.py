@@ -49,8 +49,17 @@ def test_event_id_is_deterministic_and_sensitive_to_every_part() -> None:
     }
     assert base not in others
     assert len(others) == 5
-    # Pinned: changing the namespace or canonical form would re-deliver every event.
-    assert str(base) == str(event_id(42, "contacts", "123", T))
+
+
+def test_event_and_delivery_ids_are_pinned() -> None:
+    """Literal values computed once (2026-12-01): a change to the namespaces, the hashed
+    name or its date form would give every event a new id after an upgrade, and every
+    receiver would get them all again."""
+    contact = event_id(42, "contacts", "123", T)
+    odd = event_id(42, "orders", "a:b/\u00fc", T)
+    assert contact == uuid.UUID("d58dad53-3537-5353-93fc-4dc1070105e1")
+    assert odd == uuid.UUID("ea514d61-e111-53f1-a338-1dfe070e693f")
+    assert delivery_id([contact, odd]) == uuid.UUID("2f7a29bb-a127-511d-8d4d-d200d2c5dc65")
 
 
 def test_event_id_refuses_naive_dates() -> None:

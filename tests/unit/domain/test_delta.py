@@ -10,7 +10,7 @@ import pytest
 from app.domain.delta import Change, compute_delta
 from app.domain.watermark import Watermark, initial_watermark, lower_bound
 from tests.support.domain_helpers import merge_deltas
-from tests.unit.engine.helpers import T0, keap, resource
+from tests.unit.domain.helpers import T0, keap, resource
 
 S = timedelta(seconds=1)
 POLL = T0 + 60 * S

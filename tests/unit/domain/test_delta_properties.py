@@ -22,7 +22,7 @@ from app.domain.delta import DeltaResult, compute_delta
 from app.domain.events import event_id
 from app.domain.watermark import Encoded, Watermark, initial_watermark, lower_bound
 from tests.support.domain_helpers import merge_deltas
-from tests.unit.engine.helpers import T0, keap, resource
+from tests.unit.domain.helpers import T0, keap, resource
 
 N_IDS = 8
 

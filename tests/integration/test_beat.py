@@ -1,0 +1,136 @@
+"""Beat's claim and leader lock against real PostgreSQL and Redis: two schedulers racing
+on the same due rows claim each row once, and a standby takes over when the leader stops.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import psycopg
+import pytest
+import redis
+from sqlalchemy import Engine, create_engine, event
+
+from app.db import sync_url
+from tests.conftest import ServiceUrls
+from tests.integration import test_polling
+from tests.integration.test_polling import Harness, contacts_config
+from workers.beat import Claim, LeaderLock, claim_due
+
+harness = test_polling.harness
+WAIT_S = 20.0  # generous: how long one claimer waits for the other on a loaded machine
+
+
+@pytest.fixture
+def engines(service_urls: ServiceUrls) -> Iterator[tuple[Engine, Engine]]:
+    """Two beats' engines (each its own connections, as two processes would have)."""
+    pair = (
+        create_engine(sync_url(service_urls.database_url), pool_size=1),
+        create_engine(sync_url(service_urls.database_url), pool_size=1),
+    )
+    yield pair
+    for engine in pair:
+        engine.dispose()
+
+
+def _make_due(database_url: str, ids: list[int]) -> None:
+    with psycopg.connect(database_url, autocommit=True) as conn:
+        conn.execute(
+            "UPDATE instances SET next_poll_at = now() - interval '1 second' WHERE id = ANY(%s)",
+            (ids,),
+        )
+
+
+def _claim_all(engine: Engine, batch: int) -> list[Claim]:
+    claims = []
+    while True:
+        claim = claim_due(engine, _db_now(engine), batch)
+        claims.append(claim)
+        if claim.rows < batch:
+            return claims
+
+
+def _db_now(engine: Engine) -> Any:
+    with engine.connect() as conn:
+        return conn.exec_driver_sql("SELECT now()").scalar_one()
+
+
+async def test_two_claimers_racing_on_the_same_due_rows_claim_each_row_once(
+    harness: Harness, engines: tuple[Engine, Engine]
+) -> None:
+    """Beat A claims a batch and, holding its transaction open, lets beat B claim: B must
+    neither wait for A nor take A's rows; together they claim every due row once."""
+    ids = [await harness.create_instance(contacts_config()) for _ in range(24)]
+    _make_due(harness.database_url, ids)
+    first, second = engines
+    a_selected = threading.Event()
+    b_done = threading.Event()
+
+    @event.listens_for(first, "after_cursor_execute")
+    def hold_the_claim(conn: Any, cursor: Any, statement: str, *args: Any) -> None:
+        if "next_poll_at <= " in statement and not a_selected.is_set():
+            a_selected.set()  # A holds its rows' locks until B is done
+            b_done.wait(WAIT_S)
+
+    results: dict[str, list[Claim]] = {}
+    b_waited_s: list[float] = []
+
+    def run_a() -> None:
+        results["a"] = [claim_due(first, _db_now(first), 8)]
+
+    def run_b() -> None:
+        assert a_selected.wait(WAIT_S)
+        started = time.monotonic()
+        results["b"] = _claim_all(second, 5)
+        b_waited_s.append(time.monotonic() - started)
+        b_done.set()
+
+    threads = [threading.Thread(target=run_a), threading.Thread(target=run_b)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(WAIT_S * 3)
+    a_ids = [c.instance_id for claim in results["a"] for c in claim.polls]
+    b_ids = [c.instance_id for claim in results["b"] for c in claim.polls]
+    assert len(a_ids) == 8
+    assert set(a_ids).isdisjoint(b_ids), "a row was claimed by both"
+    assert len(a_ids + b_ids) == len(set(a_ids + b_ids))
+    assert set(ids) <= set(a_ids) | set(b_ids)
+    # B skipped A's locked rows instead of queueing behind them.
+    assert b_waited_s
+    assert b_waited_s[0] < WAIT_S / 2
+    # Nothing is claimed again until its next slot.
+    assert not set(ids) & {c.instance_id for c in claim_due(first, _db_now(first)).polls}
+
+
+def test_a_standby_takes_the_lead_when_the_leader_stops(service_urls: ServiceUrls) -> None:
+    key = "pollinator:lock:beat:test-failover"
+    ttl_ms = 2000  # renewals every 0.2 s: a stall of 1.8 s would be needed to lose it
+    clients = [redis.Redis.from_url(service_urls.redis_url) for _ in range(2)]
+    try:
+        clients[0].delete(key)
+        leader, standby = (LeaderLock(c, key, ttl_ms) for c in clients)
+        assert leader.ensure()
+        # While the leader renews, well past one TTL, the standby never gets the lead.
+        renewed_until = time.monotonic() + 1.5 * ttl_ms / 1000
+        while time.monotonic() < renewed_until:
+            assert leader.ensure()
+            assert not standby.ensure()
+            time.sleep(0.2)
+        # The leader stops renewing (it died): the standby takes over once the lease ends.
+        stopped = time.monotonic()
+        deadline = stopped + 30
+        while not standby.ensure():
+            assert time.monotonic() < deadline, "the standby never took the lead"
+            time.sleep(0.05)
+        assert time.monotonic() - stopped >= ttl_ms / 1000 * 0.5  # not before the lease ran out
+        # The old leader, back from a pause, finds it lost the lead and stands by.
+        assert not leader.ensure()
+        assert standby.ensure()
+    finally:
+        clients[0].delete(key)
+        for client in clients:
+            client.close()
