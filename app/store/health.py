@@ -15,17 +15,20 @@ from app.models import DUE_PREDICATE
 from app.store.lifecycle import TABLE_SIZES_SQL
 
 # Polling gauges use beat's due predicate: a quarantined instance stays overdue forever
-# and would otherwise read as a stuck scheduler; it is counted on its own instead.
+# and would otherwise read as a stuck scheduler; it is counted on its own instead. Lags
+# skip non-finite slots: a stored '-infinity' (beat quarantines it on its next tick)
+# would make the subtraction fail and take /metrics down with it.
 _GAUGES = text(f"""
     SELECT
       (SELECT count(*) FROM deliveries WHERE status = 'pending'),
       (SELECT coalesce(extract(epoch FROM now() - min(next_attempt_at)), 0)
-         FROM deliveries WHERE status = 'pending' AND next_attempt_at <= now()),
+         FROM deliveries
+         WHERE status = 'pending' AND next_attempt_at <= now() AND isfinite(next_attempt_at)),
       (SELECT count(*) FROM instances WHERE {DUE_PREDICATE}),
       (SELECT count(*) FROM instances
          WHERE {DUE_PREDICATE} AND next_poll_at < now() - interval '10 seconds'),
       (SELECT coalesce(extract(epoch FROM now() - min(next_poll_at)), 0) FROM instances
-         WHERE {DUE_PREDICATE} AND next_poll_at <= now()),
+         WHERE {DUE_PREDICATE} AND next_poll_at <= now() AND isfinite(next_poll_at)),
       (SELECT count(*) FROM instances WHERE quarantined_at IS NOT NULL AND deleted_at IS NULL)
 """)
 

@@ -106,12 +106,6 @@ async def patch_interval(h: Harness, instance_id: int, minutes: float) -> None:
     assert resp.status == 200, await resp.text()
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="bug: /metrics answers 500 while a due instance's next_poll_at is -infinity "
-    "(app/api/health.py _GAUGES: 'cannot subtract infinite timestamps') until beat "
-    "quarantines the row; with beat down, /metrics stays down",
-)
 async def test_metrics_answer_while_a_due_row_holds_an_infinite_slot(harness: Harness) -> None:
     instance_id = await harness.create_instance(contacts_config())
     sql(harness, "UPDATE instances SET next_poll_at = '-infinity' WHERE id = %s", instance_id)
