@@ -83,6 +83,11 @@ class Organization(SQLModel, table=True):
     payload_retention_days: float | None = Field(default=None, nullable=True)
     metadata_retention_days: float | None = Field(default=None, nullable=True)
     erasing_since: datetime | None = _ts(nullable=True)
+    # Its instances that are not deleted, kept by triggers on ``instances`` (migration
+    # 0005): the list's total count without counting rows.
+    live_instances: int = Field(
+        default=0, sa_column=Column(BigInteger, nullable=False, server_default="0")
+    )
 
 
 class User(SQLModel, table=True):
@@ -126,6 +131,18 @@ class Instance(SQLModel, table=True):
             "ix_instances_due",
             "next_poll_at",
             postgresql_where=text(DUE_PREDICATE),
+        ),
+        # One organization's page in id order; its OFFSET is walked in the index alone.
+        Index(
+            "ix_instances_org_live",
+            "organization_id",
+            "id",
+            postgresql_where=text("deleted_at IS NULL"),
+        ),
+        Index(
+            "ix_instances_quarantined",
+            "quarantined_at",
+            postgresql_where=text("quarantined_at IS NOT NULL AND deleted_at IS NULL"),
         ),
     )
 
@@ -178,7 +195,16 @@ class PollState(SQLModel, table=True):
     """Per (instance, resource) polling state; the durable checkpoint of the Redis watermark."""
 
     __tablename__ = "poll_states"
-    __table_args__ = (UniqueConstraint("instance_id", "resource"),)
+    __table_args__ = (
+        UniqueConstraint("instance_id", "resource"),
+        # The failing few, for status, /metrics and the operator list (no scan of them all).
+        Index(
+            "ix_poll_states_failing",
+            "instance_id",
+            "resource",
+            postgresql_where=text("consecutive_failures > 0"),
+        ),
+    )
 
     id: int | None = Field(default=None, sa_column=Column(BigInteger, primary_key=True))
     instance_id: int = Field(
