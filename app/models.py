@@ -83,9 +83,12 @@ class Organization(SQLModel, table=True):
     payload_retention_days: float | None = Field(default=None, nullable=True)
     metadata_retention_days: float | None = Field(default=None, nullable=True)
     erasing_since: datetime | None = _ts(nullable=True)
-    # Its instances that are not deleted, kept by triggers on ``instances`` (migration
-    # 0005): the list's total count without counting rows.
+    # Its instances that are not deleted, and those beat schedules (DUE_PREDICATE), kept
+    # by triggers on ``instances`` (migration 0005): counts without counting rows.
     live_instances: int = Field(
+        default=0, sa_column=Column(BigInteger, nullable=False, server_default="0")
+    )
+    pollable_instances: int = Field(
         default=0, sa_column=Column(BigInteger, nullable=False, server_default="0")
     )
 

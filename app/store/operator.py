@@ -34,9 +34,15 @@ class Backlog:
 
 
 def backlog(conn: psycopg.Connection[Any]) -> Backlog:
+    """What the schedule and the delivery queue owe, without a scan of the instances.
+
+    The pollable count sums the organizations' trigger-kept counters (counting the rows
+    read 890k index entries and their heap pages at 1M instances); the rest walks the due
+    index from its oldest entry, so it costs what is overdue.
+    """
     row = conn.execute(f"""
         SELECT
-          (SELECT count(*) FROM instances WHERE {_POLLABLE}),
+          (SELECT coalesce(sum(pollable_instances), 0) FROM organizations),
           (SELECT count(*) FROM instances WHERE {_POLLABLE}
              AND next_poll_at < now() - interval '10 seconds'),
           (SELECT coalesce(extract(epoch FROM now() - min(next_poll_at)), 0) FROM instances

@@ -1,4 +1,4 @@
-"""The per-organization live-instance counter (migration 0005) and the list that reads it."""
+"""The per-organization instance counters (migration 0005) and the reads that use them."""
 
 from __future__ import annotations
 
@@ -9,6 +9,8 @@ import pytest
 from aiohttp.test_utils import TestClient
 
 from app.db import libpq_url
+from app.models import DUE_PREDICATE
+from app.store import operator
 from tests.conftest import ServiceUrls
 from tests.integration.conftest import create_body, new_org_headers
 
@@ -19,55 +21,57 @@ BASE = "/elements/api-v2"
 _INSERT = """
     INSERT INTO instances (organization_id, name, element_key, token_hash, configuration,
                            events_enabled, disabled, valid, refresh_interval_s, deleted_at)
-    SELECT %s, 'n', 'infusionsoftrest', md5(random()::text || g), '{}', true, false, true,
-           60, CASE WHEN g > %s THEN now() END
+    SELECT %s, 'n', 'infusionsoftrest', md5(random()::text || g), '{}', g %% 2 = 1, false,
+           true, 60, CASE WHEN g > %s THEN now() END
     FROM generate_series(1, %s) AS g
     RETURNING id
 """
+_COUNTS = f"""
+    SELECT o.live_instances, o.pollable_instances,
+           (SELECT count(*) FROM instances WHERE organization_id = o.id AND deleted_at IS NULL),
+           (SELECT count(*) FROM instances WHERE organization_id = o.id AND {DUE_PREDICATE})
+    FROM organizations o WHERE o.id = %s
+"""
 
 
-def _counted(conn: psycopg.Connection[Any], *orgs: int) -> list[tuple[int, int]]:
-    """(counter, real count) per organization."""
-    return [
-        (
-            conn.execute(
-                "SELECT live_instances FROM organizations WHERE id = %s", (org,)
-            ).fetchone()[0],  # type: ignore[index]
-            conn.execute(
-                "SELECT count(*) FROM instances WHERE organization_id = %s"
-                " AND deleted_at IS NULL",
-                (org,),
-            ).fetchone()[0],  # type: ignore[index]
-        )
-        for org in orgs
-    ]
+def _counts(conn: psycopg.Connection[Any], org: int) -> tuple[int, int]:
+    """(live, pollable) of the organization; asserts its counters say the same."""
+    row = conn.execute(_COUNTS, (org,)).fetchone()
+    assert row is not None
+    assert (row[0], row[1]) == (row[2], row[3]), "counters (live, pollable) != counted"
+    return int(row[0]), int(row[1])
 
 
-async def test_counter_follows_every_write(service_urls: ServiceUrls) -> None:
+async def test_counters_follow_every_write(service_urls: ServiceUrls) -> None:
     a = int((await new_org_headers(service_urls.database_url, "a"))["X-Org-Id"])
     b = int((await new_org_headers(service_urls.database_url, "b"))["X-Org-Id"])
     with psycopg.connect(libpq_url(service_urls.database_url), autocommit=True) as conn:
-        # 4 live and 2 tombstones in one statement, 1 live in another organization
+        # 4 live (events on for 1 and 3) and 2 tombstones in one statement
         ids = [r[0] for r in conn.execute(_INSERT, (a, 4, 6)).fetchall()]
         conn.execute(_INSERT, (b, 1, 1))
-        assert _counted(conn, a, b) == [(4, 4), (1, 1)]
-        steps = [
-            ("UPDATE instances SET deleted_at = now() WHERE id = %s", ids[0]),  # soft delete
-            ("UPDATE instances SET deleted_at = now() WHERE id = %s", ids[0]),  # again: no-op
-            ("UPDATE instances SET deleted_at = NULL WHERE id = %s", ids[0]),  # undeleted
-            ("UPDATE instances SET organization_id = %s WHERE id = %s", (b, ids[1])),
-            ("DELETE FROM instances WHERE id = %s", ids[2]),  # a live row
-            ("DELETE FROM instances WHERE id = %s", ids[5]),  # a tombstone
-            # what beat does on every tick changes nothing
-            ("UPDATE instances SET next_poll_at = now() WHERE id = %s", ids[3]),
+        assert (_counts(conn, a), _counts(conn, b)) == ((4, 2), (1, 1))
+        steps: list[tuple[str, tuple[Any, ...], tuple[int, int]]] = [
+            ("UPDATE instances SET deleted_at = now() WHERE id = %s", (ids[0],), (3, 1)),
+            ("UPDATE instances SET deleted_at = now() WHERE id = %s", (ids[0],), (3, 1)),
+            ("UPDATE instances SET deleted_at = NULL WHERE id = %s", (ids[0],), (4, 2)),
+            ("UPDATE instances SET quarantined_at = now() WHERE id = %s", (ids[2],), (4, 1)),
+            ("UPDATE instances SET quarantined_at = NULL WHERE id = %s", (ids[2],), (4, 2)),
+            ("UPDATE instances SET disabled = true WHERE id = %s", (ids[0],), (4, 1)),
+            ("UPDATE instances SET events_enabled = true WHERE id = %s", (ids[1],), (4, 2)),
+            ("UPDATE instances SET organization_id = %s WHERE id = %s", (b, ids[1]), (3, 1)),
+            ("DELETE FROM instances WHERE id = %s", (ids[2],), (2, 0)),  # a live row
+            ("DELETE FROM instances WHERE id = %s", (ids[5],), (2, 0)),  # a tombstone
+            # what beat does on every tick changes no count
+            ("UPDATE instances SET next_poll_at = now() WHERE id = %s", (ids[3],), (2, 0)),
         ]
-        expected = [(3, 3), (3, 3), (4, 4), (3, 3), (2, 2), (2, 2), (2, 2)]
-        for (sql, arg), want_a in zip(steps, expected, strict=True):
-            conn.execute(sql, arg if isinstance(arg, tuple) else (arg,))
-            got = _counted(conn, a, b)
-            assert got[0] == want_a, sql
-            assert got[1][0] == got[1][1], sql
-        assert _counted(conn, b) == [(2, 2)]
+        for sql, args, want in steps:
+            conn.execute(sql, args)
+            assert _counts(conn, a) == want, sql
+            _counts(conn, b)
+        assert _counts(conn, b) == (2, 2)
+        backlog = operator.backlog(conn)
+        everywhere = conn.execute(f"SELECT count(*) FROM instances WHERE {DUE_PREDICATE}")
+        assert backlog.pollable_instances == everywhere.fetchone()[0]  # type: ignore[index]
 
 
 async def test_list_total_and_deep_pages_after_deletes(
