@@ -83,12 +83,16 @@ class Organization(SQLModel, table=True):
     payload_retention_days: float | None = Field(default=None, nullable=True)
     metadata_retention_days: float | None = Field(default=None, nullable=True)
     erasing_since: datetime | None = _ts(nullable=True)
-    # Its instances that are not deleted, and those beat schedules (DUE_PREDICATE), kept
-    # by triggers on ``instances`` (migration 0005): counts without counting rows.
+    # Its instances that are not deleted, those beat schedules (DUE_PREDICATE) and the
+    # quarantined ones, kept by triggers on ``instances`` (migration 0005): counts
+    # without counting rows.
     live_instances: int = Field(
         default=0, sa_column=Column(BigInteger, nullable=False, server_default="0")
     )
     pollable_instances: int = Field(
+        default=0, sa_column=Column(BigInteger, nullable=False, server_default="0")
+    )
+    quarantined_instances: int = Field(
         default=0, sa_column=Column(BigInteger, nullable=False, server_default="0")
     )
 
@@ -141,11 +145,6 @@ class Instance(SQLModel, table=True):
             "organization_id",
             "id",
             postgresql_where=text("deleted_at IS NULL"),
-        ),
-        Index(
-            "ix_instances_quarantined",
-            "quarantined_at",
-            postgresql_where=text("quarantined_at IS NOT NULL AND deleted_at IS NULL"),
         ),
     )
 
@@ -200,9 +199,10 @@ class PollState(SQLModel, table=True):
     __tablename__ = "poll_states"
     __table_args__ = (
         UniqueConstraint("instance_id", "resource"),
-        # The failing few, for status, /metrics and the operator list (no scan of them all).
+        # The failing few, most failures first: status and /metrics scan no other row.
         Index(
             "ix_poll_states_failing",
+            text("consecutive_failures DESC"),
             "instance_id",
             "resource",
             postgresql_where=text("consecutive_failures > 0"),

@@ -16,9 +16,13 @@ called one request at a time (``REPEAT`` times; median and p90):
   instances list`` across organizations and for one organization, ``instances show``;
 - the API process's RSS after start-up and after the run.
 
+``--churn 5`` then reschedules 5 % of the rows without a VACUUM, as a minute of beat at
+1M instances does: their pages lose the all-visible bit, so index-only scans read the
+heap again (what a live table looks like between two autovacuums).
+
 The baseline of every ratio is the smallest size, measured in the same run.
 
-Usage: .venv/bin/python bench/bench_api_scale.py [--quick] [--json PATH]
+Usage: .venv/bin/python bench/bench_api_scale.py [--quick] [--churn PCT] [--json PATH]
   --quick 1k / 10k, default 1k / 1M. Uses POLLINATOR_DATABASE_URL (a scratch database
   beside it, dropped afterwards) and POLLINATOR_REDIS_URL when set, else embedded servers
   under .data/bench.
@@ -180,13 +184,21 @@ def operator_routes(url: str, filled: Filled, ids: list[int], repeat: int) -> di
     return results
 
 
-async def measure(base_url: str, redis_url: str, size: int, repeat: int) -> dict[str, Any]:
+async def measure(
+    base_url: str, redis_url: str, size: int, repeat: int, churn: float
+) -> dict[str, Any]:
     url, name = scratch_database(base_url, "pollinator_bench")
     try:
         upgrade(url)
         started = time.perf_counter()
         with psycopg.connect(libpq_url(url), autocommit=True) as conn:
             filled = fill(conn, size, poll_states=True)
+            if churn:  # what beat leaves between two autovacuums: rows moved, pages dirty
+                conn.execute(
+                    "UPDATE instances SET next_poll_at = next_poll_at"
+                    " + make_interval(secs => refresh_interval_s) WHERE random() < %s",
+                    (churn / 100,),
+                )
             ids = [
                 int(r[0])
                 for r in conn.execute(
@@ -200,6 +212,7 @@ async def measure(base_url: str, redis_url: str, size: int, repeat: int) -> dict
             "organizations": filled.organizations,
             "big_org_rows": filled.big_rows,
             "fill_s": round(time.perf_counter() - started, 1),
+            "churn_percent": churn,
         }
         port = free_port()
         env = {
@@ -265,6 +278,13 @@ def main() -> int:
     parser = argparse.ArgumentParser()
     parser.add_argument("--quick", action="store_true", help="1k and 10k")
     parser.add_argument("--json", type=Path, help="also write the results here")
+    parser.add_argument(
+        "--churn",
+        type=float,
+        default=0.0,
+        help="after the fill's VACUUM, reschedule this percentage of the instances as beat"
+        " does (5 is about one minute of beat at 1M instances)",
+    )
     args = parser.parse_args()
     services = ensure_services(
         os.environ.get("POLLINATOR_DATABASE_URL"),
@@ -274,7 +294,7 @@ def main() -> int:
     sizes = [1_000, 10_000] if args.quick else [1_000, 1_000_000]
     try:
         rows = [
-            asyncio.run(measure(services.database_url, services.redis_url, n, REPEAT))
+            asyncio.run(measure(services.database_url, services.redis_url, n, REPEAT, args.churn))
             for n in sizes
         ]
     finally:

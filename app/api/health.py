@@ -65,8 +65,8 @@ async def readyz(request: web.Request) -> web.Response:
 
 # Polling gauges use beat's due predicate: a quarantined instance stays overdue forever
 # and would otherwise read as a stuck scheduler; it is counted on its own instead. The
-# pollable count is the organizations' trigger-kept counters (migration 0005); the
-# others walk small partial indexes, so a scrape costs the same at 1M instances.
+# pollable and quarantined counts are the organizations' trigger-kept counters (migration
+# 0005); the overdue ones walk the due index from its oldest entry (what is overdue).
 _GAUGES = text(f"""
     SELECT
       (SELECT count(*) FROM deliveries WHERE status = 'pending'),
@@ -77,7 +77,7 @@ _GAUGES = text(f"""
          WHERE {DUE_PREDICATE} AND next_poll_at < now() - interval '10 seconds'),
       (SELECT coalesce(extract(epoch FROM now() - min(next_poll_at)), 0) FROM instances
          WHERE {DUE_PREDICATE} AND next_poll_at <= now()),
-      (SELECT count(*) FROM instances WHERE quarantined_at IS NOT NULL AND deleted_at IS NULL)
+      (SELECT coalesce(sum(quarantined_instances), 0) FROM organizations)
 """)
 
 

@@ -26,20 +26,22 @@ _INSERT = """
     FROM generate_series(1, %s) AS g
     RETURNING id
 """
+_QUARANTINED = "quarantined_at IS NOT NULL AND deleted_at IS NULL"
 _COUNTS = f"""
-    SELECT o.live_instances, o.pollable_instances,
+    SELECT o.live_instances, o.pollable_instances, o.quarantined_instances,
            (SELECT count(*) FROM instances WHERE organization_id = o.id AND deleted_at IS NULL),
-           (SELECT count(*) FROM instances WHERE organization_id = o.id AND {DUE_PREDICATE})
+           (SELECT count(*) FROM instances WHERE organization_id = o.id AND {DUE_PREDICATE}),
+           (SELECT count(*) FROM instances WHERE organization_id = o.id AND {_QUARANTINED})
     FROM organizations o WHERE o.id = %s
 """
 
 
-def _counts(conn: psycopg.Connection[Any], org: int) -> tuple[int, int]:
-    """(live, pollable) of the organization; asserts its counters say the same."""
+def _counts(conn: psycopg.Connection[Any], org: int) -> tuple[int, int, int]:
+    """(live, pollable, quarantined) of the organization; asserts its counters agree."""
     row = conn.execute(_COUNTS, (org,)).fetchone()
     assert row is not None
-    assert (row[0], row[1]) == (row[2], row[3]), "counters (live, pollable) != counted"
-    return int(row[0]), int(row[1])
+    assert row[:3] == row[3:], "counters (live, pollable, quarantined) != counted"
+    return int(row[0]), int(row[1]), int(row[2])
 
 
 async def test_counters_follow_every_write(service_urls: ServiceUrls) -> None:
@@ -49,26 +51,29 @@ async def test_counters_follow_every_write(service_urls: ServiceUrls) -> None:
         # 4 live (events on for 1 and 3) and 2 tombstones in one statement
         ids = [r[0] for r in conn.execute(_INSERT, (a, 4, 6)).fetchall()]
         conn.execute(_INSERT, (b, 1, 1))
-        assert (_counts(conn, a), _counts(conn, b)) == ((4, 2), (1, 1))
-        steps: list[tuple[str, tuple[Any, ...], tuple[int, int]]] = [
-            ("UPDATE instances SET deleted_at = now() WHERE id = %s", (ids[0],), (3, 1)),
-            ("UPDATE instances SET deleted_at = now() WHERE id = %s", (ids[0],), (3, 1)),
-            ("UPDATE instances SET deleted_at = NULL WHERE id = %s", (ids[0],), (4, 2)),
-            ("UPDATE instances SET quarantined_at = now() WHERE id = %s", (ids[2],), (4, 1)),
-            ("UPDATE instances SET quarantined_at = NULL WHERE id = %s", (ids[2],), (4, 2)),
-            ("UPDATE instances SET disabled = true WHERE id = %s", (ids[0],), (4, 1)),
-            ("UPDATE instances SET events_enabled = true WHERE id = %s", (ids[1],), (4, 2)),
-            ("UPDATE instances SET organization_id = %s WHERE id = %s", (b, ids[1]), (3, 1)),
-            ("DELETE FROM instances WHERE id = %s", (ids[2],), (2, 0)),  # a live row
-            ("DELETE FROM instances WHERE id = %s", (ids[5],), (2, 0)),  # a tombstone
+        assert (_counts(conn, a), _counts(conn, b)) == ((4, 2, 0), (1, 1, 0))
+        steps: list[tuple[str, tuple[Any, ...], tuple[int, int, int]]] = [
+            ("UPDATE instances SET deleted_at = now() WHERE id = %s", (ids[0],), (3, 1, 0)),
+            ("UPDATE instances SET deleted_at = now() WHERE id = %s", (ids[0],), (3, 1, 0)),
+            ("UPDATE instances SET deleted_at = NULL WHERE id = %s", (ids[0],), (4, 2, 0)),
+            ("UPDATE instances SET quarantined_at = now() WHERE id = %s", (ids[2],), (4, 1, 1)),
+            ("UPDATE instances SET deleted_at = now() WHERE id = %s", (ids[2],), (3, 1, 0)),
+            ("UPDATE instances SET deleted_at = NULL WHERE id = %s", (ids[2],), (4, 1, 1)),
+            ("UPDATE instances SET quarantined_at = NULL WHERE id = %s", (ids[2],), (4, 2, 0)),
+            ("UPDATE instances SET disabled = true WHERE id = %s", (ids[0],), (4, 1, 0)),
+            ("UPDATE instances SET events_enabled = true WHERE id = %s", (ids[1],), (4, 2, 0)),
+            ("UPDATE instances SET organization_id = %s WHERE id = %s", (b, ids[1]), (3, 1, 0)),
+            ("UPDATE instances SET quarantined_at = now() WHERE id = %s", (ids[2],), (3, 0, 1)),
+            ("DELETE FROM instances WHERE id = %s", (ids[2],), (2, 0, 0)),  # a live row
+            ("DELETE FROM instances WHERE id = %s", (ids[5],), (2, 0, 0)),  # a tombstone
             # what beat does on every tick changes no count
-            ("UPDATE instances SET next_poll_at = now() WHERE id = %s", (ids[3],), (2, 0)),
+            ("UPDATE instances SET next_poll_at = now() WHERE id = %s", (ids[3],), (2, 0, 0)),
         ]
         for sql, args, want in steps:
             conn.execute(sql, args)
             assert _counts(conn, a) == want, sql
             _counts(conn, b)
-        assert _counts(conn, b) == (2, 2)
+        assert _counts(conn, b) == (2, 2, 0)
         backlog = operator.backlog(conn)
         everywhere = conn.execute(f"SELECT count(*) FROM instances WHERE {DUE_PREDICATE}")
         assert backlog.pollable_instances == everywhere.fetchone()[0]  # type: ignore[index]
