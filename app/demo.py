@@ -12,57 +12,23 @@ import asyncio
 import json
 from pathlib import Path
 from typing import Any
-from urllib.parse import parse_qs, urlsplit
 
 import aiohttp
 
+from app.client import ClientError, InstanceSpec, OAuthApp, Pollinator, Simulator, authorization
 from app.orgs import create
+from app.procs import NotReady, http_ok, wait_until
 
 DEMO_ACCOUNT = "demo"
 DEMO_CLIENT_ID = "pollinator-demo"
 DEMO_CLIENT_SECRET = "pollinator-demo-secret"
 DEMO_CHANGES_PER_SECOND = 0.5
 FIRST_POLL_AFTER_S = 6.0
+READY_TIMEOUT_S = 60.0
 
 
-async def _wait_up(http: aiohttp.ClientSession, url: str, timeout: float = 60.0) -> None:
-    deadline = asyncio.get_running_loop().time() + timeout
-    while True:
-        try:
-            async with http.get(url, allow_redirects=False) as resp:
-                if resp.status < 500:
-                    return
-        except aiohttp.ClientError:
-            pass
-        if asyncio.get_running_loop().time() > deadline:
-            raise RuntimeError(f"{url} did not come up")
-        await asyncio.sleep(0.3)
-
-
-async def authorization_code(
-    http: aiohttp.ClientSession, authorize_url: str, redirect_uri: str, account: str
-) -> str:
-    """Walk the simulator's consent page and read the code from its redirect."""
-    params = {
-        "client_id": DEMO_CLIENT_ID,
-        "redirect_uri": redirect_uri,
-        "response_type": "code",
-        "scope": "full",
-        "state": "demo",
-        "account": account,
-    }
-    async with http.get(authorize_url, params=params, allow_redirects=False) as resp:
-        location = resp.headers.get("Location", "")
-    code = parse_qs(urlsplit(location).query).get("code", [""])[0]
-    if not code:
-        raise RuntimeError(f"simulator gave no authorization code ({location!r})")
-    return code
-
-
-def _auth(state: dict[str, Any]) -> dict[str, str]:
-    return {
-        "Authorization": f"User {state['userSecret']}, Organization {state['organizationSecret']}"
-    }
+def _auth(state: dict[str, Any]) -> str:
+    return authorization(state["userSecret"], state["organizationSecret"])
 
 
 async def _organization(
@@ -71,9 +37,9 @@ async def _organization(
     """The demo organization: the saved one while its credentials still work, else a new one."""
     if state_file.exists():
         state: dict[str, Any] = json.loads(state_file.read_text())
-        async with http.get(f"{api_url}/elements/api-v2/instances", headers=_auth(state)) as r:
-            if r.status == 200:
-                return state
+        status, _ = await Pollinator(http, api_url, _auth(state)).request("GET", "/instances")
+        if status == 200:
+            return state
     org = await create(database_url, "demo")
     return {
         "organizationId": org.organization_id,
@@ -83,7 +49,7 @@ async def _organization(
 
 
 async def _setup(
-    api_url: str, database_url: str, data_dir: Path, sim: str, sink: str
+    api_url: str, database_url: str, data_dir: Path, sim_url: str, sink: str
 ) -> dict[str, Any]:
     """Organization (kept across runs) and a fresh demo instance.
 
@@ -93,59 +59,30 @@ async def _setup(
     """
     state_file = data_dir / "demo.json"
     async with aiohttp.ClientSession() as http:
-        await _wait_up(http, f"{sim}/_sim/accounts")
-        await _wait_up(http, f"{sink}/_sink/requests")
         state = await _organization(http, api_url, database_url, state_file)
+        api = Pollinator(http, api_url, _auth(state))
+        sim = Simulator(http, sim_url)
         if "instanceId" in state:
-            async with http.delete(
-                f"{api_url}/elements/api-v2/instances/{state['instanceId']}", headers=_auth(state)
-            ):
-                pass
-        code = await authorization_code(
-            http, f"{sim}/app/oauth/authorize", f"{sink}/oauth/callback", DEMO_ACCOUNT
+            await api.request("DELETE", f"/instances/{state['instanceId']}")
+        spec = InstanceSpec(
+            app=OAuthApp(DEMO_CLIENT_ID, DEMO_CLIENT_SECRET, f"{sink}/oauth/callback"),
+            callback_url=f"{sink}/events",
+            name="Demo instance",
+            tags=["demo"],
+            refresh_minutes=1,
+            signature_key="demo-signature-key",
         )
-        body = {
-            "element": {"key": "infusionsoftrest"},
-            "providerData": {"code": code},
-            "name": "Demo instance",
-            "tags": ["demo"],
-            "configuration": {
-                "oauth.api.key": DEMO_CLIENT_ID,
-                "oauth.api.secret": DEMO_CLIENT_SECRET,
-                "oauth.callback.url": f"{sink}/oauth/callback",
-                "event.notification.enabled": True,
-                "event.vendor.type": "polling",
-                "event.notification.callback.url": f"{sink}/events",
-                "event.notification.signature.key": "demo-signature-key",
-                "event.poller.refresh_interval": 1,
-            },
-        }
-        async with http.post(
-            f"{api_url}/elements/api-v2/instances", json=body, headers=_auth(state)
-        ) as resp:
-            created = await resp.json()
-            if resp.status != 200:
-                raise RuntimeError(f"creating the demo instance failed: {created}")
+        created = await api.create_authorized(sim, spec, DEMO_ACCOUNT)
         state.update(instanceId=created["id"], instanceToken=created["token"])
         state_file.write_text(json.dumps(state, indent=2))
         state_file.chmod(0o600)
-        async with http.post(
-            f"{sim}/_sim/mutator",
-            json={
-                "changesPerSecond": DEMO_CHANGES_PER_SECOND,
-                "resources": ["contacts", "orders"],
-                "createRatio": 0.5,
-            },
-        ) as resp:
-            resp.raise_for_status()
+        await sim.mutator(
+            DEMO_CHANGES_PER_SECOND, resources=["contacts", "orders"], create_ratio=0.5
+        )
         # The first scheduled poll may be up to an interval away: poll once a few seconds
         # in, so the newcomer sees callbacks arrive right away.
         await asyncio.sleep(FIRST_POLL_AFTER_S)
-        async with http.post(
-            f"{api_url}/elements/api-v2/instances/{state['instanceId']}/polling/run",
-            headers=_auth(state),
-        ) as resp:
-            resp.raise_for_status()
+        await api.poll_now(state["instanceId"])
     return state
 
 
@@ -155,10 +92,12 @@ def setup_demo(
     """Create (or reuse) the demo and return what to tell the newcomer."""
     sim, sink = f"http://127.0.0.1:{sim_port}", f"http://127.0.0.1:{sink_port}"
     try:
+        wait_until(http_ok(f"{sim}/_sim/accounts"), READY_TIMEOUT_S)
+        wait_until(http_ok(f"{sink}/_sink/requests"), READY_TIMEOUT_S)
         state = asyncio.run(_setup(api_url, database_url, data_dir, sim, sink))
-    except (RuntimeError, aiohttp.ClientError, OSError) as exc:
+    except (NotReady, ClientError, aiohttp.ClientError, OSError) as exc:
         return f"Demo setup failed: {exc} (see {data_dir / 'logs'})"
-    auth = f"User {state['userSecret']}, Organization {state['organizationSecret']}"
+    auth = _auth(state)
     base = f"{api_url}/elements/api-v2/instances/{state['instanceId']}"
     return (
         "Demo: the simulator makes ~1 change every 2 s; callbacks reach the sink within seconds.\n"

@@ -31,7 +31,7 @@ from pathlib import Path
 
 import redis
 
-from app.procs import spawn
+from app.procs import NotReady, http_ok, spawn, wait_until
 
 log = logging.getLogger(__name__)
 
@@ -159,19 +159,12 @@ def drop_database(base_url: str, name: str) -> None:
 
 
 def wait_http(url: str, timeout: float) -> bool:
-    """Poll ``url`` until it answers 200 (True) or ``timeout`` seconds pass (False)."""
-    import urllib.request
-
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            with urllib.request.urlopen(url, timeout=2) as resp:
-                if resp.status == 200:
-                    return True
-        except OSError:
-            pass
-        time.sleep(0.2)
-    return False
+    """Whether ``url`` answered 200 within ``timeout`` seconds (:func:`app.procs.wait_until`)."""
+    try:
+        wait_until(http_ok(url), timeout, interval=0.2)
+    except NotReady:
+        return False
+    return True
 
 
 def _with_database(url: str, name: str) -> str:

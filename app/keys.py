@@ -8,8 +8,15 @@ PREFIX = "pollinator"
 
 
 def watermark(instance_id: int, resource: str) -> str:
-    """Hash {at, ids} of one (instance, resource) watermark; checkpointed in PostgreSQL."""
-    return f"{PREFIX}:wm:{instance_id}:{resource}"
+    """The Redis copy of one (instance, resource) watermark; checkpointed in PostgreSQL.
+
+    Read and written only by :class:`app.store.watermarks.WatermarkStore`; its value is the
+    stored form of :class:`app.domain.watermark.Encoded`. ``wm2``: versions before it kept
+    a JSON document under ``wm``, which they cannot read in the new form — the new name
+    keeps old and new workers apart during a rolling upgrade (each reads only its own
+    copies; the checkpoint covers both), and the old keys are never read again.
+    """
+    return f"{PREFIX}:wm2:{instance_id}:{resource}"
 
 
 def poll_lock(instance_id: int) -> str:

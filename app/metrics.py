@@ -98,7 +98,7 @@ def _labels(labels: Mapping[str, str] | None) -> str:
 
 
 class MetricsBatch:
-    """Collects increments (and a few plain writes) and applies them in one round trip.
+    """Collects increments and journal lines and applies them in one round trip.
 
     Increments to the same counter or bucket are summed first, so a batch of polls
     costs about as many Redis commands as one poll.
@@ -107,7 +107,6 @@ class MetricsBatch:
     def __init__(self) -> None:
         self._ops: dict[tuple[str, str], float] = {}
         self._journal: list[dict[Any, Any]] = []
-        self._sets: dict[str, str] = {}
 
     def _add(self, key: str, field: str, amount: float) -> None:
         self._ops[(key, field)] = self._ops.get((key, field), 0.0) + amount
@@ -129,22 +128,15 @@ class MetricsBatch:
     def journal(self, entry: Mapping[str, Any]) -> None:
         self._journal.append({str(k): str(v) for k, v in entry.items()})
 
-    def set(self, key: str, value: str) -> None:
-        """A plain ``SET`` that rides along (e.g. a poll's Redis watermarks)."""
-        self._sets[key] = value
-
     def merge(self, other: MetricsBatch) -> None:
         for (key, field), amount in other._ops.items():
             self._add(key, field, amount)
         self._journal += other._journal
-        self._sets.update(other._sets)
 
     async def flush(self, redis: Redis) -> None:
-        if not (self._ops or self._journal or self._sets):
+        if not (self._ops or self._journal):
             return
         async with redis.pipeline(transaction=False) as pipe:
-            if self._sets:
-                pipe.mset(self._sets)
             for (key, field), amount in self._ops.items():
                 pipe.hincrbyfloat(key, field, amount)
             for entry in self._journal:
@@ -152,7 +144,6 @@ class MetricsBatch:
             await pipe.execute()
         self._ops.clear()
         self._journal.clear()
-        self._sets.clear()
 
 
 def inc_sync(

@@ -14,18 +14,23 @@ from app.db import sync_url
 ALEMBIC_DIR = Path(__file__).resolve().parent.parent / "alembic"
 
 
-def alembic_config(database_url: str) -> Config:
-    """An Alembic config pointing at our scripts and the given database."""
+def alembic_config(database_url: str, secret_key: str | None = None) -> Config:
+    """An Alembic config pointing at our scripts and the given database.
+
+    ``secret_key`` (``POLLINATOR_SECRET_KEY``) is for revisions that must read encrypted
+    rows (0004 splits the instance secrets); without it they read the environment's.
+    """
     cfg = Config()
+    cfg.attributes["secret_key"] = secret_key
     cfg.set_main_option("script_location", str(ALEMBIC_DIR))
     # ConfigParser interpolation: a literal % in the URL must be doubled.
     cfg.set_main_option("sqlalchemy.url", sync_url(database_url).replace("%", "%%"))
     return cfg
 
 
-def upgrade(database_url: str) -> None:
+def upgrade(database_url: str, secret_key: str | None = None) -> None:
     """Bring the schema to the newest revision (idempotent)."""
-    command.upgrade(alembic_config(database_url), "head")
+    command.upgrade(alembic_config(database_url, secret_key), "head")
 
 
 def check(database_url: str) -> None:
@@ -47,7 +52,7 @@ def main(argv: list[str]) -> int:
             file=sys.stderr,
         )
         return 2
-    upgrade(settings.database_url)
+    upgrade(settings.database_url, settings.secret_key)
     if args.check:
         check(settings.database_url)
     return 0

@@ -2,9 +2,9 @@
 
 Secrets never sit in plain columns: organization and user secrets and instance
 tokens are stored as SHA-256 digests (they are 256-bit random values, so a fast
-hash is enough and allows an indexed lookup); provider tokens, the OAuth client
-secret and the callback signature key are Fernet-encrypted in
-``Instance.secrets`` with ``POLLINATOR_SECRET_KEY``.
+hash is enough and allows an indexed lookup); the OAuth client secret and the
+callback signature key are Fernet-encrypted in ``Instance.secrets``, and the
+provider tokens in ``Instance.tokens``, with ``POLLINATOR_SECRET_KEY``.
 """
 
 from __future__ import annotations
@@ -15,9 +15,12 @@ from datetime import UTC, datetime
 from typing import Any
 
 from sqlalchemy import (
+    ARRAY,
     BigInteger,
     Column,
+    Computed,
     DateTime,
+    Float,
     ForeignKey,
     Index,
     Integer,
@@ -124,15 +127,24 @@ DUE_PREDICATE = "events_enabled AND NOT disabled AND deleted_at IS NULL AND quar
 class Instance(SQLModel, table=True):
     """A connector instance: one tenant's authenticated Infusionsoft account plus its events setup.
 
-    ``configuration`` holds the non-secret configuration exactly as given (with
-    the poller configuration normalized to an object); secret keys live only in
-    the encrypted ``secrets`` blob. Deleted instances are kept as tombstones
-    (``deleted_at``) so their event log stays consistent, but lose their secrets.
+    Stored in the engine's shape: what the engine reads has a column of its own (the OAuth
+    client id, the callback URL, the interval, the instance time zone, and ``poller``, the
+    poller configuration as the domain parser produced it), so no worker reads the Open
+    Connectors body or parses the tenant's configuration again. ``configuration`` keeps the
+    rest of the body as given, for the API to show back (:mod:`app.api.views` puts the
+    columns back into it). Secrets are encrypted in two blobs that are opened only where
+    they are used: ``secrets`` (the configuration's secret keys, whose names are in
+    ``secret_keys`` so a view can redact them without decrypting) and ``tokens`` (the
+    provider's OAuth tokens). Deleted instances are kept as tombstones (``deleted_at``) so
+    their event log stays consistent, but lose both blobs.
     """
 
     __tablename__ = "instances"
+    # The generated interval in seconds is read back after every INSERT and UPDATE
+    # (RETURNING), so it is never stale on a loaded instance.
+    __mapper_args__ = {"eager_defaults": True}
     __table_args__ = (
-        # Beat's claim predicate (workers/beat.py) must imply this one word for word, or
+        # Beat's claim predicate (app/store/schedule.py) must imply this one word for word, or
         # the planner cannot use the index and every tick scans the whole table.
         Index(
             "ix_instances_due",
@@ -158,22 +170,43 @@ class Instance(SQLModel, table=True):
         )
     )
     name: str = Field(sa_column=Column(String(200), nullable=False))
-    element_key: str = Field(sa_column=Column(String(64), nullable=False))
     token_hash: str = Field(sa_column=Column(String(64), nullable=False, unique=True))
     tags: list[str] = Field(
         default_factory=list, sa_column=Column(JSONB, nullable=False, server_default="[]")
     )
     configuration: dict[str, Any] = Field(sa_column=Column(JSONB, nullable=False))
+    # ``oauth.api.key``: the OAuth app the tokens belong to (and whose request budget a
+    # poll spends).
+    client_id: str = Field(sa_column=Column(Text, nullable=False))
+    # ``event.notification.callback.url`` as validated; NULL when none was given.
+    callback_url: str | None = Field(default=None, sa_column=Column(Text, nullable=True))
+    # ``event.poller.timezone`` as validated; NULL means UTC.
+    timezone: str | None = Field(default=None, sa_column=Column(Text, nullable=True))
+    # ``event.poller.refresh_interval`` exactly as the API takes and shows it; the engine
+    # reads the seconds PostgreSQL derives from it (one stored value, nothing to drift).
+    refresh_interval_minutes: float = Field(sa_column=Column(Float, nullable=False))
+    refresh_interval_s: float | None = Field(
+        default=None,
+        sa_column=Column(
+            Float, Computed("refresh_interval_minutes * 60", persisted=True), nullable=False
+        ),
+    )
+    # app.domain.pollconfig.stored_resources of the parsed configuration.
+    poller: dict[str, Any] = Field(sa_column=Column(JSONB, nullable=False))
     secrets: bytes | None = Field(default=None, sa_column=Column(LargeBinary, nullable=True))
-    # Bumped on every token write: a worker that refreshed with a stale refresh
-    # token can tell it lost the race and re-read instead of failing.
+    secret_keys: list[str] = Field(
+        default_factory=list,
+        sa_column=Column(ARRAY(Text), nullable=False, server_default="{}"),
+    )
+    tokens: bytes | None = Field(default=None, sa_column=Column(LargeBinary, nullable=True))
     token_version: int = Field(
         default=0, sa_column=Column(Integer, nullable=False, server_default="0")
     )
+    # The tenant's ``event.notification.enabled``. ``disabled`` is the system's word: set
+    # when the callback answers 410 Gone (SPEC §5), cleared by the next accepted PATCH.
     events_enabled: bool = Field(default=False, nullable=False)
     disabled: bool = Field(default=False, nullable=False)
     valid: bool = Field(default=True, nullable=False)
-    refresh_interval_s: float = Field(default=900.0, nullable=False)
     next_poll_at: datetime | None = _ts(nullable=True)
     poll_failures: int = Field(
         default=0, sa_column=Column(Integer, nullable=False, server_default="0")
@@ -220,7 +253,6 @@ class PollState(SQLModel, table=True):
     watermark_ids: list[str] = Field(
         default_factory=list, sa_column=Column(JSONB, nullable=False, server_default="[]")
     )
-    enabled_at: datetime = _ts(default=True)
     last_polled_at: datetime | None = _ts(nullable=True)
     last_success_at: datetime | None = _ts(nullable=True)
     consecutive_failures: int = Field(

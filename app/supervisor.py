@@ -14,17 +14,14 @@ import json
 import os
 import secrets
 import signal
-import subprocess
 import sys
 import time
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from app.embedded import (
     PRIVATE_DIR_MODE,
-    PRIVATE_FILE_MODE,
     PRIVATE_UMASK,
     EmbeddedError,
     ensure_services,
@@ -33,11 +30,10 @@ from app.embedded import (
     secure_data_dir,
     write_private,
 )
-from app.procs import port_free, port_holder, spawn
+from app.procs import Check, NotReady, Process, port_free, port_holder, stop_all, wait_until
 from app.settings import RUNTIME_FILE, load_settings_or_exit
 
 RESTART_BACKOFF_S = (1, 2, 5, 10, 30)
-STOP_GRACE_S = 10.0
 API_READY_TIMEOUT_S = 60.0
 # The demo's simulator and sink take these when free, else any free port (and say which).
 SIMULATOR_PORT = 8090
@@ -68,38 +64,29 @@ def load_or_create_flower_auth(data_dir: Path) -> str:
 
 @dataclass
 class Child:
-    """One supervised role."""
+    """One supervised role: what to run, and its current process (restarted when it dies)."""
 
     name: str
     argv: list[str]
     # Variables only this child gets (Flower's credentials).
     env: dict[str, str] = field(default_factory=dict, repr=False)
-    proc: subprocess.Popen[bytes] | None = None
+    proc: Process | None = None
     restarts: int = 0
     next_start: float = 0.0
     log_path: Path | None = field(default=None, repr=False)
 
     def start(self, env: dict[str, str], log_dir: Path) -> None:
+        # Its own session (a stop reaches what it forks), SIGTERM from the kernel if this
+        # supervisor dies without stopping it (SIGKILL, OOM), an owner-only log.
         self.log_path = log_dir / f"{self.name}.log"
-        fd = os.open(self.log_path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, PRIVATE_FILE_MODE)
-        try:
-            os.fchmod(fd, PRIVATE_FILE_MODE)  # a log from an older run may be world-readable
-            # Its own session (a stop reaches what it forks) and SIGTERM from the kernel
-            # if this supervisor dies without stopping it (SIGKILL, OOM): no orphans.
-            self.proc = spawn(self.argv, env={**env, **self.env}, stdout=fd)
-        finally:
-            os.close(fd)
+        self.proc = Process.start(self.name, self.argv, self.log_path, env={**env, **self.env})
 
     def alive(self) -> bool:
-        return self.proc is not None and self.proc.poll() is None
+        return self.proc is not None and self.proc.alive()
 
     def signal(self, sig: int) -> None:
-        if self.alive():
-            assert self.proc is not None
-            try:
-                os.killpg(self.proc.pid, sig)
-            except ProcessLookupError:
-                pass
+        if self.proc is not None:
+            self.proc.send_signal(sig)
 
 
 def _pollinator(*args: str) -> list[str]:
@@ -232,17 +219,7 @@ class Supervisor:
 
     def stop_all(self) -> None:
         self.stopping = True
-        for child in self.children:
-            child.signal(signal.SIGTERM)
-        deadline = time.monotonic() + STOP_GRACE_S
-        for child in self.children:
-            if child.proc is None:
-                continue
-            try:
-                child.proc.wait(max(0.1, deadline - time.monotonic()))
-            except subprocess.TimeoutExpired:
-                child.signal(signal.SIGKILL)
-                child.proc.wait()
+        stop_all(child.proc for child in self.children if child.proc is not None)
 
 
 def main(argv: list[str]) -> int:
@@ -303,7 +280,7 @@ def main(argv: list[str]) -> int:
     write_runtime_env(data_dir, overrides)
     from app.migrate import upgrade
 
-    upgrade(services.database_url)
+    upgrade(services.database_url, overrides["POLLINATOR_SECRET_KEY"])
     supervisor = Supervisor(
         roles(data_dir, demo, base.flower_port, flower_auth), env, data_dir / "logs"
     )
@@ -320,13 +297,20 @@ def main(argv: list[str]) -> int:
     try:
         supervisor.start_all()
         api_url = f"http://{base.api_host}:{base.api_port}"
-        if not wait_own_api(api_url, run_id, API_READY_TIMEOUT_S, lambda: stop):
+        api = next(c.proc for c in supervisor.children if c.name == "api")
+        try:
+            wait_until(
+                own_api(api_url, run_id), API_READY_TIMEOUT_S, watch=api, stopped=lambda: stop
+            )
+        except NotReady:
             if not stop:
-                _say(
-                    f"pollinator: the API did not come up on port {base.api_port}"
-                    f" ({port_holder(base.api_port)} answers there); see {data_dir / 'logs'}"
-                    "/api.log"
+                why = (
+                    f"exited with {api.returncode} before it answered on port {base.api_port}"
+                    if api is not None and not api.alive()
+                    else f"did not come up on port {base.api_port}"
+                    f" ({port_holder(base.api_port)} answers there)"
                 )
+                _say(f"pollinator: the API {why}; see {data_dir / 'logs'}/api.log")
                 code = 1
             return code
         _say(
@@ -354,20 +338,18 @@ def main(argv: list[str]) -> int:
     return code
 
 
-def wait_own_api(api_url: str, run_id: str, timeout: float, stopped: Callable[[], bool]) -> bool:
-    """Until ``/healthz`` answers with this run's id (another process on the port never does)."""
+def own_api(api_url: str, run_id: str) -> Check:
+    """``/healthz`` answers with this run's id (another process on the port never does)."""
     import urllib.request
 
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline and not stopped():
+    def test() -> bool:
         try:
             with urllib.request.urlopen(f"{api_url}/healthz", timeout=2) as resp:
-                if json.loads(resp.read() or b"{}").get("run") == run_id:
-                    return True
+                return bool(json.loads(resp.read() or b"{}").get("run") == run_id)
         except (OSError, ValueError, AttributeError):
-            pass
-        time.sleep(0.2)
-    return False
+            return False
+
+    return Check(test, f"this run's API at {api_url}/healthz")
 
 
 def write_runtime_env(data_dir: Path, values: dict[str, Any]) -> None:

@@ -49,7 +49,8 @@ from app.domain.schedule import SLOT_MAX, SLOT_MIN
 from app.embedded import drop_database, ensure_services, scratch_database
 from app.migrate import upgrade
 from app.models import DUE_PREDICATE, utcnow
-from workers.beat import _CLAIM, CLAIM_BATCH, claim_due
+from app.store.schedule import CLAIM
+from workers.beat import CLAIM_BATCH, claim_due
 
 DUE = 100
 TICKS = 20
@@ -118,7 +119,7 @@ def claim_plan(url: str, at: datetime) -> list[str]:
     try:
         with engine.connect() as conn:
             plan = conn.execute(
-                text("EXPLAIN (ANALYZE, BUFFERS, COSTS OFF) " + _CLAIM.text),
+                text("EXPLAIN (ANALYZE, BUFFERS, COSTS OFF) " + CLAIM.text),
                 {
                     "now": at,
                     "batch": CLAIM_BATCH,

@@ -23,7 +23,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from app.domain.delta import Watermark, compute_delta, initial_watermark
+from app.domain.delta import compute_delta
 from app.domain.events import (
     EventRecord,
     InstanceInfo,
@@ -32,6 +32,7 @@ from app.domain.events import (
     event_id,
 )
 from app.domain.pollconfig import default_poller_configuration
+from app.domain.watermark import Watermark, initial_watermark
 
 T0 = datetime(2026, 11, 27, 10, 0, 0, tzinfo=UTC)
 

@@ -25,11 +25,11 @@ import sys
 import time
 from pathlib import Path
 from typing import Any
-from urllib.parse import parse_qs, urlsplit
 
 import aiohttp
 import redis
 
+from app.client import InstanceSpec, OAuthApp, Simulator
 from app.db import create_engine, create_pg_pool, create_redis, session_factory
 from app.embedded import drop_database, ensure_services, free_port, scratch_database, wait_http
 from app.metrics import POLL_JOURNAL
@@ -48,6 +48,17 @@ def _up(url: str) -> None:
 
 
 LATENCY_MS = 100
+POLLER = {
+    "contacts": {
+        "url": "/contacts?since=${gmtDate:yyyy-MM-dd'T'HH:mm:ss.SSS'Z'}&order=id",
+        "idField": "id",
+        "datesConfiguration": {
+            "updatedDateField": "last_updated_utc_millis",
+            "updatedDateFormat": "milliseconds",
+            "createdDateField": "date_created",
+        },
+    }
+}
 
 
 async def _setup(settings: Settings, sim: str, n: int) -> list[tuple[int, str]]:
@@ -60,56 +71,27 @@ async def _setup(settings: Settings, sim: str, n: int) -> list[tuple[int, str]]:
         async with sessions() as session, session.begin():
             org = await create_organization(session, "bench")
         sem = asyncio.Semaphore(20)
+        simulator = Simulator(http, sim)
 
         async def one(i: int) -> None:
             async with sem:
                 account = f"bench-{i}"
-                async with http.get(
-                    f"{sim}/app/oauth/authorize",
-                    allow_redirects=False,
-                    params={
-                        "client_id": f"app-{i % 50}",
-                        "redirect_uri": "https://b/cb",
-                        "response_type": "code",
-                        "scope": "full",
-                        "account": account,
-                    },
-                ) as resp:
-                    code = parse_qs(urlsplit(resp.headers["Location"]).query)["code"][0]
-                body = {
-                    "element": {"key": "infusionsoftrest"},
-                    "providerData": {"code": code},
-                    "name": f"bench {i}",
-                    "configuration": {
-                        "oauth.api.key": f"app-{i % 50}",
-                        "oauth.api.secret": "s",
-                        "oauth.callback.url": "https://b/cb",
-                        "event.notification.enabled": True,
-                        "event.notification.callback.url": "http://127.0.0.1:9/e",
-                        "event.poller.refresh_interval": 60,
-                        "event.poller.configuration": {
-                            "contacts": {
-                                "url": "/contacts?since=${gmtDate:yyyy-MM-dd'T'HH:mm:ss.SSS'Z'}"
-                                "&order=id",
-                                "idField": "id",
-                                "datesConfiguration": {
-                                    "updatedDateField": "last_updated_utc_millis",
-                                    "updatedDateFormat": "milliseconds",
-                                    "createdDateField": "date_created",
-                                },
-                            }
-                        },
-                    },
-                }
+                spec = InstanceSpec(
+                    app=OAuthApp(f"app-{i % 50}", "s", "https://b/cb"),
+                    callback_url="http://127.0.0.1:9/e",
+                    name=f"bench {i}",
+                    refresh_minutes=60,
+                    poller=POLLER,
+                )
+                code = await simulator.authorize(spec.app, account)
+                body = spec.body(code)
                 instance, _ = await create_instance(
                     sessions, http, box, settings, org.organization_id, body
                 )
                 for k in range(3):
-                    await http.post(
-                        f"{sim}/_sim/accounts/{account}/contacts", json={"given_name": f"c{k}"}
-                    )
+                    await simulator.create_record(account, "contacts", {"given_name": f"c{k}"})
                 assert instance.id is not None
-                token = box.open(instance.secrets)["access_token"]
+                token = box.open(instance.tokens)["access_token"]
                 out.append((instance.id, token))
 
         await asyncio.gather(*(one(i) for i in range(n)))
@@ -316,13 +298,14 @@ def _run_polls(env: dict[str, Any], r: redis.Redis, ids: list[int]) -> float:
     os.environ.update(env)
     from app.settings import get_settings
     from workers.celery_app import create_celery
+    from workers.messages import PollOrder, encode_polls
 
     app = create_celery(get_settings())
     before = r.xlen(POLL_JOURNAL)
     started = time.monotonic()
     with app.producer_or_acquire() as producer:
         for start in range(0, len(ids), 20):  # as beat sends them: batches of 20
-            batch = [[instance_id, None] for instance_id in ids[start : start + 20]]
+            batch = encode_polls(PollOrder(i, None) for i in ids[start : start + 20])
             app.send_task("poll.instances", args=[batch], queue="poll", producer=producer)
     while r.xlen(POLL_JOURNAL) - before < len(ids):
         if time.monotonic() - started > 600:

@@ -159,10 +159,10 @@ async def fill(url: str, instances: int, per_instance: int) -> tuple[int, dateti
             hash_secret(USER_SECRET),
         )
         await conn.execute(
-            """INSERT INTO instances (id, organization_id, name, element_key, token_hash,
-                 configuration, events_enabled, disabled, valid, refresh_interval_s)
-               SELECT i, $1, 'bench ' || i, 'infusionsoftrest', md5('t' || i), '{}'::jsonb,
-                 false, false, true, 900
+            """INSERT INTO instances (id, organization_id, name, token_hash, configuration,
+                 client_id, poller, events_enabled, disabled, valid, refresh_interval_minutes)
+               SELECT i, $1, 'bench ' || i, md5('t' || i), '{}'::jsonb, 'bench', '{}'::jsonb,
+                 false, false, true, 15
                FROM generate_series(1, $2::bigint) AS i""",
             org,
             instances,

@@ -23,14 +23,15 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
-from urllib.parse import parse_qs, urlsplit
 
 import aiohttp
 import psutil
 from aiohttp import web
 
+from app.client import OAuthApp, Simulator
+
 ROOT = Path(__file__).resolve().parent.parent
-REDIRECT = "https://bench.example.com/cb"
+BENCH_APP = OAuthApp("bench", "secret", "https://bench.example.com/cb")
 
 
 # --- child roles ----------------------------------------------------------------------------------
@@ -63,28 +64,10 @@ def run_baseline_server(port: int, body_size: int) -> None:
 async def _get_tokens(base: str, accounts: Sequence[str]) -> list[str]:
     tokens: list[str] = []
     async with aiohttp.ClientSession() as session:
+        sim = Simulator(session, base)
         for account in accounts:
-            params = {
-                "client_id": "bench",
-                "redirect_uri": REDIRECT,
-                "response_type": "code",
-                "scope": "full",
-                "state": "s",
-                "account": account,
-            }
-            async with session.get(
-                f"{base}/app/oauth/authorize", params=params, allow_redirects=False
-            ) as resp:
-                code = parse_qs(urlsplit(resp.headers["Location"]).query)["code"][0]
-            form = {
-                "grant_type": "authorization_code",
-                "code": code,
-                "redirect_uri": REDIRECT,
-                "client_id": "bench",
-                "client_secret": "secret",
-            }
-            async with session.post(f"{base}/token", data=form) as resp:
-                tokens.append((await resp.json())["access_token"])
+            code = await sim.authorize(BENCH_APP, account, state="s")
+            tokens.append((await sim.token(BENCH_APP, code))["access_token"])
     return tokens
 
 

@@ -3,9 +3,9 @@
 Per simulated quiet poll of an instance with two resources:
 
 * read — ``load_snapshot`` (one PostgreSQL query: instance + checkpoints) and
-  ``load_watermarks`` (one Redis MGET, JSON decode, newest wins);
-* write — ``store_poll`` with no changes (the single checkpoint statement) and the
-  moved Redis watermarks riding in a batch pipeline.
+  ``WatermarkStore.starts`` (one Redis MGET, which copy wins);
+* write — ``store_poll`` with no changes (the single checkpoint statement) and
+  ``WatermarkStore.mirror`` of both resources (one script call, never backwards).
 
 Baselines, same run, same servers: a bare ``SELECT 1`` and a bare Redis ``GET``.
 
@@ -26,14 +26,16 @@ from pathlib import Path
 
 from app import keys
 from app.db import create_pg_pool, create_redis
-from app.domain.delta import DeltaResult, Watermark, watermark_to_json
+from app.domain.delta import DeltaResult
 from app.domain.events import InstanceInfo
+from app.domain.pollconfig import parse_poller_configuration, stored_resources
+from app.domain.watermark import Mirror, Watermark
 from app.embedded import drop_database, ensure_services, scratch_database
-from app.metrics import MetricsBatch
 from app.migrate import upgrade
 from app.models import utcnow
 from app.services.outbox import ResourceResult, store_poll
-from app.services.polling import load_snapshot, load_watermarks
+from app.store.polling import load_snapshot
+from app.store.watermarks import WatermarkStore
 
 INSTANCES = 200
 
@@ -54,15 +56,24 @@ async def run(database_url: str, redis_url: str, n: int) -> list[tuple[str, floa
             "INSERT INTO organizations (name, secret_hash) VALUES ('b', md5(random()::text))"
             " RETURNING id"
         )
+        poller = json.dumps(
+            stored_resources(
+                parse_poller_configuration(
+                    {
+                        "contacts": {"url": "/contacts", "idField": "id"},
+                        "orders": {"url": "/orders", "idField": "id"},
+                    }
+                )
+            )
+        )
         ids = [
             await conn.fetchval(
-                "INSERT INTO instances (organization_id, name, element_key, token_hash,"
-                " configuration, events_enabled, disabled, valid, refresh_interval_s)"
-                " VALUES ($1, 'b', 'infusionsoftrest', md5(random()::text),"
-                ' \'{"event.poller.configuration": {"contacts": {"url": "/contacts",'
-                ' "idField": "id"}, "orders": {"url": "/orders", "idField": "id"}}}\','
-                " true, false, true, 60) RETURNING id",
+                "INSERT INTO instances (organization_id, name, token_hash, configuration,"
+                " client_id, poller, events_enabled, disabled, valid, refresh_interval_minutes)"
+                " VALUES ($1, 'b', md5(random()::text), '{}', 'b', $2::jsonb,"
+                " true, false, true, 1) RETURNING id",
                 org,
+                poller,
             )
             for _ in range(INSTANCES)
         ]
@@ -75,18 +86,16 @@ async def run(database_url: str, redis_url: str, n: int) -> list[tuple[str, floa
                     resource,
                 )
     wm = Watermark(utcnow() - timedelta(seconds=5), frozenset({"1", "2"}))
-    await redis.mset(
-        {
-            keys.watermark(i, r): json.dumps(watermark_to_json(wm))
-            for i in ids
-            for r in ("contacts", "orders")
-        }
-    )
+    watermarks = WatermarkStore(redis)
+    both = [(r, wm, Mirror.KEEP) for r in ("contacts", "orders")]
+    for instance_id in ids:
+        await watermarks.mirror(instance_id, both)
 
     async def read(i: int) -> None:
-        snap = await load_snapshot(pg, ids[i % INSTANCES])
+        async with pg.acquire() as conn:
+            snap = await load_snapshot(conn, ids[i % INSTANCES])
         assert snap is not None
-        await load_watermarks(redis, snap.info.id, snap.states)
+        await watermarks.starts(snap.info.id, snap.states)
 
     async def write(i: int) -> None:
         instance_id = ids[i % INSTANCES]
@@ -96,10 +105,7 @@ async def run(database_url: str, redis_url: str, n: int) -> list[tuple[str, floa
             await store_poll(
                 conn, InstanceInfo(instance_id, "b", [], org), results, utcnow(), utcnow()
             )
-        batch = MetricsBatch()
-        for r in ("contacts", "orders"):
-            batch.set(keys.watermark(instance_id, r), json.dumps(watermark_to_json(wm)))
-        await batch.flush(redis)
+        await watermarks.mirror(instance_id, both)
 
     async def select_one(_: int) -> None:
         await pg.fetchval("SELECT 1")

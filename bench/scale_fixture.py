@@ -51,15 +51,29 @@ _CONFIGURATION = """{
 }"""
 
 # h: a per-row pseudo-random bucket 0..99 uncorrelated with the organization (g % 10).
+_POLLER = """{
+  "contacts": {"url": "/contacts?since=${gmtDate:yyyy-MM-dd'T'HH:mm:ss.SSS'Z'}&order=id",
+               "idField": "id",
+               "datesConfiguration": {"updatedDateField": "last_updated",
+                                      "updatedDateFormat": "yyyy-MM-dd'T'HH:mm:ss.SSSZ"}},
+  "orders": {"url": "/orders?since=${gmtDate:yyyy-MM-dd'T'HH:mm:ss.SSS'Z'}",
+             "idField": "id",
+             "datesConfiguration": {"updatedDateField": "modification_date",
+                                    "updatedDateFormat": "yyyy-MM-dd'T'HH:mm:ss.SSSZ"}}
+}"""
+
+# h: a per-row pseudo-random bucket 0..99 uncorrelated with the organization (g % 10).
 _INSTANCES = """
-    INSERT INTO instances (organization_id, name, element_key, token_hash, tags, configuration,
-                           events_enabled, disabled, valid, refresh_interval_s, next_poll_at,
+    INSERT INTO instances (organization_id, name, token_hash, tags, configuration, client_id,
+                           callback_url, refresh_interval_minutes, poller,
+                           events_enabled, disabled, valid, next_poll_at,
                            quarantined_at, quarantine_reason, deleted_at, created_at, updated_at)
     SELECT CASE WHEN g %% 10 = 0 THEN %(big)s
                 ELSE %(small)s + (g * 7919) %% %(others)s END,
-           'bench ' || g, 'infusionsoftrest', md5('bench-token-' || g), '["bench"]'::jsonb,
-           %(configuration)s::jsonb,
-           NOT h BETWEEN 6 AND 9, h BETWEEN 2 AND 5, true, iv,
+           'bench ' || g, md5('bench-token-' || g), '["bench"]'::jsonb,
+           %(configuration)s::jsonb, 'client-' || (g %% 50), 'https://hooks.example.com/events',
+           iv / 60.0, %(poller)s::jsonb,
+           NOT h BETWEEN 6 AND 9, h BETWEEN 2 AND 5, true,
            CASE WHEN h < 2 THEN now() - interval '3 days'
                 WHEN h BETWEEN 6 AND 9 THEN NULL
                 ELSE %(epoch)s + make_interval(secs => random() * iv) END,
@@ -73,10 +87,10 @@ _INSTANCES = """
           FROM generate_series(1::bigint, %(n)s) AS g) AS s
 """
 _POLL_STATES = """
-    INSERT INTO poll_states (instance_id, resource, watermark_at, watermark_ids, enabled_at,
+    INSERT INTO poll_states (instance_id, resource, watermark_at, watermark_ids,
                              last_polled_at, last_success_at, consecutive_failures, last_error)
     SELECT i.id, r.resource, now() - interval '1 minute', '[]'::jsonb,
-           now() - interval '30 days', now() - interval '1 minute',
+           now() - interval '1 minute',
            CASE WHEN i.id % 100 = 7 THEN now() - interval '1 hour' ELSE now() - interval '1 minute'
            END,
            CASE WHEN i.id % 100 = 7 THEN 3 ELSE 0 END,
@@ -128,6 +142,7 @@ def fill(conn: Any, n: int, *, poll_states: bool = False) -> Filled:
             "small": small,
             "others": organizations - 1,
             "configuration": _CONFIGURATION,
+            "poller": _POLLER,
             "n": n,
             "epoch": epoch,
         },

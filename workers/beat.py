@@ -3,10 +3,12 @@
 Beat keeps no per-instance entries in memory. Each tick claims the instances
 whose ``next_poll_at`` has passed (a partial index makes that cost grow with the
 number of *due* instances, not the total), moves each one's ``next_poll_at`` to
-its next drift-free slot and sends them as ``poll.instances`` tasks of up to
-``TASK_BATCH`` instances each. ``FOR UPDATE SKIP LOCKED`` plus a Redis leader lock
-mean two beats never double-schedule: only the leader ticks, and even a
-split-brain moment cannot claim the same row twice.
+its next drift-free slot and sends them as ``poll.instances`` messages of up to
+``TASK_BATCH`` instances each (:mod:`workers.messages`; a worker runs a message's
+polls concurrently and Flower lists each as a ``poll.instance`` task). ``FOR UPDATE
+SKIP LOCKED`` plus a Redis leader lease mean two beats never double-schedule: only
+the leader ticks, and even a split-brain moment cannot claim the same row twice.
+The statements are in :mod:`app.store.schedule`; this module owns the transaction.
 
 One row never fails its neighbours. A claimed instance whose next slot cannot be
 computed or stored (an interval past validation, a slot at the end of the
@@ -21,7 +23,6 @@ from __future__ import annotations
 import argparse
 import logging
 import random
-import secrets as pysecrets
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -29,16 +30,20 @@ from datetime import datetime
 from typing import Any
 
 import redis
+from celery import Celery
 from celery.beat import Scheduler
-from sqlalchemy import Connection, Engine, create_engine, text
+from sqlalchemy import Connection, Engine, create_engine
 from sqlalchemy.exc import OperationalError
 
 from app import keys, liveness, metrics
 from app.db import sync_url
 from app.domain.schedule import SLOT_MAX, SLOT_MIN, ScheduleError, next_poll_at
-from app.models import DUE_PREDICATE, utcnow
+from app.models import utcnow
+from app.services.leases import SyncLease
 from app.settings import get_settings
+from app.store import schedule
 from workers.heartbeat import Heartbeat
+from workers.messages import PollOrder, encode_polls
 from workers.queues import POLL_INSTANCES, TASK_BATCH, Queue
 
 log = logging.getLogger(__name__)
@@ -48,42 +53,6 @@ LEADER_TTL_MS = 10_000
 CLAIM_BATCH = 2000
 MAX_CLAIM_PER_TICK = 50_000
 MIN_TASK_EXPIRY_S = 60.0
-
-_RENEW = """
-if redis.call('get', KEYS[1]) == ARGV[1] then return redis.call('pexpire', KEYS[1], ARGV[2]) end
-return 0
-"""
-
-# The WHERE clause is the due index's predicate word for word (app.models.DUE_PREDICATE),
-# so the planner walks that index. A stored slot outside SLOT_MIN..SLOT_MAX (PostgreSQL
-# stores up to 294276 AD and ±infinity) comes back as NULL instead of failing the
-# driver's conversion to a Python datetime, which would fail the whole batch.
-_CLAIM = text(f"""
-    SELECT id,
-           CASE WHEN next_poll_at BETWEEN :slot_min AND :slot_max THEN next_poll_at END,
-           refresh_interval_s
-    FROM instances
-    WHERE {DUE_PREDICATE} AND next_poll_at <= :now
-    ORDER BY next_poll_at
-    LIMIT :batch
-    FOR UPDATE SKIP LOCKED
-""")
-_RESCHEDULE = text("""
-    UPDATE instances AS i SET next_poll_at = u.next_at
-    FROM unnest(CAST(:ids AS bigint[]), CAST(:nexts AS timestamptz[])) AS u(id, next_at)
-    WHERE i.id = u.id
-""")
-# A stored slot Python cannot read is cleared as well: the API reads the row (GET, and the
-# PATCH that lifts the quarantine, which gives a cleared row a fresh first slot).
-_QUARANTINE = text("""
-    UPDATE instances AS i SET
-        quarantined_at = :now,
-        quarantine_reason = u.reason,
-        next_poll_at = CASE WHEN i.next_poll_at BETWEEN :slot_min AND :slot_max
-                            THEN i.next_poll_at END
-    FROM unnest(CAST(:ids AS bigint[]), CAST(:reasons AS text[])) AS u(id, reason)
-    WHERE i.id = u.id
-""")
 
 
 @dataclass(frozen=True)
@@ -146,22 +115,12 @@ def plan_claim(rows: Sequence[Any], now: datetime) -> tuple[list[tuple[Claimed, 
 
 
 def _reschedule(conn: Connection, slots: Sequence[tuple[Claimed, datetime]]) -> None:
-    conn.execute(
-        _RESCHEDULE,
-        {"ids": [c.instance_id for c, _ in slots], "nexts": [slot for _, slot in slots]},
-    )
+    schedule.reschedule(conn, [c.instance_id for c, _ in slots], [slot for _, slot in slots])
 
 
 def _quarantine(conn: Connection, now: datetime, quarantined: Sequence[Quarantined]) -> None:
-    conn.execute(
-        _QUARANTINE,
-        {
-            "now": now,
-            "ids": [q.instance_id for q in quarantined],
-            "reasons": [q.reason for q in quarantined],
-            "slot_min": SLOT_MIN,
-            "slot_max": SLOT_MAX,
-        },
+    schedule.quarantine(
+        conn, now, [q.instance_id for q in quarantined], [q.reason for q in quarantined]
     )
 
 
@@ -209,9 +168,7 @@ def _one_by_one(
 
 def _claim(engine: Engine, now: datetime, batch: int, *, one_by_one: bool) -> Claim:
     with engine.begin() as conn:
-        rows = conn.execute(
-            _CLAIM, {"now": now, "batch": batch, "slot_min": SLOT_MIN, "slot_max": SLOT_MAX}
-        ).all()
+        rows = schedule.claim_rows(conn, now, batch)
         scheduled, claim = plan_claim(rows, now)
         claim.rows = len(rows)
         if one_by_one:
@@ -291,28 +248,51 @@ def _count_quarantines(client: redis.Redis, count: int) -> None:
 
 
 class LeaderLock:
-    """A Redis lease: whoever holds it schedules; it expires if its holder dies."""
+    """Beat's leadership: a :class:`~app.services.leases.SyncLease` renewed every tick.
+
+    Whoever holds it schedules; it expires :data:`LEADER_TTL_MS` after its holder stops
+    renewing (dies, or loses Redis), and a standby takes it at its next tick.
+    """
 
     def __init__(self, client: redis.Redis, key: str, ttl_ms: int = LEADER_TTL_MS) -> None:
         self.client = client
-        self.key = key
-        self.ttl_ms = ttl_ms
-        self.token = pysecrets.token_hex(8)
+        self.lease = SyncLease(client, key, ttl_ms)
         self.held = False
 
     def ensure(self) -> bool:
         """Acquire or renew; ``False`` while another process leads."""
         was = self.held
         try:
-            if self.held and self.client.eval(_RENEW, 1, self.key, self.token, self.ttl_ms):
-                return True
-            self.held = bool(self.client.set(self.key, self.token, nx=True, px=self.ttl_ms))
+            self.held = (self.held and self.lease.renew()) or self.lease.acquire()
         except redis.RedisError as exc:
             log.warning("leader lock unavailable (%s); not scheduling", type(exc).__name__)
             self.held = False
         if self.held != was:  # operators (and the failover test) read these two lines
             log.info("leading: this beat schedules" if self.held else "standing by: lost the lead")
         return self.held
+
+
+def send_polls(app: Celery, claimed: Sequence[Claimed]) -> None:
+    """Send the claimed polls as ``poll.instances`` messages of up to ``TASK_BATCH`` each.
+
+    Neighbouring ids often share an OAuth app (one platform onboards a tenant batch at a
+    time); shuffled batches spread each app's request budget over many worker threads
+    instead of queueing one app's polls behind each other. A message expires after the
+    shortest interval in it (at least :data:`MIN_TASK_EXPIRY_S`): by then its instances'
+    next slots have come and beat has sent them again.
+    """
+    polls = list(claimed)
+    random.shuffle(polls)
+    with app.producer_or_acquire() as producer:
+        for start in range(0, len(polls), TASK_BATCH):
+            chunk = polls[start : start + TASK_BATCH]
+            app.send_task(
+                POLL_INSTANCES,
+                args=[encode_polls(PollOrder(c.instance_id, c.due) for c in chunk)],
+                queue=Queue.POLL.value,
+                expires=max(min(c.interval_s for c in chunk), MIN_TASK_EXPIRY_S),
+                producer=producer,
+            )
 
 
 class DueInstanceScheduler(Scheduler):
@@ -348,27 +328,13 @@ class DueInstanceScheduler(Scheduler):
         return min(delay, POLL_TICK_S)
 
     def dispatch_due(self) -> int:
-        """Send one poll per due instance; returns how many were sent."""
+        """Claim every due instance and send its poll (in batched messages); how many."""
         sent = dispatch_due(self.engine, self._send, self.leader.client)
         self.polls_sent += sent
         return sent
 
     def _send(self, claimed: Sequence[Claimed]) -> None:
-        # Neighbouring ids often share an OAuth app (one platform onboards a tenant
-        # batch at a time); shuffled batches spread each app's request budget over
-        # many worker threads instead of queueing one app's polls behind each other.
-        polls = list(claimed)
-        random.shuffle(polls)
-        with self.app.producer_or_acquire() as producer:
-            for start in range(0, len(polls), TASK_BATCH):
-                chunk = polls[start : start + TASK_BATCH]
-                self.app.send_task(
-                    POLL_INSTANCES,
-                    args=[[[c.instance_id, c.due.isoformat()] for c in chunk]],
-                    queue=Queue.POLL.value,
-                    expires=max(min(c.interval_s for c in chunk), MIN_TASK_EXPIRY_S),
-                    producer=producer,
-                )
+        send_polls(self.app, claimed)
 
     def close(self) -> None:
         super().close()

@@ -88,22 +88,38 @@ def _new_loop() -> asyncio.AbstractEventLoop:
 
 
 class Runtime:
-    """The event loop thread and its clients."""
+    """The event loop thread and its clients.
+
+    Created when the worker process starts (:mod:`workers.worker`), so a setting the
+    clients cannot work with fails the worker at once rather than its first task; the
+    heartbeat and the liveness announcements start with :meth:`start_beating` once the
+    worker consumes (a worker that cannot reach its broker must not look alive).
+    """
 
     def __init__(self, settings: Settings, roles: Sequence[str] = ()) -> None:
         self.settings = settings
+        self.roles = list(roles)
         self.loop = _new_loop()
         self._thread = threading.Thread(target=self._run, name="pollinator-loop", daemon=True)
         self._thread.start()
-        self.clients: Clients = self.submit(Clients.create(settings))
-        # Beats from the loop itself: a loop that stops running coroutines stops the beat.
+        try:
+            self.clients: Clients = self.submit(Clients.create(settings))
+        except BaseException:
+            self._stop_loop()  # no loop thread left behind by a runtime that never was
+            raise
         self._heartbeat: Future[None] | None = None
-        if settings.heartbeat_file is not None:
-            beat = Heartbeat(settings.heartbeat_file).run()
+        self._announcers: list[liveness.Announcer] = []
+
+    def start_beating(self) -> None:
+        """Beat the heartbeat file and announce the roles (``pollinator status``); once."""
+        if self._heartbeat is not None or self._announcers:
+            return
+        # Beats from the loop itself: a loop that stops running coroutines stops the beat.
+        if self.settings.heartbeat_file is not None:
+            beat = Heartbeat(self.settings.heartbeat_file).run()
             self._heartbeat = asyncio.run_coroutine_threadsafe(beat, self.loop)
-        # Listed by `pollinator status` while this loop runs (app.liveness).
         self._announcers = [
-            liveness.Announcer(self.clients.redis, role, liveness.member()) for role in roles
+            liveness.Announcer(self.clients.redis, role, liveness.member()) for role in self.roles
         ]
         for announcer in self._announcers:
             self.loop.call_soon_threadsafe(announcer.start)
@@ -125,8 +141,11 @@ class Runtime:
         try:
             self.submit(self.clients.close(), timeout=10)
         finally:
-            self.loop.call_soon_threadsafe(self.loop.stop)
-            self._thread.join(timeout=10)
+            self._stop_loop()
+
+    def _stop_loop(self) -> None:
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self._thread.join(timeout=10)
 
 
 _runtime: Runtime | None = None
@@ -143,7 +162,7 @@ _lock = threading.Lock()
 
 
 def get_runtime() -> Runtime:
-    """This process's runtime, created on first use (after any fork)."""
+    """This process's runtime: the one the worker opened at start, else created now."""
     global _runtime
     with _lock:
         if _runtime is None:

@@ -3,22 +3,48 @@
 from __future__ import annotations
 
 import argparse
+import logging
 import math
 import os
 import socket
 
-from celery.signals import worker_ready, worker_shutdown
+from celery.signals import worker_init, worker_ready, worker_shutdown
 
+from app.settings import SettingsError
 from workers.queues import TASK_BATCH, Queue
+
+log = logging.getLogger(__name__)
+
+
+@worker_init.connect
+def _open_runtime(**_: object) -> None:
+    """Open the runtime (its database pool, clients and secret box) before the worker
+    consumes: a setting they cannot work with stops the worker here, with one line
+    saying which, instead of failing its first task and every one after it.
+
+    Celery logs and swallows an ``Exception`` raised by a signal handler, so the failure
+    leaves as ``SystemExit``: 2 for an invalid setting (as every entry point), 1 when a
+    service the settings name cannot be used. The pool is Celery's thread pool (see
+    :func:`main`): the runtime opened in this process is the one the tasks run on.
+    """
+    from workers.runtime import get_runtime
+
+    try:
+        get_runtime()
+    except SettingsError as exc:
+        log.critical("pollinator worker: invalid setting: %s", exc)
+        raise SystemExit(2) from None
+    except Exception as exc:
+        log.critical("pollinator worker: cannot start: %s: %s", type(exc).__name__, exc)
+        raise SystemExit(1) from None
 
 
 @worker_ready.connect
-def _open_runtime(**_: object) -> None:
-    """Open the runtime before the first task: its loop beats the heartbeat file
-    (an idle worker is alive too), and an unreachable database shows at start."""
+def _start_beating(**_: object) -> None:
+    """Heartbeat and liveness once the worker consumes: an idle worker is alive too."""
     from workers.runtime import get_runtime
 
-    get_runtime()
+    get_runtime().start_beating()
 
 
 @worker_shutdown.connect

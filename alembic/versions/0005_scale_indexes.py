@@ -1,7 +1,7 @@
 """scale: per-organization live-instance counter, indexes for the list and operator reads
 
 Revision ID: 0005
-Revises: 0003
+Revises: 0004
 Create Date: 2026-12-01 12:15:00
 
 Measured at 1M instances (bench/bench_api_scale.py, bench/results/scheduler-1m.md):
@@ -30,7 +30,7 @@ import sqlalchemy as sa
 from alembic import op
 
 revision: str = '0005'
-down_revision: str | None = '0003'
+down_revision: str | None = '0004'
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 

@@ -14,8 +14,9 @@ import re
 from aiohttp import web
 
 from app.api.context import CTX
-from app.api.errors import Handler, Unauthorized
+from app.api.errors import Handler
 from app.api.ratelimit import check_rate
+from app.errors import Unauthorized
 from app.services.orgs import Principal, authenticate
 
 BASE = "/elements/api-v2"

@@ -12,10 +12,10 @@ from __future__ import annotations
 from aiohttp import web
 
 from app.api.auth import principal_of
-from app.api.errors import AppError, NotFound
 from app.api.routes import BASE, ctx_of, int_param, paged, paging, query, since_param
+from app.api.views import event_view
 from app.domain.limits import MAX_INSTANCE_ID
-from app.services.activity import event_view
+from app.errors import BadInput, NotFound
 from app.store import events as store
 
 EVENT_TYPES = frozenset({"CREATED", "UPDATED"})
@@ -25,7 +25,7 @@ async def list_org_events(request: web.Request) -> web.Response:
     principal = principal_of(request)
     event_type = query(request, "eventType")
     if event_type and event_type.upper() not in EVENT_TYPES:
-        raise AppError("eventType: must be CREATED or UPDATED")
+        raise BadInput("eventType: must be CREATED or UPDATED")
     instance_id: int | None = None
     if query(request, "instanceId") is not None:
         instance_id = int_param(request, "instanceId", 0, 1, MAX_INSTANCE_ID)

@@ -1,4 +1,9 @@
-"""One error type for the API and the middleware that turns errors into JSON."""
+"""The one middleware that turns every failure into SPEC's JSON error body.
+
+What a caller may be told is an :class:`app.errors.PollinatorError` (raised by services
+and handlers alike); this module renders it, aiohttp's own HTTP errors and the domain's
+:class:`~app.domain.jsonsafety.UnsafeJson`, and hides everything else behind a 500.
+"""
 
 from __future__ import annotations
 
@@ -10,6 +15,7 @@ from aiohttp import web
 
 from app.domain.jsonsafety import UnsafeJson
 from app.domain.limits import MAX_BODY_BYTES
+from app.errors import PollinatorError
 from app.logging import bind_log_context
 
 log = logging.getLogger(__name__)
@@ -18,34 +24,6 @@ Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 # Headers an aiohttp HTTP error carries that the client needs (405's list of methods).
 _KEPT_HEADERS = ("Allow",)
-
-
-class AppError(Exception):
-    """An error whose message is safe to show; ``status`` is the HTTP status."""
-
-    def __init__(self, message: str, status: int = 400) -> None:
-        super().__init__(message)
-        self.message = message
-        self.status = status
-        self.headers: dict[str, str] = {}
-
-
-class NotFound(AppError):
-    def __init__(self, message: str = "not found") -> None:
-        super().__init__(message, 404)
-
-
-class Unauthorized(AppError):
-    def __init__(self, message: str = "missing or invalid Authorization header") -> None:
-        super().__init__(message, 401)
-
-
-class TooManyRequests(AppError):
-    """429 with ``Retry-After`` (whole seconds, as RFC 9110 allows)."""
-
-    def __init__(self, message: str, retry_after_s: int) -> None:
-        super().__init__(message, 429)
-        self.headers["Retry-After"] = str(retry_after_s)
 
 
 def error_response(
@@ -67,7 +45,7 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
     bind_log_context(request_id=request_id)  # aiohttp runs each request in its own task
     try:
         response = await handler(request)
-    except AppError as exc:
+    except PollinatorError as exc:
         return error_response(request_id, exc.message, exc.status, exc.headers)
     except UnsafeJson as exc:
         return error_response(request_id, exc.message, 400)

@@ -18,10 +18,11 @@ from aiohttp import web
 
 from app.api.auth import principal_of
 from app.api.context import CTX
-from app.api.errors import AppError, NotFound
 from app.api.routes import BASE, instance_id_of, json_body
 from app.db import create_pg_pool
+from app.domain.isodate import format_ms
 from app.domain.retention import WindowError, check_replay_window, parse_instant
+from app.errors import BadInput, NotFound
 from app.services import lifecycle
 from app.store import lifecycle as store
 
@@ -32,7 +33,7 @@ POOL_SIZE = 4
 async def _body(request: web.Request) -> dict[str, Any]:
     value = await json_body(request)
     if not isinstance(value, dict):
-        raise AppError("body: must be a JSON object")
+        raise BadInput("body: must be a JSON object")
     return value
 
 
@@ -57,13 +58,13 @@ async def start_replay(request: web.Request) -> web.Response:
     body = await _body(request)
     status = body.get("status", "all")
     if status not in ("all", "failed"):
-        raise AppError("status: must be all or failed")
+        raise BadInput("status: must be all or failed")
     try:
         since = parse_instant("since", body.get("since"))
         until = parse_instant("until", body.get("until"))
         check_replay_window(since, until)
     except WindowError as exc:
-        raise AppError(str(exc)) from exc
+        raise BadInput(str(exc)) from exc
     await _owned_live_instance(request, principal.organization_id, instance_id)
     async with request.app[PG].acquire() as conn:
         job_id = await store.create_replay_job(
@@ -91,8 +92,8 @@ async def replay_status(request: web.Request) -> web.Response:
             "status": job.state,
             "selected": job.selected,
             "sent": job.sent,
-            "since": job.since.isoformat(),
-            "until": job.until.isoformat(),
+            "since": format_ms(job.since),
+            "until": format_ms(job.until),
             "onlyFailed": job.only_failed,
         }
     )
@@ -105,27 +106,24 @@ async def rewind(request: web.Request) -> web.Response:
     body = await _body(request)
     resource = body.get("resource")
     if not isinstance(resource, str) or not resource:
-        raise AppError("resource: is required")
+        raise BadInput("resource: is required")
     try:
         since = parse_instant("since", body.get("since"))
     except WindowError as exc:
-        raise AppError(str(exc)) from exc
+        raise BadInput(str(exc)) from exc
     await _owned_live_instance(request, principal.organization_id, instance_id)
     ctx = request.app[CTX]
-    try:
-        await lifecycle.rewind(
-            request.app[PG],
-            ctx.redis,
-            ctx.settings,
-            principal.organization_id,
-            instance_id,
-            resource,
-            since,
-        )
-    except lifecycle.RewindError as exc:
-        raise AppError(exc.message, exc.status) from exc
+    await lifecycle.rewind(
+        request.app[PG],
+        ctx.redis,
+        ctx.settings,
+        principal.organization_id,
+        instance_id,
+        resource,
+        since,
+    )
     return web.json_response(
-        {"id": instance_id, "resource": resource, "watermark": since.isoformat()}, status=202
+        {"id": instance_id, "resource": resource, "watermark": format_ms(since)}, status=202
     )
 
 

@@ -25,7 +25,7 @@ from typing import Any
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
-from app.api.errors import TooManyRequests
+from app.errors import TooManyRequests
 from app.keys import PREFIX
 from app.settings import Settings
 

@@ -11,9 +11,9 @@ from typing import Any
 from aiohttp import web
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from app.api import views
 from app.api.auth import principal_of
 from app.api.context import CTX, ApiContext
-from app.api.errors import AppError, NotFound
 from app.db import transaction
 from app.domain.instanceconfig import ELEMENT_KEY
 from app.domain.jsonsafety import check_value, loads_checked
@@ -23,6 +23,7 @@ from app.domain.pollconfig import (
     ConfigError,
     parse_poller_configuration,
 )
+from app.errors import BadInput, Conflict, NotFound
 from app.models import DeliveryStatus, Instance
 from app.providers.oauth import authorize_url
 from app.services import activity
@@ -54,7 +55,7 @@ def query(request: web.Request, name: str) -> str | None:
 async def json_body(request: web.Request) -> Any:
     """The body, read so that NUL, lone surrogates and deep nesting are a 400 naming the field."""
     if not request.can_read_body:
-        raise AppError("body: a JSON body is required")
+        raise BadInput("body: a JSON body is required")
     raw = await request.read()
     if len(raw) > INLINE_PARSE_BYTES:  # a large body parses in a thread: no loop stall
         return await asyncio.to_thread(loads_checked, raw)
@@ -67,10 +68,10 @@ def int_param(request: web.Request, name: str, default: int, lo: int, hi: int) -
         return default
     # Plain ASCII digits only: int() would also take "1_000", " 7" and non-ASCII digits.
     if not re.fullmatch(r"-?[0-9]{1,12}", raw):
-        raise AppError(f"{name}: must be an integer between {lo} and {hi}")
+        raise BadInput(f"{name}: must be an integer between {lo} and {hi}")
     value = int(raw)
     if not lo <= value <= hi:
-        raise AppError(f"{name}: must be between {lo} and {hi}")
+        raise BadInput(f"{name}: must be between {lo} and {hi}")
     return value
 
 
@@ -92,10 +93,6 @@ def instance_id_of(request: web.Request, principal: Principal) -> int:
     return instance_id
 
 
-def _input_error(exc: svc.InstanceInputError) -> AppError:
-    return AppError(exc.message, exc.status)
-
-
 async def oauth_url(request: web.Request) -> web.Response:
     """``GET /elements/infusionsoftrest/oauth/url``: where to send the user for consent."""
     if request.match_info["key"] != ELEMENT_KEY:
@@ -103,9 +100,9 @@ async def oauth_url(request: web.Request) -> web.Response:
     api_key = (query(request, "apiKey") or "").strip()
     callback = (query(request, "callbackUrl") or "").strip()
     if not api_key:
-        raise AppError("apiKey: is required")
+        raise BadInput("apiKey: is required")
     if not callback:
-        raise AppError("callbackUrl: is required")
+        raise BadInput("callbackUrl: is required")
     url = authorize_url(
         ctx_of(request).settings.infusionsoft_authorize_url,
         api_key,
@@ -119,13 +116,10 @@ async def create_instance(request: web.Request) -> web.Response:
     principal = principal_of(request)
     body = await json_body(request)
     ctx = ctx_of(request)
-    try:
-        instance, token = await svc.create_instance(
-            ctx.sessions, ctx.http, ctx.box, ctx.settings, principal.organization_id, body
-        )
-    except svc.InstanceInputError as exc:
-        raise _input_error(exc) from exc
-    return web.json_response(svc.instance_view(instance, ctx.box, token=token))
+    instance, token = await svc.create_instance(
+        ctx.sessions, ctx.http, ctx.box, ctx.settings, principal.organization_id, body
+    )
+    return web.json_response(views.instance_view(instance, token=token))
 
 
 async def list_instances(request: web.Request) -> web.Response:
@@ -134,7 +128,7 @@ async def list_instances(request: web.Request) -> web.Response:
     ctx = ctx_of(request)
     async with ctx.sessions() as session:
         rows, total = await svc.list_instances(session, principal.organization_id, page, page_size)
-    response = web.json_response([svc.instance_view(i, ctx.box) for i in rows])
+    response = web.json_response([views.instance_view(i) for i in rows])
     response.headers["Elements-Total-Count"] = str(total)
     return response
 
@@ -148,7 +142,7 @@ async def get_token_instance(request: web.Request) -> web.Response:
     """``GET /instance``: the instance of the ``Element`` token (Open Connectors' route)."""
     principal = principal_of(request)
     if principal.instance_id is None:
-        raise AppError("Authorization: this route needs an Element <instance token>", 400)
+        raise BadInput("Authorization: this route needs an Element <instance token>")
     return await _instance_response(request, principal, principal.instance_id)
 
 
@@ -161,7 +155,7 @@ async def _instance_response(
             instance = await svc.get_instance(session, principal.organization_id, instance_id)
         except LookupError as exc:
             raise NotFound(str(exc)) from exc
-    return web.json_response(svc.instance_view(instance, ctx.box))
+    return web.json_response(views.instance_view(instance))
 
 
 async def patch_instance(request: web.Request) -> web.Response:
@@ -169,19 +163,16 @@ async def patch_instance(request: web.Request) -> web.Response:
     instance_id = instance_id_of(request, principal)
     body = await json_body(request)
     ctx = ctx_of(request)
-    try:
-        async with transaction(ctx.sessions) as session:
-            try:
-                instance = await svc.get_instance(session, principal.organization_id, instance_id)
-            except LookupError as exc:
-                raise NotFound(str(exc)) from exc
-            _, removed = await svc.patch_instance(
-                session, ctx.http, ctx.box, ctx.settings, instance, body
-            )
-    except svc.InstanceInputError as exc:
-        raise _input_error(exc) from exc
+    async with transaction(ctx.sessions) as session:
+        try:
+            instance = await svc.get_instance(session, principal.organization_id, instance_id)
+        except LookupError as exc:
+            raise NotFound(str(exc)) from exc
+        _, removed = await svc.patch_instance(
+            session, ctx.http, ctx.box, ctx.settings, instance, body
+        )
     await svc.forget_watermarks(ctx.redis, instance_id, removed)
-    return web.json_response(svc.instance_view(instance, ctx.box))
+    return web.json_response(views.instance_view(instance))
 
 
 async def delete_instance(request: web.Request) -> web.Response:
@@ -216,13 +207,13 @@ def since_param(request: web.Request) -> datetime | None:
 
 def _parse_since(raw: object, name: str) -> datetime:
     if not isinstance(raw, str):
-        raise AppError(f"{name}: must be an ISO-8601 date-time")
+        raise BadInput(f"{name}: must be an ISO-8601 date-time")
     try:
         value = datetime.fromisoformat(raw.replace("Z", "+00:00"))
         # In UTC now: a far-off offset near year 1 or 9999 must fail here, not in the driver.
         return value.astimezone(UTC) if value.tzinfo else value.replace(tzinfo=UTC)
     except (ValueError, OverflowError) as exc:
-        raise AppError(f"{name}: must be an ISO-8601 date-time") from exc
+        raise BadInput(f"{name}: must be an ISO-8601 date-time") from exc
 
 
 def paged(items: list[dict[str, Any]], total: int) -> web.Response:
@@ -234,14 +225,19 @@ def paged(items: list[dict[str, Any]], total: int) -> web.Response:
 async def get_polling(request: web.Request) -> web.Response:
     async with ctx_of(request).sessions() as session:
         instance = await _owned_instance(request, session)
-        return web.json_response(await activity.polling_state(session, instance))
+        states = await activity.polling_states(session, instance)
+    return web.json_response(views.polling_view(instance, states))
 
 
 async def run_polling(request: web.Request) -> web.Response:
     async with transaction(ctx_of(request).sessions) as session:
         instance = await _owned_instance(request, session)
         if not instance.events_enabled:
-            raise AppError("configuration.event.notification.enabled: events are not enabled", 409)
+            raise Conflict("configuration.event.notification.enabled: events are not enabled")
+        if instance.disabled:
+            raise Conflict(
+                "disabled: the callback answered 410 Gone; PATCH the instance to enable it"
+            )
         await activity.poll_now(session, instance)
     return web.json_response({"id": instance.id, "scheduled": True}, status=202)
 
@@ -250,22 +246,22 @@ async def test_polling(request: web.Request) -> web.Response:
     """Run a poller configuration once and show what it would emit; nothing is stored."""
     body: Any = await json_body(request) if request.can_read_body else {}
     if not isinstance(body, dict):
-        raise AppError("body: must be an object")
+        raise BadInput("body: must be an object")
     unknown = set(body) - {"configuration", "since"}
     if unknown:
-        raise AppError(f"{sorted(unknown)[0]}: unknown key (use configuration and since)")
+        raise BadInput(f"{sorted(unknown)[0]}: unknown key (use configuration and since)")
     resources = None
     if body.get("configuration") is not None:
         try:
             resources = parse_poller_configuration(body["configuration"])
         except ConfigError as exc:
             field = exc.field.replace(CONFIGURATION_KEY, "configuration", 1)
-            raise AppError(f"{field}: {exc.detail}") from exc
+            raise BadInput(f"{field}: {exc.detail}") from exc
     since = None
     if body.get("since") is not None:
         since = _parse_since(body["since"], "since")
         if not TEST_POLL_EARLIEST <= since <= datetime.now(UTC):
-            raise AppError("since: must be between 1970-01-01 and now")
+            raise BadInput("since: must be between 1970-01-01 and now")
     ctx = ctx_of(request)
     async with ctx.sessions() as session:
         instance = await _owned_instance(request, session)
@@ -278,13 +274,13 @@ async def test_polling(request: web.Request) -> web.Response:
 async def list_events(request: web.Request) -> web.Response:
     event_type = query(request, "eventType")
     if event_type is not None and event_type.upper() not in {"CREATED", "UPDATED"}:
-        raise AppError("eventType: must be CREATED or UPDATED")
+        raise BadInput("eventType: must be CREATED or UPDATED")
     object_type = query(request, "objectType") or None
     since = since_param(request)
     page, page_size = paging(request)
     async with ctx_of(request).sessions() as session:
         instance = await _owned_instance(request, session)
-        items, total = await activity.list_events(
+        rows, total = await activity.list_events(
             session,
             instance,
             object_type=object_type,
@@ -293,15 +289,15 @@ async def list_events(request: web.Request) -> web.Response:
             page=page,
             page_size=page_size,
         )
-    return paged(items, total)
+    return paged([views.event_view(event, status) for event, status in rows], total)
 
 
 def _status_param(request: web.Request, required: bool = False) -> str | None:
     status = query(request, "status")
     if status is None and required:
-        raise AppError("status: is required (pending, delivered, failed or cancelled)")
+        raise BadInput("status: is required (pending, delivered, failed or cancelled)")
     if status is not None and status not in {s.value for s in DeliveryStatus}:
-        raise AppError("status: must be pending, delivered, failed or cancelled")
+        raise BadInput("status: must be pending, delivered, failed or cancelled")
     return status
 
 
@@ -310,10 +306,10 @@ async def list_deliveries(request: web.Request) -> web.Response:
     page, page_size = paging(request)
     async with ctx_of(request).sessions() as session:
         instance = await _owned_instance(request, session)
-        items, total = await activity.list_deliveries(
+        rows, total = await activity.list_deliveries(
             session, instance, status=status, page=page, page_size=page_size
         )
-    return paged(items, total)
+    return paged([views.delivery_view(d, attempts) for d, attempts in rows], total)
 
 
 async def retry_delivery(request: web.Request) -> web.Response:

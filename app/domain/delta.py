@@ -5,6 +5,8 @@ the ids already seen at exactly that date. Providers render dates coarsely (Keap
 second), so many records share one date; a bare timestamp watermark either skips the ones
 that arrive later with the same date (``>``) or repeats all of them forever (``>=``). With the
 ids, a record is a change when its date is after ``at``, or equal to it and its id is new.
+The watermark as a value (start, order, stored form, which stored copy wins) is
+:mod:`app.domain.watermark`; this module decides how one poll moves it.
 
 How the watermark advances, and why it is safe:
 
@@ -37,18 +39,14 @@ from typing import Any, Literal
 from app.domain.dateformats import DateFormat, DateFormatError
 from app.domain.fieldpath import Getter, compile_path
 from app.domain.pollconfig import DateField, ResourceConfig
+from app.domain.watermark import Watermark
 
 __all__ = [
     "Change",
     "DeltaResult",
     "EventType",
-    "Watermark",
     "compute_delta",
-    "initial_watermark",
-    "lower_bound",
     "merge_deltas",
-    "watermark_from_json",
-    "watermark_to_json",
 ]
 
 EventType = Literal["CREATED", "UPDATED"]
@@ -58,24 +56,6 @@ def _utc(dt: datetime, what: str) -> datetime:
     if dt.tzinfo is None or dt.utcoffset() is None:
         raise ValueError(f"{what} must be timezone-aware, got {dt!r}")
     return dt if dt.tzinfo is UTC else dt.astimezone(UTC)
-
-
-@dataclass(frozen=True)
-class Watermark:
-    """Newest complete effective date, and the ids already seen at exactly that date.
-
-    For a resource without any date field, ``ids`` is the set of every id seen so far and
-    ``at`` the start of the last poll (unused for filtering). ``at`` is normalized to UTC;
-    a naive datetime is refused because it would silently shift by the host's zone.
-    """
-
-    at: datetime
-    ids: frozenset[str] = field(default_factory=frozenset)
-
-    def __post_init__(self) -> None:
-        object.__setattr__(self, "at", _utc(self.at, "Watermark.at"))
-        if not isinstance(self.ids, frozenset):
-            object.__setattr__(self, "ids", frozenset(self.ids))
 
 
 @dataclass(frozen=True)
@@ -106,18 +86,6 @@ class DeltaResult:
     changes: list[Change]
     watermark: Watermark
     skipped_unparseable: list[tuple[str, str]] = field(default_factory=list)
-
-
-def initial_watermark(at: datetime) -> Watermark:
-    """The watermark of a resource whose polling is enabled at ``at``."""
-    return Watermark(at, frozenset())
-
-
-def lower_bound(watermark: Watermark, cfg: ResourceConfig) -> datetime:
-    """The date the URL template is rendered with: ``watermark.at - pollDelay``."""
-    if not cfg.poll_delay:
-        return watermark.at
-    return watermark.at - timedelta(seconds=cfg.poll_delay)
 
 
 # --- per-call plan -------------------------------------------------------------------------
@@ -397,24 +365,3 @@ def merge_deltas(results: Sequence[DeltaResult]) -> DeltaResult:
     ids = frozenset().union(*(r.watermark.ids for r in results if r.watermark.at == at))
     skipped = [item for result in results for item in result.skipped_unparseable]
     return DeltaResult(list(newest.values()), Watermark(at, ids), skipped)
-
-
-def watermark_to_json(watermark: Watermark) -> dict[str, Any]:
-    """``{"at": ISO-8601 UTC with microseconds, "ids": sorted list}`` for Redis/PostgreSQL."""
-    return {
-        "at": watermark.at.isoformat(timespec="microseconds"),
-        "ids": sorted(watermark.ids),
-    }
-
-
-def watermark_from_json(data: Mapping[str, Any]) -> Watermark:
-    """Inverse of :func:`watermark_to_json`; raises ValueError on a malformed document."""
-    at, ids = data.get("at"), data.get("ids", [])
-    if not isinstance(at, str):
-        raise ValueError("watermark 'at' must be an ISO-8601 string")
-    if not isinstance(ids, list) or not all(isinstance(i, str) for i in ids):
-        raise ValueError("watermark 'ids' must be a list of strings")
-    parsed = datetime.fromisoformat(at)
-    if parsed.tzinfo is None:
-        parsed = parsed.replace(tzinfo=UTC)
-    return Watermark(parsed, frozenset(ids))

@@ -19,6 +19,8 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
+from app.domain.isodate import format_ms
+
 __all__ = [
     "DELIVERY_NAMESPACE",
     "EVENT_NAMESPACE",
@@ -45,12 +47,6 @@ def _utc(dt: datetime) -> datetime:
     if dt.tzinfo is None or dt.utcoffset() is None:
         raise ValueError(f"expected a timezone-aware datetime, got {dt!r}")
     return dt if dt.tzinfo is UTC else dt.astimezone(UTC)
-
-
-def format_ms(dt: datetime) -> str:
-    """``2026-11-27T10:00:05.123Z``: UTC, milliseconds (truncated), literal ``Z``."""
-    # isoformat of a UTC datetime always ends in "+00:00"; swapping it is the cheapest form.
-    return _utc(dt).isoformat(timespec="milliseconds")[:-6] + "Z"
 
 
 def _uuid5(namespace: uuid.UUID, name: bytes) -> uuid.UUID:

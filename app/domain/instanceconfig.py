@@ -354,11 +354,3 @@ def validate_patch(
         refresh_interval_s=interval,
         resources=resources,
     )
-
-
-def redacted_configuration(public: Mapping[str, Any], secrets: Mapping[str, str]) -> dict[str, Any]:
-    """What the API shows: public keys as stored, every secret key replaced by ``********``."""
-    shown = dict(public)
-    for key in secrets:
-        shown[key] = REDACTED
-    return shown

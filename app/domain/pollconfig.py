@@ -54,6 +54,8 @@ __all__ = [
     "default_poller_configuration",
     "load_configuration_object",
     "parse_poller_configuration",
+    "resources_from_stored",
+    "stored_resources",
 ]
 
 CONFIGURATION_KEY = "event.poller.configuration"
@@ -426,3 +428,89 @@ DEFAULT_POLLER_CONFIGURATION: dict[str, dict[str, Any]] = {
 def default_poller_configuration() -> dict[str, ResourceConfig]:
     """The compiled Keap defaults, used when an instance has no poller configuration."""
     return parse_poller_configuration(DEFAULT_POLLER_CONFIGURATION)
+
+
+# --- the stored (engine) shape ------------------------------------------------------------
+#
+# The API parses the tenant's configuration once (above) and stores what the parser
+# produced, in a fixed shape with nothing left to interpret: the URL normalized, hub date
+# fields already mapped to Keap's, every default written out. Workers load that shape with
+# :func:`resources_from_stored`; the Open Connectors rules (string form, aliases, hub
+# mapping, defaults) never run again. Loading still checks every value with the readers
+# above, so a row written past validation (an older bound, manual SQL) fails the poll with
+# a ConfigError naming the key instead of polling with a value the API would refuse.
+
+
+def _stored_date(field: DateField | None) -> dict[str, Any] | None:
+    if field is None:
+        return None
+    return {"field": field.path, "format": field.format_pattern, "timezone": field.timezone_name}
+
+
+def stored_resources(resources: Mapping[str, ResourceConfig]) -> dict[str, dict[str, Any]]:
+    """The parsed configuration as JSON for the ``instances.poller`` column."""
+    return {
+        name: {
+            "url": cfg.url.url,
+            "idField": cfg.id_field,
+            "updated": _stored_date(cfg.updated),
+            "created": _stored_date(cfg.created),
+            "filterByUpdatedDate": cfg.filter_by_updated_date,
+            "filterByCurrentDate": cfg.filter_by_current_date,
+            "createdCheckTolerance": cfg.created_check_tolerance,
+            "pageSize": cfg.page_size,
+            "pollDelay": cfg.poll_delay,
+        }
+        for name, cfg in resources.items()
+    }
+
+
+def _loaded_date(key: str, value: object) -> DateField | None:
+    if value is None:
+        return None
+    if not isinstance(value, dict):
+        raise ConfigError(key, "must be an object")
+    pattern = _required_str(f"{key}.format", value.get("format"))
+    zone_name = _optional_str(f"{key}.timezone", value.get("timezone"))
+    return DateField(
+        _field_path(f"{key}.field", value.get("field")),
+        _date_format(f"{key}.format", pattern),
+        _timezone(f"{key}.timezone", zone_name),
+        pattern,
+        zone_name,
+    )
+
+
+def _loaded_resource(name: str, value: object) -> ResourceConfig:
+    key = f"{CONFIGURATION_KEY}.{name}"
+    if not isinstance(value, dict):
+        raise ConfigError(key, "must be an object")
+    return ResourceConfig(
+        name=name,
+        url=_url(f"{key}.url", value.get("url")),
+        id_field=_field_path(f"{key}.idField", value.get("idField")),
+        updated=_loaded_date(f"{key}.updated", value.get("updated")),
+        created=_loaded_date(f"{key}.created", value.get("created")),
+        filter_by_updated_date=_bool(
+            f"{key}.filterByUpdatedDate", value.get("filterByUpdatedDate"), True
+        ),
+        filter_by_current_date=_bool(
+            f"{key}.filterByCurrentDate", value.get("filterByCurrentDate"), False
+        ),
+        created_check_tolerance=_seconds(
+            f"{key}.createdCheckTolerance",
+            value.get("createdCheckTolerance"),
+            maximum=MAX_CREATED_CHECK_TOLERANCE_SECONDS,
+        ),
+        page_size=_page_size(f"{key}.pageSize", value.get("pageSize")),
+        poll_delay=_seconds(
+            f"{key}.pollDelay", value.get("pollDelay"), maximum=MAX_POLL_DELAY_SECONDS
+        ),
+    )
+
+
+def resources_from_stored(value: object) -> dict[str, ResourceConfig]:
+    """The resources of an ``instances.poller`` value (see :func:`stored_resources`)."""
+    if not isinstance(value, dict):
+        raise ConfigError(CONFIGURATION_KEY, "the stored configuration must be an object")
+    return {_resource_name(name): _loaded_resource(name, r) for name, r in value.items()}

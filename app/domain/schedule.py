@@ -27,6 +27,7 @@ __all__ = [
     "ScheduleError",
     "failure_backoff_s",
     "first_poll_at",
+    "latest_tick_at_or_before",
     "next_poll_at",
     "phase_offset",
     "retry_at",
@@ -134,6 +135,22 @@ def next_poll_at(scheduled_at: datetime, interval_s: float, now: datetime) -> da
         k * step_us,
         f"the next poll ({interval_s:g} s after {scheduled_at.isoformat()})",
     )
+
+
+def latest_tick_at_or_before(scheduled_at: datetime, interval_s: float, now: datetime) -> datetime:
+    """The latest tick of the grid through ``scheduled_at`` that is not after ``now``.
+
+    "Poll now" stores this as the next poll time: the instance is due at once, and when
+    beat claims it, :func:`next_poll_at` from this tick is ``scheduled_at`` again (or its
+    successor), so the instance keeps its phase instead of re-anchoring its grid at the
+    moment of the request. A ``scheduled_at`` already due is returned as it is.
+    """
+    step_us = _interval_us(interval_s)
+    ahead_us = (scheduled_at - now) // _MICROSECOND
+    if ahead_us <= 0:
+        return scheduled_at
+    k = -(-ahead_us // step_us)  # ceil: enough whole steps back to reach now or earlier
+    return _add_us(scheduled_at, -k * step_us, "the poll-now tick")
 
 
 def failure_backoff_s(consecutive_failures: int, interval_s: float) -> float:

@@ -18,6 +18,7 @@ from app.domain.pollconfig import DEFAULT_POLLER_CONFIGURATION
 from app.loadtest.progress import Progress
 from app.loadtest.report import format_table
 from app.loadtest.run import LoadTest, Options
+from app.procs import NotReady
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -150,7 +151,8 @@ def main(argv: list[str]) -> int:
     except KeyboardInterrupt:
         print("\npollinator loadtest: interrupted; stopping everything", file=sys.stderr)
         return 130
-    except RuntimeError as exc:  # LoadTestError, EmbeddedError, a process that would not start
+    # LoadTestError, EmbeddedError, ClientError; NotReady: a process that would not start
+    except (RuntimeError, NotReady) as exc:
         print(f"\npollinator loadtest: {exc}", file=sys.stderr)
         return 1
     finally:

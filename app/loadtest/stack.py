@@ -1,9 +1,10 @@
 """The processes of a load test: services, simulator, receiver, API, beat, workers.
 
-Every child runs in its own session (process group) so that stopping it also stops
-whatever it forked, and :meth:`Stack.close` is safe to call from ``finally`` however far
-start-up got. Embedded PostgreSQL/Redis live in a dedicated data dir (``.data/loadtest``)
-so a load test never touches ``pollinator up``'s data. Each run gets a fresh database
+Every child is an :class:`app.procs.Process`: in its own session (process group), so
+stopping it also stops whatever it forked, and stopped by the kernel if the load test
+dies; :meth:`Stack.close` is safe to call from ``finally`` however far start-up got.
+Embedded PostgreSQL/Redis live in a dedicated data dir (``.data/loadtest``) so a load
+test never touches ``pollinator up``'s data. Each run gets a fresh database
 (dropped afterwards unless kept) and a flushed Redis database: watermarks, locks and
 queues are keyed by instance id, and ids restart at 1 in a fresh database.
 """
@@ -11,14 +12,9 @@ queues are keyed by instance id, and ids restart at 1 in a fresh database.
 from __future__ import annotations
 
 import contextlib
-import functools
 import os
-import signal
-import subprocess
 import sys
-import time
-import urllib.request
-from collections.abc import Callable
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -29,25 +25,7 @@ from app.embedded import (
     free_port,
     scratch_database,
 )
-
-POLLINATOR_ROLES = ("api", "beat", "worker-poll", "worker-delivery")
-STOP_GRACE_S = 10.0
-
-
-def _http_ok(url: str) -> bool:
-    try:
-        with urllib.request.urlopen(url, timeout=2) as resp:
-            return bool(resp.status == 200)
-    except OSError:
-        return False
-
-
-def wait_until(predicate: Callable[[], bool], timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise RuntimeError(f"timed out after {timeout:.0f}s waiting for {what}")
-        time.sleep(0.25)
+from app.procs import Process, http_ok, log_contains, stop_all, wait_until
 
 
 @dataclass
@@ -77,7 +55,7 @@ class Stack:
     receiver_log: Path = Path()
     database_url: str = ""
     redis_url: str = ""
-    procs: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
+    procs: dict[str, Process] = field(default_factory=dict)
     services: EmbeddedServices | None = None
     embedded_pgdata: Path | None = None
     _drop: tuple[str, str] | None = None
@@ -166,70 +144,30 @@ class Stack:
             ("api", f"{self.api_url}/readyz"),
         ):
             if name in self.procs:
-                self._wait(name, functools.partial(_http_ok, url), timeout)
-        for name in self.procs:
+                wait_until(http_ok(url), timeout, watch=self.procs[name])
+        for name, proc in self.procs.items():
             if name.startswith("worker-"):
-                self._wait(name, functools.partial(self._logged_ready, name), timeout)
+                wait_until(log_contains(proc, " ready"), timeout, watch=proc)
 
-    def _logged_ready(self, name: str) -> bool:
-        return " ready" in self.log(name)
-
-    def _wait(self, name: str, predicate: Callable[[], bool], timeout: float) -> None:
-        def check() -> bool:
-            proc = self.procs[name]
-            if proc.poll() is not None:
-                tail = self.log(name)[-2000:]
-                raise RuntimeError(f"{name} exited with {proc.returncode}:\n{tail}")
-            return predicate()
-
-        wait_until(check, timeout, name)
-
-    def _start(self, name: str, argv: list[str], env: os._Environ[str] | dict[str, str]) -> None:
+    def _start(self, name: str, argv: list[str], env: Mapping[str, str]) -> None:
         self.log_dir.mkdir(parents=True, exist_ok=True)
-        with open(self.log_dir / f"{name}.log", "ab") as log:
-            self.procs[name] = subprocess.Popen(
-                argv,
-                env=dict(env),
-                stdin=subprocess.DEVNULL,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                start_new_session=True,
-            )
+        self.procs[name] = Process.start(name, argv, self.log_dir / f"{name}.log", env=env)
 
     # --- inspect -----------------------------------------------------------------------------
 
-    def log(self, name: str) -> str:
-        path = self.log_dir / f"{name}.log"
-        return path.read_text(errors="replace") if path.exists() else ""
-
-    def pids(self) -> dict[str, int]:
-        return {name: p.pid for name, p in self.procs.items() if p.poll() is None}
-
     def pid_of(self, name: str) -> int | None:
         proc = self.procs.get(name)
-        return proc.pid if proc is not None and proc.poll() is None else None
+        return proc.pid if proc is not None and proc.alive() else None
 
-    def died(self) -> list[str]:
+    def died(self) -> list[Process]:
         """Children that exited on their own (a crash during the run)."""
-        return [name for name, p in self.procs.items() if p.poll() is not None]
+        return [p for p in self.procs.values() if not p.alive()]
 
     # --- stop --------------------------------------------------------------------------------
 
     def stop(self, names: list[str]) -> None:
         """SIGTERM the process groups, then SIGKILL what is still there after the grace."""
-        procs = [(n, self.procs.pop(n)) for n in names if n in self.procs]
-        for _, proc in procs:
-            if proc.poll() is None:
-                with contextlib.suppress(ProcessLookupError):
-                    os.killpg(proc.pid, signal.SIGTERM)
-        deadline = time.monotonic() + STOP_GRACE_S
-        for _, proc in procs:
-            try:
-                proc.wait(max(0.1, deadline - time.monotonic()))
-            except subprocess.TimeoutExpired:
-                with contextlib.suppress(ProcessLookupError):
-                    os.killpg(proc.pid, signal.SIGKILL)
-                proc.wait()
+        stop_all([self.procs.pop(n) for n in names if n in self.procs])
 
     def stop_pollinator(self) -> None:
         self.stop([n for n in self.procs if n == "api" or n == "beat" or n.startswith("worker-")])

@@ -1,62 +1,60 @@
-"""Read models for the polling state, the event log and deliveries; redelivery requests.
+"""Reads of the polling state, the event log and deliveries; poll-now and redelivery requests.
 
 Every function takes an instance already checked to belong to the caller's
-organization (:func:`app.services.instances.get_instance`).
+organization (:func:`app.services.instances.get_instance`) and returns rows;
+:mod:`app.api.views` shapes them.
 """
 
 from __future__ import annotations
 
-import json
 import uuid
-from datetime import UTC, datetime
-from typing import Any
+from collections.abc import Sequence
+from datetime import datetime
 
 from sqlalchemy import func, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlmodel import col
 
+from app.domain.schedule import latest_tick_at_or_before
 from app.models import Delivery, DeliveryAttempt, DeliveryStatus, Event, Instance, PollState, utcnow
 
 
-def iso(value: datetime | None) -> str | None:
-    """UTC ISO-8601 with milliseconds and ``Z``."""
-    if value is None:
-        return None
-    return value.astimezone(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
-
-
-async def polling_state(session: AsyncSession, instance: Instance) -> list[dict[str, Any]]:
-    # A quarantined instance is not polled: no next poll, and its reason is every
-    # resource's lastError (it is the one thing the tenant needs to act on).
-    quarantined = instance.quarantined_at is not None
-    polling = instance.events_enabled and not quarantined
-    rows = (
-        await session.execute(
-            select(PollState)
-            .where(col(PollState.instance_id) == instance.id)
-            .order_by(col(PollState.resource))
+async def polling_states(session: AsyncSession, instance: Instance) -> Sequence[PollState]:
+    """The instance's resources, by name."""
+    return (
+        (
+            await session.execute(
+                select(PollState)
+                .where(col(PollState.instance_id) == instance.id)
+                .order_by(col(PollState.resource))
+            )
         )
-    ).scalars()
-    return [
-        {
-            "resource": s.resource,
-            "watermark": iso(s.watermark_at),
-            "lastPolledAt": iso(s.last_polled_at),
-            "lastSuccessAt": iso(s.last_success_at),
-            "nextPollAt": iso(instance.next_poll_at) if polling else None,
-            "consecutiveFailures": s.consecutive_failures,
-            "lastError": f"quarantined: {instance.quarantine_reason}"
-            if quarantined
-            else s.last_error,
-        }
-        for s in rows
-    ]
+        .scalars()
+        .all()
+    )
 
 
 async def poll_now(session: AsyncSession, instance: Instance) -> None:
-    """Make the instance due now; beat picks it up at its next tick (about a second)."""
+    """Make the instance due now without moving its schedule.
+
+    The next poll time becomes the latest tick of the instance's grid that is not in the
+    future: beat claims it at its next tick (about a second) and reschedules it from that
+    tick, i.e. back onto the same grid, so the instance keeps the phase that spreads it
+    among the others (:mod:`app.domain.schedule`). The statement only ever moves the time
+    earlier: a poll already due stays as due as it was.
+    """
+    now = utcnow()
+    scheduled = instance.next_poll_at
+    interval_s = instance.refresh_interval_s
+    due = (
+        now
+        if scheduled is None or interval_s is None
+        else latest_tick_at_or_before(scheduled, interval_s, now)
+    )
     await session.execute(
-        update(Instance).where(col(Instance.id) == instance.id).values(next_poll_at=utcnow())
+        update(Instance)
+        .where(col(Instance.id) == instance.id)
+        .values(next_poll_at=func.least(col(Instance.next_poll_at), due))
     )
 
 
@@ -69,7 +67,7 @@ async def list_events(
     since: datetime | None,
     page: int,
     page_size: int,
-) -> tuple[list[dict[str, Any]], int]:
+) -> tuple[list[tuple[Event, str | None]], int]:
     """The event log, newest first, each with its delivery's status."""
     where = [col(Event.instance_id) == instance.id]
     if object_type:
@@ -91,29 +89,12 @@ async def list_events(
             .limit(page_size)
         )
     ).all()
-    return [event_view(event, status) for event, status in rows], total
-
-
-def event_view(event: Event, delivery_status: str | None) -> dict[str, Any]:
-    """One event as the API shows it; ``raw`` is the provider's record it was made from."""
-    return {
-        "eventId": str(event.id),
-        "elementKey": "infusionsoftrest",
-        "eventType": event.event_type,
-        "objectType": event.object_type,
-        "objectId": event.object_id,
-        "date": iso(event.event_date),
-        "pollDate": iso(event.poll_date),
-        "createdDate": iso(event.created_at),
-        "deliveryId": str(event.delivery_id) if event.delivery_id else None,
-        "deliveryStatus": delivery_status,
-        "raw": event.record,
-    }
+    return [(event, status) for event, status in rows], total
 
 
 async def list_deliveries(
     session: AsyncSession, instance: Instance, *, status: str | None, page: int, page_size: int
-) -> tuple[list[dict[str, Any]], int]:
+) -> tuple[list[tuple[Delivery, list[DeliveryAttempt]]], int]:
     """Deliveries, newest first, with every attempt."""
     where = [col(Delivery.instance_id) == instance.id]
     if status:
@@ -144,40 +125,7 @@ async def list_deliveries(
             )
         ).scalars():
             attempts[attempt.delivery_id].append(attempt)
-    return [_delivery_view(d, attempts[d.id]) for d in deliveries], total
-
-
-def _delivery_view(delivery: Delivery, attempts: list[DeliveryAttempt]) -> dict[str, Any]:
-    # An empty body is a payload purged by retention (app.services.lifecycle).
-    purged = not delivery.body
-    body = None if purged else json.loads(delivery.body)
-    message = {} if body is None else body.get("message", {})
-    return {
-        "id": str(delivery.id),
-        "status": delivery.status,
-        "eventCount": delivery.event_count,
-        "eventIds": [e.get("eventId") for e in message.get("events", [])],
-        "payloadPurged": purged,
-        "createdDate": iso(delivery.created_at),
-        "deliveredDate": iso(delivery.delivered_at),
-        "nextAttemptAt": iso(delivery.next_attempt_at)
-        if delivery.status == DeliveryStatus.PENDING
-        else None,
-        "attempts": [
-            {
-                "attempt": a.attempt,
-                "at": iso(a.at),
-                "statusCode": a.status_code,
-                "durationMs": a.duration_ms,
-                "error": a.error,
-                "responseBody": a.response_body,
-            }
-            for a in attempts
-        ],
-        # The JSON POSTed to the callback (signatures cover its exact bytes, which
-        # re-serializing here does not preserve: this is for reading, not verifying).
-        "body": body,
-    }
+    return [(d, attempts[d.id]) for d in deliveries], total
 
 
 async def retry_delivery(session: AsyncSession, instance: Instance, delivery_id: uuid.UUID) -> bool:

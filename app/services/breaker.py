@@ -12,12 +12,20 @@ other URLs. Two guards, both keyed by the URL's origin:
   are deferred without spending an attempt; when the cooldown ends a single
   probe delivery goes through (*half-open*) and its outcome closes or re-opens
   the circuit. Deliveries are never failed early or dropped by the breaker.
+
+The half-open probe is a *flag* (``SET NX EX``), not one of the leases of
+:mod:`app.services.leases`: it marks "a probe is in flight for this cooldown", and
+it is meant to be cleared by whichever delivery records the origin's next outcome
+(a success clears it, a re-opening replaces the cooldown), not by the probe's own
+holder. A token would protect nothing, and there is nothing to renew: if the probe's
+worker dies, the flag's TTL lets the next probe through.
 """
 
 from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Collection
 from dataclasses import dataclass
 from urllib.parse import urlsplit
 
@@ -78,6 +86,24 @@ class CircuitBreakers:
             return Admission(True, probe=True)
         return Admission(False, SATURATED_DEFER_S * 5)
 
+    async def admit_many(self, origins: Collection[str]) -> dict[str, Admission]:
+        """:meth:`admit` for the origins of a batch: one round trip while none has a failure
+        on record (an origin that is open or cooling down gets the full rules)."""
+        ordered = list(origins)
+        if not ordered:
+            return {}
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for origin in ordered:
+                pipe.hmget(self._key(origin), ["open_until", "failures"])
+            states = await pipe.execute()
+        admissions: dict[str, Admission] = {}
+        for origin, (open_until, failures) in zip(ordered, states, strict=True):
+            if float(open_until or 0) == 0:
+                admissions[origin] = Admission(True, clean=not failures)
+            else:
+                admissions[origin] = await self.admit(origin)
+        return admissions
+
     async def record(self, origin: str, success: bool) -> None:
         """Count one attempt's outcome; ``success`` means the receiver is up (any 2xx/4xx)."""
         key = self._key(origin)
@@ -118,9 +144,15 @@ class OriginSlots:
         self._semaphores: dict[str, asyncio.Semaphore] = {}
 
     async def acquire(self, origin: str, wait_s: float) -> bool:
-        semaphore = self._semaphores.setdefault(origin, asyncio.Semaphore(self.limit))
+        semaphore = self._semaphores.get(origin)
+        if semaphore is None:
+            semaphore = self._semaphores[origin] = asyncio.Semaphore(self.limit)
+        if not semaphore.locked():
+            await semaphore.acquire()  # free: taken at once, no timer needed
+            return True
         try:
-            await asyncio.wait_for(semaphore.acquire(), wait_s)
+            async with asyncio.timeout(wait_s):  # no task per wait, unlike wait_for
+                await semaphore.acquire()
         except TimeoutError:
             return False
         return True

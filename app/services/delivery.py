@@ -1,10 +1,18 @@
-"""Delivering one callback: claim, sign, POST, record the attempt, schedule what comes next.
+"""Delivering callbacks: claim a batch, sign, POST, record each attempt, schedule what's next.
 
 Retries live in the database, not in Celery: every attempt is a row, the
 attempt count is the number of rows, and ``next_attempt_at`` tells the sweeper
-when to enqueue the delivery again. A worker that dies mid-POST leaves the
-delivery ``pending`` with an expiring lease, so it is sent again (same
-``webhook-id``) and never lost.
+when to enqueue the delivery again. A worker that dies mid-POST, or between the
+POST and the write of its attempt, leaves the delivery ``pending`` with an
+expiring lease, so it is sent again (same ``webhook-id``) and never lost: a
+delivery counts as done only once its attempt row is committed.
+
+The work per callback is shared across a batch (one Celery message): one
+statement leases the whole batch, one Redis round trip reads the breakers of its
+origins, each instance's secrets are decrypted once, and finished attempts are
+written in groups — whatever finished while the previous group was being
+written — so a slow callback never holds back the record of a fast one. The SQL
+is in :mod:`app.store.deliveries`.
 """
 
 from __future__ import annotations
@@ -16,7 +24,9 @@ import logging
 import random
 import time
 import uuid
-from dataclasses import dataclass
+from collections import Counter
+from collections.abc import Sequence
+from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
 import aiohttp
@@ -33,18 +43,23 @@ from app.security import SecretBox
 from app.services.breaker import (
     ORIGIN_WAIT_S,
     SATURATED_DEFER_S,
+    Admission,
     CircuitBreakers,
     OriginSlots,
     origin_of,
 )
 from app.services.guarded_http import BlockedAddress, check_url
 from app.settings import Settings
+from app.store import deliveries as store
+from app.store.deliveries import AttemptRecord, Claim, Claimed, Refused
 
 log = logging.getLogger(__name__)
 
 TIMEOUT_S = 15.0
 MAX_RESPONSE_CHARS = 1024
 SWEEP_BATCH = 500
+SIGNATURE_KEY = "event.notification.signature.key"
+_TIMEOUT = aiohttp.ClientTimeout(total=TIMEOUT_S)
 
 
 @dataclass
@@ -56,6 +71,11 @@ class DeliveryDeps:
     redis: Redis
     breakers: CircuitBreakers
     slots: OriginSlots  # one per process
+
+    def __post_init__(self) -> None:
+        # Shared by every batch these deps serve, so one write carries the attempts of
+        # all the batches in flight (keep one DeliveryDeps per process).
+        self.writer = AttemptWriter(self.pg)
 
 
 @dataclass(frozen=True)
@@ -73,7 +93,7 @@ class AttemptResult:
 
 
 class Outcome(enum.StrEnum):
-    """What one call of :func:`deliver` did (the delivery's status, or why nothing was sent)."""
+    """What one delivery's turn did (the delivery's status, or why nothing was sent)."""
 
     DELIVERED = DeliveryStatus.DELIVERED.value
     RETRY = DeliveryStatus.PENDING.value  # the attempt failed; the next one is scheduled
@@ -131,11 +151,12 @@ async def post_callback(
             data=body,
             headers=headers,
             allow_redirects=False,
-            timeout=aiohttp.ClientTimeout(total=TIMEOUT_S),
+            timeout=_TIMEOUT,
         ) as resp:
             text = (await resp.content.read(MAX_RESPONSE_CHARS * 4)).decode("utf-8", "replace")
             status = resp.status
-            retry_after = parse_retry_after(resp.headers.get("Retry-After"), utcnow())
+            header = resp.headers.get("Retry-After")
+            retry_after = parse_retry_after(header, utcnow()) if header else None
     except (TimeoutError, aiohttp.ClientError) as exc:
         return AttemptResult(
             None,
@@ -155,170 +176,229 @@ def _ms(started: float) -> int:
     return int((time.monotonic() - started) * 1000)
 
 
-_CLAIM = """
-    UPDATE deliveries AS d SET next_attempt_at = $2
-    FROM instances AS i
-    WHERE d.id = $1 AND d.status = 'pending' AND i.id = d.instance_id
-      AND ($3::timestamptz IS NULL OR d.next_attempt_at = $3)
-    RETURNING d.body, d.instance_id, i.deleted_at IS NOT NULL,
-              i.configuration ->> 'event.notification.callback.url', i.secrets
-"""
-_CANCEL = """
-    UPDATE deliveries SET status = 'cancelled', next_attempt_at = NULL
-    WHERE id = $1 AND status = 'pending'
-"""
-_DEFER = "UPDATE deliveries SET next_attempt_at = $2 WHERE id = $1 AND status = 'pending'"
-# The attempt row and the delivery's new state in one statement; the attempt number
-# is the count of earlier attempt rows (retry counts come from the database).
-_RECORD = """
-    WITH attempt AS (
-        INSERT INTO delivery_attempts (delivery_id, attempt, at, status_code, duration_ms,
-                                       error, error_detail, response_body)
-        SELECT $1, coalesce(max(a.attempt), 0) + 1, $2, $3, $4, $5, $6, $7
-        FROM delivery_attempts AS a WHERE a.delivery_id = $1
-        ON CONFLICT (delivery_id, attempt) DO NOTHING
-        RETURNING attempt
-    )
-    UPDATE deliveries SET
-        status = coalesce($8, status),
-        next_attempt_at = CASE WHEN $8::text IS NULL
-            THEN $2 + make_interval(secs => $9::float8 * 1) ELSE NULL END,
-        delivered_at = CASE WHEN $8 = 'delivered' THEN $2 ELSE delivered_at END
-    WHERE id = $1 AND status = 'pending'
-    RETURNING (SELECT attempt FROM attempt)
-"""
-_ATTEMPTS = "SELECT count(*) FROM delivery_attempts WHERE delivery_id = $1"
-_DISABLE = "UPDATE instances SET events_enabled = false, updated_at = now() WHERE id = $1"
-_DUE = """
-    WITH due AS (
-        SELECT id FROM deliveries
-        WHERE status = 'pending' AND next_attempt_at <= $1
-        ORDER BY next_attempt_at LIMIT $3
-        FOR UPDATE SKIP LOCKED
-    )
-    UPDATE deliveries AS d SET next_attempt_at = $2 FROM due WHERE d.id = due.id
-    RETURNING d.id
-"""
-
-
-@dataclass(frozen=True)
-class Claimed:
-    """A delivery leased for one attempt, with what the attempt needs."""
-
-    id: uuid.UUID
-    instance_id: int
-    body: bytes
-    url: str
-    signature_key: str | None
-
-
 async def claim(
-    deps: DeliveryDeps, delivery_id: uuid.UUID, ticket: datetime | None
-) -> Claimed | Outcome:
-    """Lease a pending delivery so the sweeper leaves it alone while we POST.
+    deps: DeliveryDeps, tickets: Sequence[tuple[uuid.UUID, datetime | None]]
+) -> list[Claim]:
+    """Lease a batch of pending deliveries so the sweeper leaves them alone while we POST.
 
-    ``ticket`` is the ``next_attempt_at`` the delivery had when it was enqueued: a
-    message whose ticket no longer matches is stale (the delivery was already sent,
-    rescheduled or re-enqueued since) and claims nothing, so duplicates in the queue
-    never become duplicate POSTs. ``None`` claims any pending delivery. Returns
-    :attr:`Outcome.NOT_PENDING` when there is nothing to claim and
-    :attr:`Outcome.CANCELLED` for a delivery whose instance was deleted.
+    One :data:`~app.store.deliveries.Claim` per ticket, in order: :class:`Claimed` with
+    what the attempt needs, or :class:`Refused` with why nothing was leased (a stale or
+    duplicate message, or a delivery whose instance was deleted — now cancelled). See
+    :func:`app.store.deliveries.claim` for the ticket rule.
     """
     lease_until = utcnow() + timedelta(seconds=deps.settings.delivery_lease_seconds)
-    row = await deps.pg.fetchrow(_CLAIM, delivery_id, lease_until, ticket)
-    if row is None:
-        return Outcome.NOT_PENDING
-    body, instance_id, deleted, url, secrets = row
-    if deleted:
-        await deps.pg.execute(_CANCEL, delivery_id)
-        return Outcome.CANCELLED
-    key = deps.box.open(secrets).get("event.notification.signature.key")
-    return Claimed(delivery_id, instance_id, bytes(body), url or "", key)
+    async with deps.pg.acquire() as conn:
+        return await store.claim(conn, tickets, lease_until)
 
 
 async def deliver(
-    deps: DeliveryDeps,
-    delivery_id: uuid.UUID,
-    ticket: datetime | None = None,
-    slots: asyncio.Semaphore | None = None,
-    metrics_batch: MetricsBatch | None = None,
+    deps: DeliveryDeps, delivery_id: uuid.UUID, ticket: datetime | None = None
 ) -> DeliveryOutcome:
-    """Attempt one delivery now (see :func:`claim` for what is not attempted).
-
-    ``slots`` bounds the POSTs in flight in this process. It is taken only once the
-    delivery's origin has admitted it, so deliveries queued behind a slow origin
-    never hold slots that deliveries to healthy origins could use.
-    """
-    started = time.time()
-    claimed = await claim(deps, delivery_id, ticket)
-    if isinstance(claimed, Outcome):
-        return DeliveryOutcome(delivery_id, claimed, started, time.time())
-    origin = origin_of(claimed.url)
-    admission = await deps.breakers.admit(origin)
-    if not admission.allowed:
-        await defer(deps, claimed.id, admission.retry_in_s)
-        return DeliveryOutcome(delivery_id, Outcome.DEFERRED, started, time.time(),
-                               claimed.instance_id)  # fmt: skip
-    if not await deps.slots.acquire(origin, ORIGIN_WAIT_S):
-        await defer(deps, claimed.id, SATURATED_DEFER_S)
-        return DeliveryOutcome(delivery_id, Outcome.DEFERRED, started, time.time(),
-                               claimed.instance_id)  # fmt: skip
-    try:
-        headers = signed_headers(
-            claimed.body, str(claimed.id), int(time.time()), claimed.signature_key
-        )
-        async with slots or contextlib.nullcontext():
-            result = await post_callback(
-                deps.http,
-                claimed.url,
-                claimed.body,
-                headers,
-                deps.settings.allow_private_callbacks,
-            )
-    finally:
-        deps.slots.release(origin)
-    up = receiver_is_up(result)
-    if not (up and admission.clean):
-        await deps.breakers.record(origin, up)
-    outcome = await record_attempt(deps, claimed, result)
-    if metrics_batch is not None:
-        _add_metrics(metrics_batch, result, outcome)
-    return DeliveryOutcome(
-        delivery_id, outcome, started, time.time(), claimed.instance_id, attempt=result
-    )
+    """Attempt one delivery now: :func:`deliver_many` with a batch of one."""
+    [outcome] = await deliver_many(deps, [(delivery_id, ticket)])
+    return outcome
 
 
 async def deliver_many(
     deps: DeliveryDeps,
-    items: list[tuple[uuid.UUID, datetime | None]],
-    slots: asyncio.Semaphore,
+    items: Sequence[tuple[uuid.UUID, datetime | None]],
+    slots: asyncio.Semaphore | None = None,
 ) -> list[DeliveryOutcome]:
     """Deliver a batch concurrently, at most ``slots`` POSTs at once in this process.
 
-    An unexpected crash of one delivery is logged and leaves it pending: its lease
-    runs out and the sweeper sends it again.
+    ``slots`` is taken only once a delivery's origin has admitted it, so deliveries
+    queued behind a slow origin never hold slots that deliveries to healthy origins
+    could use. An unexpected crash of one delivery is logged and leaves it pending:
+    its lease runs out and the sweeper sends it again.
     """
-
-    batch = MetricsBatch()
-
-    async def one(delivery_id: uuid.UUID, ticket: datetime | None) -> DeliveryOutcome:
-        started = time.time()
-        with log_context(delivery_id=str(delivery_id)):
-            try:
-                return await deliver(deps, delivery_id, ticket, slots, batch)
-            except Exception as exc:
-                log.exception("delivery %s crashed", delivery_id)
-                error = f"{type(exc).__name__}: {exc}"[:500]
-                return DeliveryOutcome(
-                    delivery_id, Outcome.CRASHED, started, time.time(), error=error
-                )
-
-    statuses = list(await asyncio.gather(*(one(d, t) for d, t in items)))
+    started = time.time()
     try:
-        await batch.flush(deps.redis)
+        claims = await claim(deps, items)
+        origins = {c.id: origin_of(c.url) for c in claims if isinstance(c, Claimed)}
+        admissions = await deps.breakers.admit_many(set(origins.values()))
+    except Exception as exc:
+        log.exception("claiming a batch of %d deliveries failed", len(items))
+        return [_crashed(delivery_id, started, exc) for delivery_id, _ in items]
+    batch = _Batch(deps, slots, origins, admissions)
+    outcomes = list(await asyncio.gather(*(batch.run(c, started) for c in claims)))
+    try:
+        await batch.flush_metrics()
     except Exception:  # metrics are best effort
         log.warning("recording delivery metrics failed", exc_info=True)
-    return statuses
+    return outcomes
+
+
+def _crashed(delivery_id: uuid.UUID, started: float, exc: Exception) -> DeliveryOutcome:
+    error = f"{type(exc).__name__}: {exc}"[:500]
+    return DeliveryOutcome(delivery_id, Outcome.CRASHED, started, time.time(), error=error)
+
+
+@dataclass
+class _Batch:
+    """What the deliveries of one batch share: breaker admissions and signature keys."""
+
+    deps: DeliveryDeps
+    slots: asyncio.Semaphore | None
+    origins: dict[uuid.UUID, str]
+    admissions: dict[str, Admission]
+    metrics: MetricsBatch = field(default_factory=MetricsBatch)
+    keys: dict[bytes | None, str | None] = field(default_factory=dict)
+    failing: set[str] = field(default_factory=set)  # origins that failed in this batch
+    attempts: Counter[str] = field(default_factory=Counter)  # by outcome label
+
+    async def flush_metrics(self) -> None:
+        """One Redis round trip for the batch; the attempt counter once per outcome."""
+        for label, count in self.attempts.items():
+            self.metrics.inc(metrics.DELIVERY_ATTEMPTS, {"outcome": label}, count)
+        await self.metrics.flush(self.deps.redis)
+
+    async def run(self, claim: Claim, started: float) -> DeliveryOutcome:
+        with log_context(delivery_id=str(claim.id)):
+            try:
+                return await self._deliver(claim, started)
+            except Exception as exc:
+                log.exception("delivery %s crashed", claim.id)
+                return _crashed(claim.id, started, exc)
+
+    async def _admit(self, origin: str) -> Admission:
+        """The batch's admission for ``origin``; asked again once the origin failed in this
+        batch (its breaker may have opened). A probe admission goes to one delivery only."""
+        if origin in self.failing:
+            return await self.deps.breakers.admit(origin)
+        admission = self.admissions[origin]
+        if admission.probe:
+            self.admissions[origin] = Admission(False, SATURATED_DEFER_S * 5)
+        return admission
+
+    def _signature_key(self, claimed: Claimed) -> str | None:
+        sealed = claimed.sealed_secrets
+        if sealed is None:
+            return None
+        if sealed not in self.keys:
+            self.keys[sealed] = self.deps.box.open(sealed).get(SIGNATURE_KEY)
+        return self.keys[sealed]
+
+    async def _deliver(self, claim: Claim, started: float) -> DeliveryOutcome:
+        if isinstance(claim, Refused):
+            return DeliveryOutcome(claim.id, Outcome(claim.reason.value), started, time.time())
+        deps = self.deps
+        origin = self.origins[claim.id]
+        admission = await self._admit(origin)
+        if not admission.allowed:
+            await defer(deps, claim.id, admission.retry_in_s)
+            return DeliveryOutcome(claim.id, Outcome.DEFERRED, started, time.time(),
+                                   claim.instance_id)  # fmt: skip
+        if not await deps.slots.acquire(origin, ORIGIN_WAIT_S):
+            await defer(deps, claim.id, SATURATED_DEFER_S)
+            return DeliveryOutcome(claim.id, Outcome.DEFERRED, started, time.time(),
+                                   claim.instance_id)  # fmt: skip
+        try:
+            headers = signed_headers(
+                claim.body, str(claim.id), int(time.time()), self._signature_key(claim)
+            )
+            async with self.slots or contextlib.nullcontext():
+                result = await post_callback(
+                    deps.http, claim.url, claim.body, headers, deps.settings.allow_private_callbacks
+                )
+        finally:
+            deps.slots.release(origin)
+        up = receiver_is_up(result)
+        if not up:
+            self.failing.add(origin)
+        if not (up and admission.clean):
+            await deps.breakers.record(origin, up)
+        record = decide(claim, result, deps.settings.delivery_retry_schedule)
+        await deps.writer.write(record)
+        if record.gone:
+            log.warning("instance %s: callback answered 410 Gone; events disabled",
+                        claim.instance_id)  # fmt: skip
+        outcome = Outcome(record.status) if record.status else Outcome.RETRY
+        label = outcome.value if outcome != Outcome.RETRY else f"retry_{result.error or 'http'}"
+        self.attempts[label] += 1
+        self.metrics.observe(metrics.DELIVERY_LATENCY, result.duration_ms / 1000.0)
+        return DeliveryOutcome(
+            claim.id, outcome, started, time.time(), claim.instance_id, attempt=result
+        )
+
+
+class AttemptWriter:
+    """Writes finished attempts in groups, each group in one statement (group commit).
+
+    The first attempt to finish is written at once; those that finish while a write is
+    in flight wait for it and go together in the next one. A caller returns only once
+    its attempt is committed (or with the write's error), so no delivery counts as done
+    before its record is durable, and no attempt waits for a slower one to finish.
+    """
+
+    def __init__(self, pg: asyncpg.Pool) -> None:
+        self._pg = pg
+        self._queue: list[tuple[AttemptRecord, asyncio.Future[None]]] = []
+        self._drain_task: asyncio.Task[None] | None = None
+
+    async def write(self, record: AttemptRecord) -> None:
+        future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._queue.append((record, future))
+        if self._drain_task is None:
+            self._drain_task = asyncio.create_task(self._drain())
+        await future
+
+    async def _drain(self) -> None:
+        drained = False
+        try:
+            async with self._pg.acquire() as conn:
+                while self._queue:
+                    group, self._queue = self._queue, []
+                    try:
+                        await store.record_attempts(conn, [record for record, _ in group])
+                    except Exception as exc:
+                        _settle(group, exc)
+                    else:
+                        _settle(group, None)
+                # No await between the empty queue and this: a later write starts a new drain.
+                self._drain_task, drained = None, True
+        except Exception as exc:
+            if drained:  # everything is written; only releasing the connection failed
+                log.warning("releasing a database connection failed", exc_info=True)
+                return
+            self._drain_task = None  # the connection could not be had
+            group, self._queue = self._queue, []
+            _settle(group, exc)
+
+
+def _settle(group: list[tuple[AttemptRecord, asyncio.Future[None]]], exc: Exception | None) -> None:
+    for _, future in group:
+        if future.done():  # its caller was cancelled
+            continue
+        if exc is None:
+            future.set_result(None)
+        else:
+            future.set_exception(exc)
+
+
+def decide(claimed: Claimed, result: AttemptResult, schedule: Sequence[float]) -> AttemptRecord:
+    """The attempt's record and what it leads to: delivered, retry after a delay, or failed."""
+    status: str | None
+    delay = 0.0
+    if result.ok:
+        status = DeliveryStatus.DELIVERED.value
+    else:
+        next_delay = next_attempt_delay(claimed.attempts_made + 1, schedule, result.retry_after_s)
+        if result.status_code == 410 or next_delay is None:
+            status = DeliveryStatus.FAILED.value
+        else:
+            status, delay = None, next_delay
+    return AttemptRecord(
+        claimed.id,
+        claimed.instance_id,
+        utcnow(),
+        result.status_code,
+        result.duration_ms,
+        result.error,
+        result.detail,
+        result.response_body,
+        status,
+        delay,
+    )
 
 
 def receiver_is_up(result: AttemptResult) -> bool:
@@ -332,50 +412,8 @@ def receiver_is_up(result: AttemptResult) -> bool:
 async def defer(deps: DeliveryDeps, delivery_id: uuid.UUID, seconds: float) -> None:
     """Push a delivery back without spending an attempt (its URL is saturated or tripped)."""
     at = utcnow() + timedelta(seconds=seconds * random.uniform(1.0, 1.2))
-    await deps.pg.execute(_DEFER, delivery_id, at)
-
-
-def _add_metrics(batch: MetricsBatch, result: AttemptResult, outcome: Outcome) -> None:
-    label = outcome.value if outcome != Outcome.RETRY else f"retry_{result.error or 'http'}"
-    batch.inc(metrics.DELIVERY_ATTEMPTS, {"outcome": label})
-    batch.observe(metrics.DELIVERY_LATENCY, result.duration_ms / 1000.0)
-
-
-async def record_attempt(deps: DeliveryDeps, claimed: Claimed, result: AttemptResult) -> Outcome:
-    """Store the attempt and decide: delivered, retry after a delay, or failed."""
-    now = utcnow()
-    status: str | None
-    delay = 0.0
-    if result.ok:
-        status = DeliveryStatus.DELIVERED.value
-    else:
-        attempts = int(await deps.pg.fetchval(_ATTEMPTS, claimed.id) or 0) + 1
-        next_delay = next_attempt_delay(
-            attempts, deps.settings.delivery_retry_schedule, result.retry_after_s
-        )
-        if result.status_code == 410 or next_delay is None:
-            status = DeliveryStatus.FAILED.value
-        else:
-            status, delay = None, next_delay
-    async with deps.pg.acquire() as conn, conn.transaction():
-        await conn.fetchval(
-            _RECORD,
-            claimed.id,
-            now,
-            result.status_code,
-            result.duration_ms,
-            result.error,
-            result.detail,
-            result.response_body,
-            status,
-            delay,
-        )
-        if result.status_code == 410:
-            await conn.execute(_DISABLE, claimed.instance_id)
-            log.warning(
-                "instance %s: callback answered 410 Gone; events disabled", claimed.instance_id
-            )
-    return Outcome(status) if status else Outcome.RETRY
+    async with deps.pg.acquire() as conn:
+        await store.defer(conn, [(delivery_id, at)])
 
 
 async def due_deliveries(
@@ -384,5 +422,6 @@ async def due_deliveries(
     """Lease pending deliveries whose time has come; (id, ticket) for the sweeper to enqueue."""
     now = utcnow()
     lease_until = now + timedelta(seconds=lease_s)
-    rows = await pg.fetch(_DUE, now, lease_until, limit)
-    return [(row[0], lease_until) for row in rows]
+    async with pg.acquire() as conn:
+        ids = await store.lease_due(conn, now, lease_until, limit)
+    return [(delivery_id, lease_until) for delivery_id in ids]

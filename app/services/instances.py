@@ -11,61 +11,46 @@ import json
 import logging
 from collections.abc import Sequence
 from datetime import datetime, timedelta
-from typing import Any
+from typing import Any, cast
 
 import aiohttp
 from redis.asyncio import Redis
 from sqlalchemy import delete, select, update
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+from sqlalchemy.orm import QueryableAttribute, defer
 from sqlmodel import col
 
-from app import keys
 from app.domain.instanceconfig import (
     CALLBACK_KEY,
-    ELEMENT_KEY,
-    ELEMENT_NAME,
+    ENABLED_KEY,
     INTERVAL_KEY,
     POLLER_KEY,
+    TIMEZONE_KEY,
     FieldError,
     InstanceSpec,
-    redacted_configuration,
     validate_create,
     validate_patch,
 )
 from app.domain.jsonsafety import UnsafeJson, check_value, loads_checked
-from app.domain.pollconfig import ResourceConfig
+from app.domain.pollconfig import stored_resources
 from app.domain.schedule import first_poll_at
+from app.domain.watermark import starting_watermark
+from app.errors import BadGateway, BadInput, Conflict
 from app.models import Delivery, DeliveryStatus, Instance, Organization, PollState, utcnow
 from app.providers.oauth import GrantRejected, ProviderUnavailable, exchange_code
-from app.security import REDACTED, SecretBox, hash_secret, new_secret
+from app.security import SecretBox, hash_secret, new_secret
 from app.services.guarded_http import BlockedAddress, check_callback_host
 from app.settings import Settings
+from app.store.watermarks import WatermarkStore
 
 log = logging.getLogger(__name__)
 
-PROVIDER_TOKEN_KEYS = ("access_token", "refresh_token", "expires_at")
+#: The provider tokens a view shows (as ``********``) under Open Connectors' names.
 SHOWN_TOKEN_KEYS = {"access_token": "oauth.user.token", "refresh_token": "oauth.user.refresh_token"}
-
-
-class InstanceInputError(Exception):
-    """Bad input; ``status`` is 400 (or 502 when the provider could not be reached)."""
-
-    def __init__(self, message: str, status: int = 400) -> None:
-        super().__init__(message)
-        self.message = message
-        self.status = status
-
-
-def starting_watermark(enabled_at: datetime, resource: ResourceConfig) -> datetime:
-    """Where a resource's watermark starts when polling is enabled for it.
-
-    Keap renders most dates to the second, so a record written in the same second
-    as ``enabled_at`` carries an earlier date than ``enabled_at`` itself; and a
-    provider clock that lags (what ``pollDelay`` is for) dates records before our
-    clock. Starting at the whole second, less ``pollDelay``, reports those records
-    (at worst a few changes from just before enabling) instead of missing them.
-    """
-    return enabled_at.replace(microsecond=0) - timedelta(seconds=resource.poll_delay)
+CLIENT_ID_KEY = "oauth.api.key"
+#: Keys of the Open Connectors configuration stored in columns of their own, not in
+#: ``Instance.configuration`` (:func:`public_configuration` puts them back).
+ENGINE_KEYS = frozenset({CLIENT_ID_KEY, CALLBACK_KEY, INTERVAL_KEY, ENABLED_KEY, TIMEZONE_KEY})
 
 
 async def check_callback_dns(url: str | None, allow_private: bool) -> None:
@@ -79,34 +64,60 @@ async def check_callback_dns(url: str | None, allow_private: bool) -> None:
     try:
         await check_callback_host(url, allow_private)
     except BlockedAddress as exc:  # the message names the host and why it is refused
-        raise InstanceInputError(f"configuration.{CALLBACK_KEY}: {exc}") from exc
+        raise BadInput(f"configuration.{CALLBACK_KEY}: {exc}") from exc
 
 
-def instance_view(instance: Instance, box: SecretBox, token: str | None = None) -> dict[str, Any]:
-    """The public JSON of an instance (SPEC §3): secrets redacted, token only on create."""
-    secrets = box.open(instance.secrets)
-    config_secrets = {k: v for k, v in secrets.items() if k not in PROVIDER_TOKEN_KEYS}
-    configuration = redacted_configuration(instance.configuration, config_secrets)
-    for key, shown in SHOWN_TOKEN_KEYS.items():
-        if secrets.get(key):
-            configuration[shown] = REDACTED
-    view: dict[str, Any] = {
-        "id": instance.id,
-        "name": instance.name,
-        "element": {"key": ELEMENT_KEY, "name": ELEMENT_NAME},
-        "tags": [{"name": t} for t in instance.tags],
-        "valid": instance.valid,
-        # SPEC §3 has no quarantine field: a quarantined instance does not poll, so it shows
-        # as disabled; its resources' lastError (GET .../polling) says why.
-        "disabled": instance.disabled or instance.quarantined_at is not None,
-        "eventsEnabled": instance.events_enabled,
-        "configuration": configuration,
-        "createdDate": instance.created_at.isoformat().replace("+00:00", "Z"),
-        "updatedDate": instance.updated_at.isoformat().replace("+00:00", "Z"),
+def public_configuration(instance: Instance) -> dict[str, Any]:
+    """The instance's Open Connectors configuration without its secrets, as validated.
+
+    The keys the engine reads live in columns; this puts them back where a client (and a
+    PATCH, which merges into it) expects them.
+    """
+    config = dict(instance.configuration)
+    config[CLIENT_ID_KEY] = instance.client_id
+    config[ENABLED_KEY] = instance.events_enabled
+    config[INTERVAL_KEY] = instance.refresh_interval_minutes
+    if instance.callback_url is not None:
+        config[CALLBACK_KEY] = instance.callback_url
+    if instance.timezone is not None:
+        config[TIMEZONE_KEY] = instance.timezone
+    return config
+
+
+def polls(instance: Instance) -> bool:
+    """Whether beat schedules the instance (the tenant's switch, no 410, no quarantine)."""
+    return instance.events_enabled and not instance.disabled and instance.quarantined_at is None
+
+
+def _spec_columns(
+    box: SecretBox, spec: InstanceSpec, tokens: dict[str, Any] | None, secret_keys: list[str]
+) -> dict[str, Any]:
+    """A validated spec as the instance's columns, in the engine's shape.
+
+    The one writer of the configuration columns, so the body, the engine's columns and the
+    names of the secrets cannot disagree. ``tokens`` replace the provider tokens; without
+    them the stored tokens stay, and so do their names (from ``secret_keys``).
+    """
+    zone = spec.public.get(TIMEZONE_KEY)
+    columns: dict[str, Any] = {
+        "name": spec.name,
+        "tags": spec.tags,
+        "configuration": {k: v for k, v in spec.public.items() if k not in ENGINE_KEYS},
+        "client_id": spec.client_id,
+        "callback_url": spec.callback_url,
+        "timezone": zone if isinstance(zone, str) and zone else None,
+        "refresh_interval_minutes": float(spec.public[INTERVAL_KEY]),
+        "poller": stored_resources(spec.resources),
+        "events_enabled": spec.events_enabled,
+        "secrets": box.seal(spec.secrets) if spec.secrets else None,
     }
-    if token is not None:
-        view["token"] = token
-    return view
+    if tokens is None:
+        token_names = [k for k in secret_keys if k in SHOWN_TOKEN_KEYS.values()]
+    else:
+        columns["tokens"] = box.seal(tokens)
+        token_names = [name for key, name in SHOWN_TOKEN_KEYS.items() if tokens.get(key)]
+    columns["secret_keys"] = sorted(spec.secrets) + token_names
+    return columns
 
 
 def _storable(body: object, spec: InstanceSpec) -> None:
@@ -124,14 +135,12 @@ def _storable(body: object, spec: InstanceSpec) -> None:
         check_value(spec.public, "configuration")
         check_value(spec.secrets, "configuration")
     except UnsafeJson as exc:
-        raise InstanceInputError(exc.message) from exc
+        raise BadInput.naming(exc) from exc
     for field, value in (("tags", spec.tags), ("configuration", spec.public)):
         try:
             json.dumps(value, allow_nan=False)
         except ValueError as exc:
-            raise InstanceInputError(
-                f"{field}: numbers must be finite (no NaN or Infinity)"
-            ) from exc
+            raise BadInput(f"{field}: numbers must be finite (no NaN or Infinity)") from exc
 
 
 def _schedulable(now: datetime, spec: InstanceSpec) -> None:
@@ -143,14 +152,12 @@ def _schedulable(now: datetime, spec: InstanceSpec) -> None:
     try:
         _ = now + timedelta(seconds=spec.refresh_interval_s)
     except OverflowError as exc:
-        raise InstanceInputError(f"configuration.{INTERVAL_KEY}: is too large") from exc
+        raise BadInput(f"configuration.{INTERVAL_KEY}: is too large") from exc
     for name, resource in spec.resources.items():
         try:
             starting_watermark(now, resource)
         except OverflowError as exc:
-            raise InstanceInputError(
-                f"configuration.{POLLER_KEY}.{name}.pollDelay: is too large"
-            ) from exc
+            raise BadInput(f"configuration.{POLLER_KEY}.{name}.pollDelay: is too large") from exc
 
 
 def _decoded_poller(body: object) -> object:
@@ -171,7 +178,7 @@ def _decoded_poller(body: object) -> object:
     try:
         decoded = loads_checked(raw, f"configuration.{POLLER_KEY}")
     except UnsafeJson as exc:
-        raise InstanceInputError(exc.message) from exc
+        raise BadInput.naming(exc) from exc
     return {**body, "configuration": {**config, POLLER_KEY: decoded}}
 
 
@@ -191,7 +198,7 @@ def _settings_are_text(body: object) -> None:
     for key in _TEXT_SETTINGS:
         value = config.get(key)
         if value is not None and not isinstance(value, str):
-            raise InstanceInputError(f"configuration.{key}: must be a string")
+            raise BadInput(f"configuration.{key}: must be a string")
 
 
 async def _count_live(session: AsyncSession, organization_id: int) -> int:
@@ -200,11 +207,10 @@ async def _count_live(session: AsyncSession, organization_id: int) -> int:
     return int((await session.execute(stmt)).scalar_one_or_none() or 0)
 
 
-def _limit_error(settings: Settings) -> InstanceInputError:
-    return InstanceInputError(
+def _limit_error(settings: Settings) -> Conflict:
+    return Conflict(
         f"organization: at most {settings.max_instances_per_org} instances "
-        "(POLLINATOR_MAX_INSTANCES_PER_ORG); delete one first",
-        status=409,
+        "(POLLINATOR_MAX_INSTANCES_PER_ORG); delete one first"
     )
 
 
@@ -223,11 +229,9 @@ async def _exchange(
             timeout=settings.provider_timeout_seconds,
         )
     except GrantRejected as exc:
-        raise InstanceInputError(
-            f"providerData.code: provider refused the code: {exc.message}"
-        ) from exc
+        raise BadInput(f"providerData.code: provider refused the code: {exc.message}") from exc
     except ProviderUnavailable as exc:
-        raise InstanceInputError(f"providerData.code: {exc.message}", status=502) from exc
+        raise BadGateway(f"providerData.code: {exc.message}") from exc
     return tokens.to_secrets()
 
 
@@ -240,7 +244,7 @@ def _checked_create(body: object, min_refresh_minutes: float) -> tuple[InstanceS
     try:
         spec, code = validate_create(body, min_refresh_minutes=min_refresh_minutes)
     except FieldError as exc:
-        raise InstanceInputError(exc.message) from exc
+        raise BadInput.naming(exc) from exc
     _storable(body, spec)
     _schedulable(utcnow(), spec)
     return spec, code
@@ -256,13 +260,13 @@ def _checked_patch(
         spec = validate_patch(
             instance.name,
             instance.tags,
-            instance.configuration,
+            public_configuration(instance),
             config_secrets,
             body,
             min_refresh_minutes=min_refresh_minutes,
         )
     except FieldError as exc:
-        raise InstanceInputError(exc.message) from exc
+        raise BadInput.naming(exc) from exc
     _storable(body, spec)
     _schedulable(utcnow(), spec)
     return body, spec
@@ -298,16 +302,10 @@ async def create_instance(
         now = utcnow()
         instance = Instance(
             organization_id=organization_id,
-            name=spec.name,
-            element_key=ELEMENT_KEY,
             token_hash=hash_secret(token),
-            tags=spec.tags,
-            configuration=spec.public,
-            secrets=box.seal({**spec.secrets, **tokens}),
-            events_enabled=spec.events_enabled,
-            refresh_interval_s=spec.refresh_interval_s,
             created_at=now,
             updated_at=now,
+            **_spec_columns(box, spec, tokens, []),
         )
         # FOR NO KEY UPDATE serializes this organization's creates from here to the commit
         # without blocking anything else that references the organization.
@@ -329,7 +327,6 @@ async def create_instance(
                     instance_id=instance.id,
                     resource=name,
                     watermark_at=starting_watermark(now, resource),
-                    enabled_at=now,
                 )
             )
         await session.flush()
@@ -350,12 +347,16 @@ async def get_instance(session: AsyncSession, organization_id: int, instance_id:
     return instance
 
 
+#: Columns a view never reads (app.api.views): the stored poller and both encrypted blobs.
+_NOT_SHOWN = (Instance.poller, Instance.secrets, Instance.tokens)
+
+
 async def list_instances(
     session: AsyncSession, organization_id: int, page: int, page_size: int
 ) -> tuple[Sequence[Instance], int]:
-    """One page of the organization's instances, oldest first, and the total count.
+    """One page of the organization's instances (for views only), oldest first, and the total.
 
-    The count is the organization's trigger-kept counter, and the page's ids are found in
+    The total is the organization's trigger-kept counter, and the page's ids are found in
     ``ix_instances_org_live`` alone before their rows are read: neither walks the rows of
     the organization (a deep page of 100k instances took seconds).
     """
@@ -371,7 +372,13 @@ async def list_instances(
         .offset((page - 1) * page_size)
         .limit(page_size)
     )
-    stmt = select(Instance).where(col(Instance.id).in_(page_ids)).order_by(col(Instance.id))
+    stmt = (
+        select(Instance)
+        # Not even read: the stored poller is a large JSON document to decode.
+        .options(*(defer(cast("QueryableAttribute[Any]", c)) for c in _NOT_SHOWN))
+        .where(col(Instance.id).in_(page_ids))
+        .order_by(col(Instance.id))
+    )
     rows = (await session.execute(stmt)).scalars().all()
     return rows, total
 
@@ -388,7 +395,7 @@ def _patch_code(body: object) -> str | None:
     provider = body["providerData"]
     code = provider.get("code") if isinstance(provider, dict) else None
     if not isinstance(code, str) or not code.strip():
-        raise InstanceInputError(
+        raise BadInput(
             "providerData.code: must be a non-empty string (the OAuth authorization grant code)"
         )
     return code.strip()
@@ -426,21 +433,20 @@ async def patch_instance(
     Returns the instance and the resources it no longer polls (their Redis watermarks are
     dropped by the caller once the change is committed).
     """
-    secrets = box.open(instance.secrets)
-    config_secrets = {k: v for k, v in secrets.items() if k not in PROVIDER_TOKEN_KEYS}
+    config_secrets = box.open(instance.secrets)  # a PATCH merges into them
     body, spec = await asyncio.to_thread(
         _checked_patch, instance, config_secrets, body, settings.min_refresh_minutes
     )
     code = _patch_code(body)
-    changed = _changed_oauth_app(spec, instance.configuration, config_secrets)
+    changed = _changed_oauth_app(spec, public_configuration(instance), config_secrets)
     if changed is not None and code is None:
-        raise InstanceInputError(
+        raise BadInput(
             f"configuration.{changed}: changing the OAuth app needs a new authorization; "
             "send providerData.code (a grant code for the new app) with the PATCH"
         )
     await check_callback_dns(spec.callback_url, settings.allow_private_callbacks)
     tokens = await _exchange(http, settings, spec, code) if code is not None else None
-    removed = await _apply_spec(session, box, instance, spec, secrets, tokens)
+    removed = await _apply_spec(session, box, instance, spec, tokens)
     return instance, removed
 
 
@@ -449,35 +455,28 @@ async def _apply_spec(
     box: SecretBox,
     instance: Instance,
     spec: InstanceSpec,
-    secrets: dict[str, Any],
     new_tokens: dict[str, Any] | None = None,
 ) -> set[str]:
     assert instance.id is not None
     now = utcnow()
-    if new_tokens is None:
-        tokens = {k: secrets[k] for k in PROVIDER_TOKEN_KEYS if k in secrets}
-    else:
+    if new_tokens is not None:
         # A refresh racing with this write loses its optimistic version check and re-reads.
-        tokens = new_tokens
         instance.token_version += 1
         instance.valid = True
     was_enabled = instance.events_enabled
-    instance.name = spec.name
-    instance.tags = spec.tags
-    instance.configuration = spec.public
-    instance.secrets = box.seal({**spec.secrets, **tokens})
-    instance.events_enabled = spec.events_enabled
+    old_interval_s = instance.refresh_interval_s
+    for column, value in _spec_columns(box, spec, new_tokens, instance.secret_keys).items():
+        setattr(instance, column, value)
     next_by_interval = now + timedelta(seconds=spec.refresh_interval_s)
     if spec.events_enabled and (not was_enabled or instance.next_poll_at is None):
         assert instance.id is not None
         instance.next_poll_at = first_poll_at(now, instance.id, spec.refresh_interval_s)
-    elif (
-        instance.next_poll_at is not None and spec.refresh_interval_s != instance.refresh_interval_s
-    ):
+    elif instance.next_poll_at is not None and spec.refresh_interval_s != old_interval_s:
         instance.next_poll_at = min(instance.next_poll_at, next_by_interval)
-    instance.refresh_interval_s = spec.refresh_interval_s
-    # Any accepted PATCH (the configuration was just re-validated) lifts a quarantine: the
-    # next claim or poll tries again and re-quarantines if the cause is still there.
+    # Any accepted PATCH (the configuration was just re-validated) lifts a quarantine and
+    # a 410's disabling: the next claim or poll tries again, and a callback still Gone
+    # disables the instance again.
+    instance.disabled = False
     instance.quarantined_at = None
     instance.quarantine_reason = None
     instance.poll_crashes = 0
@@ -505,7 +504,6 @@ async def _apply_spec(
                     instance_id=instance.id,
                     resource=name,
                     watermark_at=starting_watermark(now, resource),
-                    enabled_at=now,
                 )
             )
     await session.flush()
@@ -522,6 +520,8 @@ async def delete_instance(session: AsyncSession, instance: Instance) -> set[str]
     instance.deleted_at = now
     instance.updated_at = now
     instance.secrets = None
+    instance.tokens = None
+    instance.secret_keys = []
     instance.events_enabled = False
     instance.next_poll_at = None
     session.add(instance)
@@ -548,5 +548,4 @@ async def delete_instance(session: AsyncSession, instance: Instance) -> set[str]
 
 async def forget_watermarks(redis: Redis, instance_id: int, resources: set[str]) -> None:
     """Drop an instance's hot watermarks from Redis (after the change committed)."""
-    if resources:
-        await redis.delete(*(keys.watermark(instance_id, r) for r in resources))
+    await WatermarkStore(redis).forget(instance_id, resources)

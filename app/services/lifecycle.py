@@ -32,11 +32,13 @@ from redis.asyncio import Redis
 
 from app import keys
 from app.domain.retention import Retention, check_rewind, cutoffs
+from app.errors import BadInput, Conflict
 from app.models import utcnow
 from app.security import hash_secret
-from app.services.tokens import release_lock
+from app.services.leases import Lease
 from app.settings import Settings
 from app.store import lifecycle as store
+from app.store.watermarks import WatermarkStore, checkpoint_at
 
 log = logging.getLogger(__name__)
 
@@ -389,13 +391,6 @@ def _advance(
 # -- rewind -----------------------------------------------------------------------------------
 
 
-class RewindError(Exception):
-    def __init__(self, message: str, status: int) -> None:
-        super().__init__(message)
-        self.message = message
-        self.status = status
-
-
 async def rewind(
     pool: asyncpg.Pool,
     redis: Redis,
@@ -408,23 +403,18 @@ async def rewind(
     """Move one resource's watermark back to ``since`` so its changes are read again.
 
     Done under the instance's poll lock, so no poll in flight can write its (newer)
-    checkpoint over the rewound one; the Redis hot copy is deleted after the commit, and
-    until the next poll the checkpoint wins over any copy a poll that ended just before
-    wrote late (:func:`app.services.polling.load_watermarks`).
+    checkpoint over the rewound one; the move itself is
+    :meth:`app.store.watermarks.WatermarkStore.rewind`, and until the next poll the
+    checkpoint wins over any Redis copy (:func:`app.domain.watermark.choose`).
     """
-    holder = pysecrets.token_hex(8)
-    lock = keys.poll_lock(instance_id)
-    waited = 0.0
-    while not await redis.set(lock, holder, nx=True, px=int(REWIND_LOCK_WAIT_S * 3000)):
-        if waited >= REWIND_LOCK_WAIT_S:
-            raise RewindError("a poll of this instance is running; try again", 409)
-        await asyncio.sleep(0.2)
-        waited += 0.2
+    lease = Lease(redis, keys.poll_lock(instance_id), ttl_ms=int(REWIND_LOCK_WAIT_S * 3000))
+    if not await lease.acquire_within(REWIND_LOCK_WAIT_S, retry_every_s=0.2):
+        raise Conflict("a poll of this instance is running; try again")
     try:
         async with pool.acquire() as conn, conn.transaction():
-            watermark = await store.watermark_of(conn, instance_id, resource)
+            watermark = await checkpoint_at(conn, instance_id, resource)
             if watermark is None:
-                raise RewindError(f"resource: {resource!r} is not polled by this instance", 400)
+                raise BadInput(f"{resource!r} is not polled by this instance", field="resource")
             payload_days, metadata_days = await store.retention_of(conn, organization_id)
             retention = Retention.effective(
                 default_retention(settings), payload_days, metadata_days
@@ -432,11 +422,10 @@ async def rewind(
             try:
                 check_rewind(since, utcnow(), retention, watermark)
             except ValueError as exc:
-                raise RewindError(str(exc), 400) from exc
-            await store.rewind_watermark(conn, instance_id, resource, since)
-        await redis.delete(keys.watermark(instance_id, resource))
+                raise BadInput(str(exc)) from exc
+            await WatermarkStore(redis).rewind(conn, instance_id, resource, since)
     finally:
-        await release_lock(redis, lock, holder)
+        await lease.release()
 
 
 # -- erasure ----------------------------------------------------------------------------------
@@ -452,8 +441,8 @@ async def request_erasure(pool: asyncpg.Pool, redis: Redis | None, organization_
         revoked = hash_secret("erased:" + pysecrets.token_hex(32))
         if await store.begin_erasure(conn, organization_id, revoked) is None:
             return False
-    if redis is not None and watermarks:
-        await redis.delete(*(keys.watermark(i, r) for i, r in watermarks))
+    if redis is not None:
+        await WatermarkStore(redis).forget_all(watermarks)
     return True
 
 

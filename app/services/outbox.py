@@ -1,79 +1,26 @@
-"""The outbox transaction of one poll: events, their deliveries and the watermark checkpoint.
+"""The outbox of one poll: its events, their deliveries and the watermark checkpoint.
 
-Everything here runs inside ONE PostgreSQL transaction, on a raw asyncpg
-connection: this is the hottest write path of the system, and each statement
-is one prepared round trip that takes whole arrays (``unnest``) instead of a
-row at a time. Events are inserted ``ON CONFLICT (id)``: an event id is a
-function of (instance, resource, record, updated date), so a record seen
-again is skipped here and never becomes a second event — unless its resource was
-rewound (``poll_states.rewound_at``, ``POST …/polling/rewind``) after the event was
-stored: then the re-read change is emitted again, with the same event id (so the
-receiver can tell it has seen it) in a new delivery, and the event row takes the new
-poll's date.
+All of it is written in ONE PostgreSQL transaction (the caller's): the events, the
+deliveries that carry them, and each resource's checkpoint
+(:func:`app.store.watermarks.write_checkpoints`), so a checkpoint never covers events
+that were not stored. This module shapes the rows; the statements are
+:mod:`app.store.outbox` and :mod:`app.store.watermarks`.
 """
 
 from __future__ import annotations
 
-import json
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import TypeAlias
-
-import asyncpg
-from asyncpg.pool import PoolConnectionProxy
 
 from app.domain.delta import DeltaResult
 from app.domain.events import EventRecord, InstanceInfo, build_payload, chunk_events, event_id
 from app.domain.schedule import retry_at
-from app.models import DeliveryStatus
-
-# A pooled connection or a plain one: both run the same prepared statements.
-Conn: TypeAlias = "asyncpg.Connection[asyncpg.Record] | PoolConnectionProxy[asyncpg.Record]"
-
-_INSERT_EVENTS = """
-    INSERT INTO events (id, instance_id, object_type, object_id, event_type, event_date,
-                        poll_date, record)
-    SELECT u.id, $1, u.object_type, u.object_id, u.event_type, u.event_date, $2,
-           CAST(u.record AS jsonb)
-    FROM unnest($3::uuid[], $4::text[], $5::text[], $6::text[], $7::timestamptz[], $8::text[])
-         AS u(id, object_type, object_id, event_type, event_date, record)
-    ON CONFLICT (id) DO UPDATE SET poll_date = EXCLUDED.poll_date, record = EXCLUDED.record,
-                                   created_at = now(), delivery_id = NULL
-    WHERE events.created_at < (
-        SELECT p.rewound_at FROM poll_states AS p
-        WHERE p.instance_id = events.instance_id AND p.resource = events.object_type)
-    RETURNING id
-"""
-# Deliveries, their links to events and every resource's checkpoint in ONE statement
-# (data-modifying CTEs); a failed resource keeps its watermark.
-_DELIVER_AND_CHECKPOINT = f"""
-    WITH new_deliveries AS (
-        INSERT INTO deliveries (id, instance_id, status, body, event_count, next_attempt_at)
-        SELECT d.id, $2, '{DeliveryStatus.PENDING.value}', d.body, d.event_count, $8
-        FROM unnest($9::uuid[], $10::bytea[], $11::int[]) AS d(id, body, event_count)
-    ), links AS (
-        UPDATE events AS e SET delivery_id = l.delivery_id
-        FROM unnest($12::uuid[], $13::uuid[]) AS l(event_id, delivery_id)
-        WHERE e.id = l.event_id
-    )
-    UPDATE poll_states AS p SET
-        last_polled_at = $1,
-        watermark_at = coalesce(u.wm_at, p.watermark_at),
-        watermark_ids = coalesce(CAST(u.wm_ids AS jsonb), p.watermark_ids),
-        last_success_at = CASE WHEN u.ok THEN $1 ELSE p.last_success_at END,
-        consecutive_failures = CASE WHEN u.ok THEN 0 ELSE p.consecutive_failures + 1 END,
-        last_error = u.err
-    FROM unnest($3::text[], $4::boolean[], $5::timestamptz[], $6::text[], $7::text[])
-         AS u(resource, ok, wm_at, wm_ids, err)
-    WHERE p.instance_id = $2 AND p.resource = u.resource
-"""
-_FAILED = """
-    UPDATE instances SET poll_failures = $2, next_poll_at = greatest(next_poll_at, $3)
-    WHERE id = $1
-"""
-_RESET = "UPDATE instances SET poll_failures = 0 WHERE id = $1"
+from app.store import Conn
+from app.store import outbox as store
+from app.store import polling as poll_store
+from app.store.watermarks import CheckpointWrite, write_checkpoints
 
 
 @dataclass(frozen=True)
@@ -117,18 +64,7 @@ async def insert_new_events(
     events = list(unique.values())
     if not events:
         return []
-    rows = await conn.fetch(
-        _INSERT_EVENTS,
-        instance_id,
-        poll_date,
-        [e.id for e in events],
-        [e.object_type for e in events],
-        [e.object_id for e in events],
-        [e.event_type for e in events],
-        [e.date for e in events],
-        [json.dumps(e.record, separators=(",", ":")) for e in events],
-    )
-    inserted = {row[0] for row in rows}
+    inserted = await store.insert_events(conn, instance_id, events, poll_date)
     return [e for e in events if e.id in inserted]
 
 
@@ -175,23 +111,26 @@ async def store_poll(
         )
         new_events += len(new)
         rows.add(info, new, poll_date)
-    if results:
-        await conn.execute(
-            _DELIVER_AND_CHECKPOINT,
-            poll_date,
+    if rows.ids:
+        await store.insert_deliveries(
+            conn,
             info.id,
-            [r.resource for r in results],
-            [r.delta is not None for r in results],
-            [r.delta.watermark.at if r.delta else None for r in results],
-            [json.dumps(sorted(r.delta.watermark.ids)) if r.delta else None for r in results],
-            [r.error for r in results],
             lease_until,
-            rows.ids,
-            rows.bodies,
-            rows.counts,
-            rows.event_ids,
-            rows.links,
+            ids=rows.ids,
+            bodies=rows.bodies,
+            event_counts=rows.counts,
+            event_ids=rows.event_ids,
+            links=rows.links,
         )
+    await write_checkpoints(
+        conn,
+        info.id,
+        poll_date,
+        [
+            CheckpointWrite(r.resource, r.delta.watermark if r.delta else None, r.error)
+            for r in results
+        ],
+    )
     return new_events, [(delivery_id, lease_until) for delivery_id in rows.ids]
 
 
@@ -206,6 +145,8 @@ async def record_failures(
     """A failed poll backs off (beat's next slot may be too soon); a success resets the count."""
     if failed:
         failures = failures_before + 1
-        await conn.execute(_FAILED, instance_id, failures, retry_at(now, failures, interval_s))
+        await poll_store.set_poll_failures(
+            conn, instance_id, failures, retry_at(now, failures, interval_s)
+        )
     elif failures_before:
-        await conn.execute(_RESET, instance_id)
+        await poll_store.reset_poll_failures(conn, instance_id)

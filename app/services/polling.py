@@ -1,15 +1,23 @@
-"""One poll of one instance: fetch, delta, outbox, then the watermark.
+"""One poll of one instance: lock → snapshot → fetch → delta → commit → mirror.
 
-Order matters for at-least-once: events and their deliveries are inserted and
-the PostgreSQL watermark checkpoint written in ONE transaction
-(:mod:`app.services.outbox`); only after it commits is the Redis watermark moved
-and are the deliveries enqueued. A poll that dies anywhere before the commit
-leaves every watermark where it was; one that dies after it has lost nothing
-(the sweeper enqueues pending deliveries whose lease ran out).
+Orchestration only: the statements are :mod:`app.store.polling` and
+:mod:`app.store.outbox`, both copies of the watermark are
+:class:`app.store.watermarks.WatermarkStore` (its docstring has the truth model), and
+the decisions are :mod:`app.domain`.
 
-This is the hot path of the whole system (every instance, every interval), so
-it reads with one query, writes with one transaction of a few statements, and
-talks to Redis in as few round trips as it can.
+Order matters for at-least-once. Under the instance's poll lease: read the snapshot
+(the instance and every resource's checkpoint) and the Redis watermarks, fetch, compute
+the deltas; then insert events and their deliveries and write the checkpoints in ONE
+PostgreSQL transaction (:mod:`app.services.outbox`); only after it commits are the Redis
+watermarks moved (still under the lease, so no later poll of the instance can read
+Redis before it) and, by the caller, the deliveries enqueued. A poll that dies anywhere
+before the commit leaves every watermark where it was; one that dies after it has lost
+nothing (Redis is repaired from the checkpoint by the next poll, and the sweeper
+enqueues pending deliveries whose lease ran out).
+
+This is the hot path of the whole system (every instance, every interval), so it reads
+with one query, writes with one transaction of a few statements (a quiet poll: one
+statement), and talks to Redis in as few round trips as it can.
 
 A poll that *crashes* (an unexpected exception — not provider weather, which
 fails the poll cleanly and backs off) is counted on the instance; after
@@ -22,13 +30,11 @@ crash per interval a few times, never a traceback every interval forever.
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta, tzinfo
-from functools import lru_cache
+from datetime import datetime, timedelta, tzinfo
 
 import aiohttp
 import asyncpg
@@ -38,25 +44,11 @@ from redis.exceptions import RedisError
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from app import keys, metrics
-from app.domain.delta import (
-    DeltaResult,
-    Watermark,
-    compute_delta,
-    lower_bound,
-    watermark_from_json,
-    watermark_to_json,
-)
-from app.domain.events import InstanceInfo
+from app.domain.delta import DeltaResult, compute_delta
 from app.domain.fieldpath import compile_path
-from app.domain.instanceconfig import ELEMENT_KEY
-from app.domain.pollconfig import (
-    ConfigError,
-    ResourceConfig,
-    default_poller_configuration,
-    parse_poller_configuration,
-)
+from app.domain.pollconfig import ConfigError, ResourceConfig
 from app.domain.schedule import ScheduleError
-from app.domain.timezones import resolve_timezone
+from app.domain.watermark import Mirror, Start, Watermark, lower_bound
 from app.logging import bind_log_context, log_context
 from app.metrics import MetricsBatch
 from app.models import utcnow
@@ -66,6 +58,9 @@ from app.services.leases import Leases
 from app.services.outbox import ResourceResult, record_failures, store_poll
 from app.services.tokens import InstanceTokens, RedisBudget, RefreshConfig
 from app.settings import Settings
+from app.store import polling as store
+from app.store.polling import ResourceState, Snapshot
+from app.store.watermarks import WatermarkStore
 
 log = logging.getLogger(__name__)
 
@@ -94,36 +89,6 @@ _NOT_THE_INSTANCES_FAULT: tuple[type[Exception], ...] = (
 # Domain errors whose message is written for the tenant; any other crash is reported by
 # its type only (the traceback, which may show internals, is in the worker's log).
 _EXPLAINED = (ConfigError, ScheduleError)
-
-_LOAD = """
-    SELECT i.name, CAST(i.tags AS text), i.organization_id,
-           i.configuration ->> 'oauth.api.key',
-           CAST(i.configuration -> 'event.poller.configuration' AS text),
-           i.secrets, i.poll_failures, i.refresh_interval_s, i.poll_crashes,
-           p.resource, p.watermark_at, CAST(p.watermark_ids AS text), p.last_success_at,
-           coalesce(p.rewound_at > coalesce(p.last_polled_at, '-infinity'), false),
-           i.configuration ->> 'event.poller.timezone'
-    FROM instances AS i LEFT JOIN poll_states AS p ON p.instance_id = i.id
-    WHERE i.id = $1 AND i.deleted_at IS NULL AND i.events_enabled
-      AND i.quarantined_at IS NULL
-"""
-_RESET_CRASHES = "UPDATE instances SET poll_crashes = 0 WHERE id = $1"
-# Counts a crash; the one that reaches the limit quarantines (later ones match no row).
-_CRASHED = """
-    UPDATE instances SET
-        poll_crashes = poll_crashes + 1,
-        quarantined_at = CASE WHEN poll_crashes + 1 >= $2::int THEN $3::timestamptz END,
-        quarantine_reason = CASE WHEN poll_crashes + 1 >= $2::int THEN $4::text END
-    WHERE id = $1 AND deleted_at IS NULL AND quarantined_at IS NULL
-    RETURNING quarantined_at IS NOT NULL
-"""
-# A poll that found its instance's lease held comes back when that lease would have
-# expired, not a whole interval later: if the holder died, its instances are polled
-# again within the lease TTL (a live holder renews, and the retry is a cheap skip).
-_REARM_BUSY = """
-    UPDATE instances SET next_poll_at = LEAST(next_poll_at, now() + make_interval(secs => $2))
-    WHERE id = ANY($1::bigint[]) AND deleted_at IS NULL
-"""
 
 
 @dataclass
@@ -176,106 +141,17 @@ class PollDeps:
     http: aiohttp.ClientSession
     box: SecretBox
     leases: Leases = field(init=False)
+    watermarks: WatermarkStore = field(init=False)
 
     def __post_init__(self) -> None:
         self.leases = Leases(self.redis)
-
-
-@dataclass(frozen=True)
-class ResourceState:
-    resource: str
-    checkpoint: Watermark
-    last_success_at: datetime | None
-    # Rewound (POST …/polling/rewind) and not polled since: the checkpoint wins over any
-    # Redis copy, even one a poll that ended just before the rewind wrote late.
-    rewound: bool = False
-
-
-@dataclass(frozen=True)
-class Snapshot:
-    """What a poll reads about its instance, in one query."""
-
-    info: InstanceInfo
-    client_id: str
-    resources: dict[str, ResourceConfig]
-    secrets: bytes | None
-    poll_failures: int
-    interval_s: float
-    poll_crashes: int
-    states: list[ResourceState]
-    # The instance's zone (``event.poller.timezone``): ``${date:…}`` renders in it and
-    # date values without a zone of their own or of their field are read in it.
-    timezone: tzinfo = UTC
-
-
-@lru_cache(maxsize=1024)
-def _instance_timezone(name: str | None) -> tzinfo:
-    return UTC if not name else resolve_timezone(name)
-
-
-@lru_cache(maxsize=4096)
-def _parse_config(config_json: str) -> dict[str, ResourceConfig]:
-    """Parsing is pure and deterministic: cache it by the configuration's JSON text."""
-    return parse_poller_configuration(json.loads(config_json))
-
-
-def resources_from(config_json: str | None) -> dict[str, ResourceConfig]:
-    """The instance's resources; the Keap defaults when it has no poller configuration."""
-    if config_json is None:
-        return default_poller_configuration()
-    return _parse_config(config_json)
+        self.watermarks = WatermarkStore(self.redis)
 
 
 def item_key(rendered_path: str) -> str:
     """Keap's envelope key is the last segment of the list path (``/contacts`` → ``contacts``)."""
     path = rendered_path.split("?", 1)[0].rstrip("/")
     return path.rsplit("/", 1)[-1]
-
-
-async def load_snapshot(pg: asyncpg.Pool, instance_id: int) -> Snapshot | None:
-    """The instance and its resources' state, or ``None`` if it is gone or not polling."""
-    rows = await pg.fetch(_LOAD, instance_id)
-    if not rows:
-        return None
-    first = rows[0]
-    resources = resources_from(first[4])
-    states = [
-        ResourceState(r[9], Watermark(r[10], frozenset(json.loads(r[11]))), r[12], r[13])
-        for r in rows
-        if r[9] is not None and r[9] in resources
-    ]
-    return Snapshot(
-        info=InstanceInfo(instance_id, first[0], json.loads(first[1]), first[2], ELEMENT_KEY),
-        client_id=first[3] or "",
-        resources=resources,
-        secrets=first[5],
-        poll_failures=first[6],
-        interval_s=first[7],
-        poll_crashes=first[8],
-        states=states,
-        timezone=_instance_timezone(first[14]),
-    )
-
-
-async def load_watermarks(
-    redis: Redis, instance_id: int, states: Sequence[ResourceState]
-) -> dict[str, Watermark]:
-    """Redis is the hot copy; the PostgreSQL checkpoint wins when it is newer (or Redis lost
-    it), or when it was rewound since the last poll."""
-    if not states:
-        return {}
-    cached = await redis.mget([keys.watermark(instance_id, s.resource) for s in states])
-    result: dict[str, Watermark] = {}
-    for state, raw in zip(states, cached, strict=True):
-        hot = watermark_from_json(json.loads(raw)) if raw else None
-        checkpoint = state.checkpoint
-        newer = (
-            hot is not None
-            and not state.rewound
-            and (hot.at, len(hot.ids)) > (checkpoint.at, len(checkpoint.ids))
-        )
-        result[state.resource] = hot if newer and hot is not None else checkpoint
-    return result
 
 
 async def _poll_resource(
@@ -324,7 +200,7 @@ def _client_for(
         deps.redis,
         deps.http,
         deps.box,
-        ProviderAccount(snap.info.id, snap.info.organization_id, snap.client_id, snap.secrets),
+        ProviderAccount(snap.info.id, snap.info.organization_id, snap.client_id, snap.tokens),
         slots,
     )
 
@@ -336,7 +212,7 @@ class ProviderAccount:
     instance_id: int
     organization_id: int
     client_id: str
-    sealed_secrets: bytes | None
+    sealed_tokens: bytes | None
 
 
 def provider_client(
@@ -349,20 +225,17 @@ def provider_client(
     slots: asyncio.Semaphore | None = None,
 ) -> InfusionsoftClient:
     """A provider client for one instance: its tokens (refreshed single-flight) and its
-    app's request budget (scoped to the organization)."""
-    secrets = box.open(account.sealed_secrets)
+    app's request budget (scoped to the organization). Only the tokens are opened here:
+    the client secret is read (and decrypted) by a refresh, the one thing that needs it."""
     tokens = InstanceTokens(
         account.instance_id,
-        str(secrets.get("access_token", "")),
+        str(box.open(account.sealed_tokens).get("access_token", "")),
         sessions,
         redis,
         http,
         box,
         RefreshConfig(
-            settings.infusionsoft_token_url,
-            account.client_id,
-            str(secrets.get("oauth.api.secret", "")),
-            settings.provider_timeout_seconds,
+            settings.infusionsoft_token_url, account.client_id, settings.provider_timeout_seconds
         ),
     )
     budget = (
@@ -404,11 +277,12 @@ async def poll_instance(
 async def _poll_locked(
     deps: PollDeps, instance_id: int, slots: asyncio.Semaphore | None
 ) -> PollOutcome:
-    snap = await load_snapshot(deps.pg, instance_id)
+    async with deps.pg.acquire() as conn:
+        snap = await store.load_snapshot(conn, instance_id)
     if snap is None:
         return PollOutcome(instance_id, skipped=True)
     outcome = PollOutcome(instance_id)
-    watermarks = await load_watermarks(deps.redis, instance_id, snap.states)
+    starts = await deps.watermarks.starts(instance_id, snap.states)
     client = _client_for(deps, snap, slots)
     started = outcome.started_at = utcnow()
     outcome.resources = list(
@@ -418,7 +292,7 @@ async def _poll_locked(
                     client,
                     snap.resources[s.resource],
                     s,
-                    watermarks[s.resource],
+                    starts[s.resource].watermark,
                     started,
                     snap.timezone,
                 )
@@ -426,6 +300,14 @@ async def _poll_locked(
             )
         )
     )
+    await _commit(deps, snap, outcome, started)
+    await _mirror(deps, instance_id, starts, outcome.resources)
+    outcome.finished_at = utcnow()
+    return outcome
+
+
+async def _commit(deps: PollDeps, snap: Snapshot, outcome: PollOutcome, started: datetime) -> None:
+    """Events, deliveries, checkpoints and the instance's counters, atomically."""
     lease_until = utcnow() + timedelta(seconds=deps.settings.delivery_lease_seconds)
     results = [ResourceResult(r.resource, r.delta, r.error or r.warning) for r in outcome.resources]
     async with deps.pg.acquire() as conn:
@@ -435,23 +317,38 @@ async def _poll_locked(
             outcome.events, outcome.deliveries = await store_poll(
                 conn, snap.info, results, started, lease_until
             )
-        else:
-            async with conn.transaction():
-                outcome.events, outcome.deliveries = await store_poll(
-                    conn, snap.info, results, started, lease_until
-                )
-                await record_failures(
-                    conn,
-                    instance_id,
-                    snap.poll_failures,
-                    outcome.failed,
-                    snap.interval_s,
-                    started,
-                )
-                if snap.poll_crashes:  # this poll ran to the end: the crashes were not "in a row"
-                    await conn.execute(_RESET_CRASHES, instance_id)
-    outcome.finished_at = utcnow()
-    return outcome
+            return
+        async with conn.transaction():
+            outcome.events, outcome.deliveries = await store_poll(
+                conn, snap.info, results, started, lease_until
+            )
+            await record_failures(
+                conn, snap.info.id, snap.poll_failures, outcome.failed, snap.interval_s, started
+            )
+            if snap.poll_crashes:  # this poll ran to the end: the crashes were not "in a row"
+                await store.reset_crashes(conn, snap.info.id)
+
+
+async def _mirror(
+    deps: PollDeps, instance_id: int, starts: dict[str, Start], resources: list[ResourceOutcome]
+) -> None:
+    """Move the Redis copies to the watermarks just committed, and repair the ones that
+    were lost, behind or rewound (the checkpoint is their value).
+
+    Best effort: the checkpoints are committed, and a Redis copy left behind is repaired
+    by the next poll, so a Redis failure here does not fail the poll.
+    """
+    writes: list[tuple[str, Watermark, Mirror]] = []
+    for res in resources:
+        start = starts[res.resource]
+        if res.watermark_moved and res.delta is not None:
+            writes.append((res.resource, res.delta.watermark, start.mirror))
+        elif start.mirror is not Mirror.KEEP:
+            writes.append((res.resource, start.watermark, start.mirror))
+    try:
+        await deps.watermarks.mirror(instance_id, writes)
+    except RedisError as exc:
+        log.warning("instance %s: writing Redis watermarks failed (%s)", instance_id, exc)
 
 
 def _single_statement(results: Sequence[ResourceResult], poll_failures: int) -> bool:
@@ -496,17 +393,6 @@ def poll_metrics(outcome: PollOutcome, scheduled_at: datetime | None) -> Metrics
     return batch
 
 
-def _record(batch: MetricsBatch, outcome: PollOutcome, scheduled_at: datetime | None) -> None:
-    """Add a poll's metrics, journal line and moved Redis watermarks to ``batch``."""
-    batch.merge(poll_metrics(outcome, scheduled_at))
-    for res in outcome.resources:
-        if res.delta is not None and res.watermark_moved:
-            batch.set(
-                keys.watermark(outcome.instance_id, res.resource),
-                json.dumps(watermark_to_json(res.delta.watermark)),
-            )
-
-
 def crash_reason(exc: Exception) -> str:
     """The quarantine reason shown as the resources' ``lastError``."""
     what = f"{type(exc).__name__}: {exc}" if isinstance(exc, _EXPLAINED) else type(exc).__name__
@@ -524,9 +410,10 @@ async def count_crash(
         return
     reason = crash_reason(exc)
     try:
-        quarantined = await deps.pg.fetchval(
-            _CRASHED, instance_id, QUARANTINE_AFTER_CRASHES, utcnow(), reason
-        )
+        async with deps.pg.acquire() as conn:
+            quarantined = await store.count_crash(
+                conn, instance_id, QUARANTINE_AFTER_CRASHES, utcnow(), reason
+            )
     except Exception as write_exc:  # best effort: the next crash counts again
         log.warning(
             "instance %s: counting a crashed poll failed (%s)",
@@ -544,8 +431,8 @@ async def run_polls(
 ) -> list[PollOutcome]:
     """Poll a batch of instances concurrently, at most ``slots`` polls at once per process.
 
-    Redis watermarks and metrics of the whole batch go out in one round trip at the
-    end: the PostgreSQL checkpoints are already committed, Redis is the hot copy.
+    Metrics of the whole batch go out in one round trip at the end (each poll has
+    already written its watermarks, before giving its lease back).
     One poll's unexpected crash is logged and does not take the batch down: its
     watermarks did not move, so the next scheduled poll covers the same ground; and it
     counts towards quarantining that instance (:func:`count_crash`).
@@ -562,16 +449,16 @@ async def run_polls(
                     await count_crash(deps, batch, instance_id, exc)
                     crash = f"{type(exc).__name__}: {exc}"[:MAX_ERROR_LENGTH]
                     return PollOutcome(instance_id, skipped=True, crash=crash)
-        _record(batch, outcome, scheduled_at)
+        batch.merge(poll_metrics(outcome, scheduled_at))
         return outcome
 
     done = await asyncio.gather(*(one(i, at) for i, at in items))
     busy = [o.instance_id for o in done if o.busy]
     if busy:
         async with deps.pg.acquire() as conn:
-            await conn.execute(_REARM_BUSY, busy, deps.leases.ttl_ms / 1000)
+            await store.rearm_busy(conn, busy, deps.leases.ttl_ms / 1000)
     try:
         await batch.flush(deps.redis)
-    except Exception:  # Redis is a cache here; the checkpoints are in PostgreSQL
-        log.warning("writing Redis watermarks/metrics of a poll batch failed", exc_info=True)
+    except Exception:  # metrics are best effort; the polls' results are committed
+        log.warning("writing the metrics of a poll batch failed", exc_info=True)
     return done

@@ -21,16 +21,13 @@ from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from sqlmodel import col
 
-from app.domain.delta import Watermark, compute_delta, initial_watermark, lower_bound
+from app.domain.delta import compute_delta
 from app.domain.fieldpath import compile_path
-from app.domain.instanceconfig import POLLER_KEY, TIMEZONE_KEY
+from app.domain.isodate import format_ms
 from app.domain.limits import MAX_PAGE_SIZE
-from app.domain.pollconfig import (
-    ResourceConfig,
-    default_poller_configuration,
-    parse_poller_configuration,
-)
+from app.domain.pollconfig import ResourceConfig, resources_from_stored
 from app.domain.timezones import resolve_timezone
+from app.domain.watermark import Watermark, initial_watermark, lower_bound
 from app.models import Instance, PollState
 from app.providers.infusionsoft import InfusionsoftClient, ProviderError
 from app.security import SecretBox
@@ -42,10 +39,6 @@ MAX_LISTED_EVENTS = 100
 MAX_LISTED_SKIPPED = 20
 
 
-def _iso(value: datetime) -> str:
-    return value.astimezone(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
-
-
 async def _one(
     client: InfusionsoftClient,
     cfg: ResourceConfig,
@@ -54,7 +47,11 @@ async def _one(
     now: datetime,
 ) -> dict[str, Any]:
     path = cfg.url.render(lower_bound(watermark, cfg), zone)
-    result: dict[str, Any] = {"resource": cfg.name, "request": path, "since": _iso(watermark.at)}
+    result: dict[str, Any] = {
+        "resource": cfg.name,
+        "request": path,
+        "since": format_ms(watermark.at),
+    }
     try:
         fetched = await client.fetch_all(
             path, item_key(path), compile_path(cfg.id_field), cfg.page_size or MAX_PAGE_SIZE
@@ -69,7 +66,7 @@ async def _one(
         "requests": fetched.stats.requests,
         "eventCount": len(delta.changes),
         "events": [
-            {"eventType": c.event_type, "objectId": c.object_id, "date": _iso(c.date)}
+            {"eventType": c.event_type, "objectId": c.object_id, "date": format_ms(c.date)}
             for c in delta.changes[:MAX_LISTED_EVENTS]
         ],
         "skippedCount": len(delta.skipped_unparseable),
@@ -96,10 +93,8 @@ async def run_test_poll(
     """
     assert instance.id is not None
     if resources is None:
-        stored = instance.configuration.get(POLLER_KEY)
-        resources = parse_poller_configuration(stored) if stored else default_poller_configuration()
-    zone_name = instance.configuration.get(TIMEZONE_KEY)
-    zone = resolve_timezone(zone_name) if zone_name else UTC
+        resources = resources_from_stored(instance.poller)
+    zone = resolve_timezone(instance.timezone) if instance.timezone else UTC
     now = datetime.now(UTC)
     async with sessions() as session:
         states = {
@@ -110,7 +105,7 @@ async def run_test_poll(
                 )
             ).scalars()
         }
-    default_start = now - timedelta(seconds=instance.refresh_interval_s)
+    default_start = now - timedelta(minutes=instance.refresh_interval_minutes)
 
     def watermark(name: str) -> Watermark:
         if since is not None:
@@ -129,8 +124,8 @@ async def run_test_poll(
         ProviderAccount(
             instance.id,
             instance.organization_id,
-            str(instance.configuration.get("oauth.api.key", "")),
-            instance.secrets,
+            instance.client_id,
+            instance.tokens,
         ),
     )
     return list(

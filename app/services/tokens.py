@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import secrets as pysecrets
 import time
 from dataclasses import dataclass
 
@@ -28,28 +27,20 @@ from app.models import Instance
 from app.providers.infusionsoft import ProviderError
 from app.providers.oauth import GrantRejected, ProviderUnavailable, refresh_tokens
 from app.security import SecretBox
+from app.services.leases import Lease
 
 log = logging.getLogger(__name__)
 
 REFRESH_LOCK_TTL_MS = 30_000
 LOCK_WAIT_S = 35.0
 
-_RELEASE = """
-if redis.call('get', KEYS[1]) == ARGV[1] then return redis.call('del', KEYS[1]) end
-return 0
-"""
-
-
-async def release_lock(redis: Redis, key: str, token: str) -> None:
-    """Delete a lock only if we still hold it."""
-    await redis.eval(_RELEASE, 1, key, token)
-
 
 @dataclass
 class RefreshConfig:
+    """Where and as which OAuth app to refresh; the client secret is read by the refresh."""
+
     token_url: str
     client_id: str
-    client_secret: str
     timeout_s: float
 
 
@@ -79,26 +70,22 @@ class InstanceTokens:
 
     async def refresh(self, rejected_token: str) -> str:
         """A working access token after ``rejected_token`` got a 401."""
-        key = keys.refresh_lock(self.instance_id)
-        holder = pysecrets.token_hex(8)
-        deadline = asyncio.get_running_loop().time() + LOCK_WAIT_S
-        while not await self.redis.set(key, holder, nx=True, px=REFRESH_LOCK_TTL_MS):
-            if asyncio.get_running_loop().time() > deadline:
-                raise ProviderError("auth", "timed out waiting for another worker's refresh")
-            await asyncio.sleep(0.1)
+        lease = Lease(self.redis, keys.refresh_lock(self.instance_id), REFRESH_LOCK_TTL_MS)
+        if not await lease.acquire_within(LOCK_WAIT_S):
+            raise ProviderError("auth", "timed out waiting for another worker's refresh")
         try:
             self._access = await self._refresh_locked(rejected_token)
             return self._access
         finally:
-            await release_lock(self.redis, key, holder)
+            await lease.release()
 
     async def _refresh_locked(self, rejected_token: str) -> str:
         async with self.sessions() as session:
             row = (
                 await session.execute(
-                    select(col(Instance.secrets), col(Instance.token_version)).where(
-                        col(Instance.id) == self.instance_id
-                    )
+                    select(
+                        col(Instance.tokens), col(Instance.token_version), col(Instance.secrets)
+                    ).where(col(Instance.id) == self.instance_id)
                 )
             ).one_or_none()
         if row is None or row[0] is None:
@@ -111,12 +98,13 @@ class InstanceTokens:
         if not refresh_token:
             raise ProviderError("auth", "access token expired and no refresh token is stored")
         cfg = self.refresh_config
+        client_secret = str(self.box.open(row[2]).get("oauth.api.secret", ""))
         try:
             tokens = await refresh_tokens(
                 self.http,
                 cfg.token_url,
                 cfg.client_id,
-                cfg.client_secret,
+                client_secret,
                 refresh_token,
                 cfg.timeout_s,
             )
@@ -125,14 +113,14 @@ class InstanceTokens:
             raise ProviderError("auth", f"refresh rejected: {exc.message}") from exc
         except ProviderUnavailable as exc:
             raise ProviderError("auth", f"refresh failed: {exc.message}") from exc
-        new_secrets = {**stored, **tokens.to_secrets()}
+        new_tokens = tokens.to_secrets()
         if tokens.refresh_token is None:
-            new_secrets["refresh_token"] = refresh_token
+            new_tokens["refresh_token"] = refresh_token
         async with self.sessions() as session, session.begin():
             result = await session.execute(
                 update(Instance)
                 .where(col(Instance.id) == self.instance_id, col(Instance.token_version) == version)
-                .values(secrets=self.box.seal(new_secrets), token_version=version + 1, valid=True)
+                .values(tokens=self.box.seal(new_tokens), token_version=version + 1, valid=True)
             )
         if result.rowcount != 1:  # type: ignore[attr-defined]
             log.warning("instance %s: tokens changed during refresh", self.instance_id)

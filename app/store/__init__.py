@@ -2,3 +2,12 @@
 
 The caller (a request handler, a task, a command) owns the transaction.
 """
+
+from typing import TypeAlias
+
+import asyncpg
+from asyncpg.pool import PoolConnectionProxy
+
+# What asyncpg-based stores take: a pooled connection or a plain one (both run the same
+# prepared statements).
+Conn: TypeAlias = "asyncpg.Connection[asyncpg.Record] | PoolConnectionProxy[asyncpg.Record]"

@@ -367,29 +367,6 @@ async def finish_replay_job(conn: Conn, job_id: uuid.UUID) -> None:
     )
 
 
-# -- rewind -----------------------------------------------------------------------------------
-
-
-async def watermark_of(conn: Conn, instance_id: int, resource: str) -> datetime | None:
-    return await conn.fetchval(  # type: ignore[no-any-return]
-        "SELECT watermark_at FROM poll_states WHERE instance_id = $1 AND resource = $2",
-        instance_id,
-        resource,
-    )
-
-
-async def rewind_watermark(conn: Conn, instance_id: int, resource: str, since: datetime) -> None:
-    """Move the checkpoint back; ``rewound_at`` tells the outbox to emit re-read events."""
-    await conn.execute(
-        """UPDATE poll_states SET watermark_at = $3, watermark_ids = '[]'::jsonb,
-                  rewound_at = now()
-           WHERE instance_id = $1 AND resource = $2""",
-        instance_id,
-        resource,
-        since,
-    )
-
-
 # -- erasure ----------------------------------------------------------------------------------
 
 
@@ -415,6 +392,8 @@ async def begin_erasure(conn: Conn, organization_id: int, revoked_hash: str) -> 
     await conn.execute("DELETE FROM users WHERE organization_id = $1", organization_id)
     rows = await conn.fetch(
         """UPDATE instances SET events_enabled = false, next_poll_at = NULL, secrets = NULL,
+                  tokens = NULL, secret_keys = '{}', callback_url = NULL, client_id = '',
+                  poller = '{}'::jsonb, timezone = NULL,
                   name = '', tags = '[]'::jsonb, configuration = '{}'::jsonb,
                   deleted_at = coalesce(deleted_at, now()), updated_at = now()
            WHERE organization_id = $1 RETURNING id""",

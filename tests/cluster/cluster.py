@@ -19,6 +19,7 @@ code (``test_cluster.py``) perturbs the cluster through this class only.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import json
 import os
@@ -35,11 +36,12 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
-from urllib.parse import parse_qs, urlencode, urlsplit
 
+import aiohttp
 import psycopg
 import redis
 
+from app.client import InstanceSpec, OAuthApp, Pollinator, Simulator
 from app.domain.pollconfig import DEFAULT_POLLER_CONFIGURATION
 from app.loadtest import analysis
 from app.loadtest.analysis import Change, JournalEntry, ReceivedEvent
@@ -424,50 +426,23 @@ class Cluster:
         )
 
     def create_instance(self, account: str) -> int:
-        query = urlencode(
-            {
-                "client_id": "cluster-app",
-                "redirect_uri": OAUTH_CALLBACK,
-                "response_type": "code",
-                "scope": "full",
-                "account": account,
-            }
+        """Consent at the simulator, then ``POST /instances`` (from a pool thread)."""
+        spec = InstanceSpec(
+            app=OAuthApp("cluster-app", "cluster-secret", OAUTH_CALLBACK),
+            callback_url=f"{self.receiver_url}/cb/{account}",
+            name=f"cluster {account}",
+            refresh_minutes=self.options.refresh_minutes,
+            poller={r: DEFAULT_POLLER_CONFIGURATION[r] for r in self.options.resources},
         )
 
-        class NoRedirect(urllib.request.HTTPRedirectHandler):
-            def redirect_request(self, *args: Any, **kwargs: Any) -> None:
-                return None
+        async def create() -> dict[str, Any]:
+            async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=30)) as http:
+                api = Pollinator(http, self.api_url, self.auth)
+                return await api.create_authorized(Simulator(http, self.sim_url), spec, account)
 
-        opener = urllib.request.build_opener(NoRedirect)
-        try:
-            opener.open(f"{self.sim_url}/app/oauth/authorize?{query}", timeout=30)
-            raise AssertionError("the authorize page did not redirect")
-        except urllib.error.HTTPError as exc:
-            location = exc.headers["Location"]
-        code = parse_qs(urlsplit(location).query)["code"][0]
-        status, data = self.api(
-            "POST",
-            "/instances",
-            {
-                "element": {"key": "infusionsoftrest"},
-                "providerData": {"code": code},
-                "name": f"cluster {account}",
-                "configuration": {
-                    "oauth.api.key": "cluster-app",
-                    "oauth.api.secret": "cluster-secret",
-                    "oauth.callback.url": OAUTH_CALLBACK,
-                    "event.notification.enabled": True,
-                    "event.notification.callback.url": f"{self.receiver_url}/cb/{account}",
-                    "event.poller.refresh_interval": self.options.refresh_minutes,
-                    "event.poller.configuration": {
-                        r: DEFAULT_POLLER_CONFIGURATION[r] for r in self.options.resources
-                    },
-                },
-            },
-        )
-        assert status == 200, f"create {account}: {status} {data}"
-        self.accounts[account] = int(data["id"])
-        return int(data["id"])
+        instance_id = int(asyncio.run(create())["id"])
+        self.accounts[account] = instance_id
+        return instance_id
 
     def create_instances(self) -> None:
         from concurrent.futures import ThreadPoolExecutor

@@ -57,6 +57,7 @@ def test_runtime_loop_beats_and_a_blocked_loop_stops_beating(
     monkeypatch.setattr(runtime.Clients, "create", _fake_create)
     path = tmp_path / "heartbeat"
     rt = runtime.Runtime(Settings(heartbeat_file=path, _env_file=None))  # type: ignore[call-arg]
+    rt.start_beating()
     release = threading.Event()
     try:
         wait_until(path.exists, what="the first beat")
@@ -90,6 +91,7 @@ def test_runtime_without_the_setting_writes_nothing(
     monkeypatch.setattr(runtime.Clients, "create", _fake_create)
     monkeypatch.chdir(tmp_path)
     rt = runtime.Runtime(Settings(_env_file=None))  # type: ignore[call-arg]
+    rt.start_beating()
     rt.close()
     assert list(tmp_path.iterdir()) == []
 

@@ -8,6 +8,7 @@ other's events.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import signal
@@ -17,18 +18,22 @@ import time
 import urllib.error
 import urllib.request
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
-from urllib.parse import parse_qs, urlencode, urlsplit
+from typing import Any, TypeVar
 
+import aiohttp
 import pytest
 import redis
 
+from app.client import InstanceSpec, OAuthApp, Pollinator, Simulator, authorization
 from app.embedded import drop_database, free_port, scratch_database
 from app.migrate import upgrade
+from app.procs import Process, http_ok, log_contains, wait_until
 from tests.conftest import ROOT, SECRET_KEY, ServiceUrls
+
+T = TypeVar("T")
 
 pytestmark = pytest.mark.e2e
 REFRESH_MINUTES = 0.02  # 1.2 s
@@ -58,21 +63,21 @@ def http_json(
 
 
 def is_up(url: str) -> bool:
-    try:
-        return http_json("GET", url, timeout=2)[0] == 200
-    except OSError:
-        return False
+    return http_ok(url)()
 
 
-def wait_for(predicate: Any, timeout: float, interval: float = 0.25, what: str = "") -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout}s waiting for {what or predicate}")
-        time.sleep(interval)
+# The one readiness wait, under the name these tests know (it raises TimeoutError).
+wait_for = wait_until
+
+
+def run_client(work: Callable[[aiohttp.ClientSession], Awaitable[T]]) -> T:
+    """Run one piece of :mod:`app.client` work from these synchronous tests."""
+
+    async def main() -> T:
+        async with aiohttp.ClientSession() as http:
+            return await work(http)
+
+    return asyncio.run(main())
 
 
 @dataclass
@@ -84,36 +89,19 @@ class Stack:
     sim_url: str
     sink_url: str
     api_url: str
-    procs: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
+    procs: dict[str, Process] = field(default_factory=dict)
     cleanups: list[Callable[[], None]] = field(default_factory=list)
 
-    def start(self, name: str, *args: str) -> subprocess.Popen[bytes]:
-        log = open(self.workdir / f"{name}.log", "ab")
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "app.cli", *args],
-            env=self.env,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            cwd=ROOT,
-            start_new_session=True,
-        )
-        log.close()
+    def start(self, name: str, *args: str) -> Process:
+        argv = [sys.executable, "-m", "app.cli", *args]
+        proc = Process.start(name, argv, self.workdir / f"{name}.log", env=self.env, cwd=ROOT)
         self.procs[name] = proc
         return proc
 
     def stop(self, name: str, sig: int = signal.SIGTERM, wait: float = 15.0) -> None:
         proc = self.procs.pop(name, None)
-        if proc is None or proc.poll() is not None:
-            return
-        try:
-            os.killpg(proc.pid, sig)
-        except ProcessLookupError:
-            return
-        try:
-            proc.wait(wait)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
+        if proc is not None:
+            proc.stop(grace=wait, sig=sig)
 
     def stop_all(self) -> None:
         """Stop every process, then forget this stack's Redis state and database."""
@@ -140,10 +128,9 @@ class Stack:
 
     # --- simulator, sink and API helpers --------------------------------------------------
 
-    def sim(self, method: str, path: str, body: Any = None) -> Any:
-        status, data = http_json(method, self.sim_url + path, body)
-        assert status < 300, (status, data)
-        return data
+    def sim(self, work: Callable[[Simulator], Awaitable[T]]) -> T:
+        """Run ``work`` against this stack's simulator (its admin API)."""
+        return run_client(lambda http: work(Simulator(http, self.sim_url)))
 
     def sink_requests(self) -> list[dict[str, Any]]:
         status, data = http_json("GET", self.sink_url + "/_sink/requests")
@@ -153,12 +140,7 @@ class Stack:
     def new_tenant(self, name: str = "e2e") -> Tenant:
         org = self.cli_json("org", "create", name)
         return Tenant(
-            self,
-            {
-                "Authorization": (
-                    f"User {org['userSecret']}, Organization {org['organizationSecret']}"
-                )
-            },
+            self, {"Authorization": authorization(org["userSecret"], org["organizationSecret"])}
         )
 
 
@@ -176,84 +158,41 @@ class Tenant:
         return http_json(method, f"{self.stack.api_url}/elements/api-v2{path}", body, self.headers)
 
     def create_instance(self, poller: dict[str, Any] | None = None, **config: Any) -> int:
+        """An instance on a fresh simulator account, through consent and ``POST /instances``."""
         self.account = f"e2e-{uuid.uuid4().hex[:10]}"
-        query = urlencode(
-            {
-                "client_id": "e2e-client",
-                "redirect_uri": "https://app.example/cb",
-                "response_type": "code",
-                "scope": "full",
-                "account": self.account,
-            }
+        spec = InstanceSpec(
+            app=OAuthApp("e2e-client", "e2e-secret", "https://app.example/cb"),
+            callback_url=f"{self.stack.sink_url}/events/{self.account}",
+            name=f"e2e {self.account}",
+            refresh_minutes=REFRESH_MINUTES,
+            signature_key="e2e-signature-key",
+            poller=poller,
+            extra=config,
         )
-        req = urllib.request.Request(f"{self.stack.sim_url}/app/oauth/authorize?{query}")
-        opener = urllib.request.build_opener(_NoRedirect)
-        try:
-            opener.open(req, timeout=10)
-            raise AssertionError("authorize did not redirect")
-        except urllib.error.HTTPError as exc:
-            location = exc.headers["Location"]
-        code = parse_qs(urlsplit(location).query)["code"][0]
-        configuration: dict[str, Any] = {
-            "oauth.api.key": "e2e-client",
-            "oauth.api.secret": "e2e-secret",
-            "oauth.callback.url": "https://app.example/cb",
-            "event.notification.enabled": True,
-            "event.notification.callback.url": f"{self.stack.sink_url}/events/{self.account}",
-            "event.notification.signature.key": "e2e-signature-key",
-            "event.poller.refresh_interval": REFRESH_MINUTES,
-            **config,
-        }
-        if poller is not None:
-            configuration["event.poller.configuration"] = poller
         self.started_at = time.strftime("%Y-%m-%dT%H:%M:%S.000Z", time.gmtime(time.time() - 1))
-        status, data = self.api(
-            "POST",
-            "/instances",
-            {
-                "element": {"key": "infusionsoftrest"},
-                "providerData": {"code": code},
-                "name": f"e2e {self.account}",
-                "configuration": configuration,
-            },
+        created = run_client(
+            lambda http: Pollinator(
+                http, self.stack.api_url, self.headers["Authorization"]
+            ).create_authorized(Simulator(http, self.stack.sim_url), spec, self.account)
         )
-        assert status == 200, data
-        self.instance_id = int(data["id"])
+        self.instance_id = int(created["id"])
         return self.instance_id
 
     def write(self, resource: str, **fields: Any) -> dict[str, Any]:
-        record: dict[str, Any] = self.stack.sim(
-            "POST", f"/_sim/accounts/{self.account}/{resource}", fields
-        )
-        return record
+        return self.stack.sim(lambda sim: sim.create_record(self.account, resource, fields))
 
     def update(self, resource: str, rid: int, **fields: Any) -> dict[str, Any]:
-        record: dict[str, Any] = self.stack.sim(
-            "PATCH",
-            f"/_sim/accounts/{self.account}/{resource}/{rid}",
-            fields or {"notes": uuid.uuid4().hex},
-        )
-        return record
+        changed = fields or {"notes": uuid.uuid4().hex}
+        return self.stack.sim(lambda sim: sim.update_record(self.account, resource, rid, changed))
 
     def delete(self, resource: str, rid: int) -> None:
-        self.stack.sim("DELETE", f"/_sim/accounts/{self.account}/{resource}/{rid}")
+        self.stack.sim(lambda sim: sim.delete_record(self.account, resource, rid))
 
     def fault(self, kind: str, seconds: float, probability: float = 1.0, **extra: Any) -> None:
-        self.stack.sim(
-            "POST",
-            "/_sim/faults",
-            {
-                "kind": kind,
-                "seconds": seconds,
-                "probability": probability,
-                "account": self.account,
-                **extra,
-            },
-        )
+        self.stack.sim(lambda sim: sim.add_fault(kind, seconds, probability, self.account, **extra))
 
     def changes(self) -> list[dict[str, Any]]:
-        data = self.stack.sim("GET", f"/_sim/accounts/{self.account}/changes")
-        return list(data if isinstance(data, list) else data.get("changes", []))
+        return self.stack.sim(lambda sim: sim.changes(self.account))
 
     def callbacks(self) -> list[dict[str, Any]]:
         """Every callback body this instance's URL received (in arrival order)."""
@@ -276,7 +215,7 @@ class Tenant:
 
         try:
             wait_for(done, timeout, what="callbacks")
-        except AssertionError:
+        except TimeoutError:
             missing = expected - set(self.received())
             raise AssertionError(
                 f"missing {sorted(missing)}; got {sorted(self.received())}"
@@ -289,11 +228,6 @@ class Tenant:
         received = self.received()
         assert set(received) == expected
         assert len(received) == len(set(received)), "an event was delivered twice"
-
-
-class _NoRedirect(urllib.request.HTTPRedirectHandler):
-    def redirect_request(self, *args: Any, **kwargs: Any) -> None:
-        return None
 
 
 def expected_from_changes(
@@ -366,14 +300,14 @@ def start_stack(
     stack.start("worker-poll", "worker", "--queues", "poll")
     stack.start("worker-delivery", "worker", "--queues", "delivery")
     try:
-        for url in (
-            f"{sim_url}/_sim/stats",
-            f"{stack.sink_url}/_sink/requests",
-            f"{stack.api_url}/readyz",
+        for name, url in (
+            ("simulator", f"{sim_url}/_sim/stats"),
+            ("sink", f"{stack.sink_url}/_sink/requests"),
+            ("api", f"{stack.api_url}/readyz"),
         ):
-            wait_for(lambda u=url: is_up(u), 60, what=url)
-        wait_for(lambda: "ready" in stack.log("worker-poll"), 60, what="poll worker")
-        wait_for(lambda: "ready" in stack.log("worker-delivery"), 60, what="delivery worker")
+            wait_until(http_ok(url), 60, watch=stack.procs[name])
+        for name in ("worker-poll", "worker-delivery"):
+            wait_until(log_contains(stack.procs[name], "ready"), 60, watch=stack.procs[name])
     except BaseException:
         stack.stop_all()
         raise

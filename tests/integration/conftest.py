@@ -12,6 +12,7 @@ from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
 
 from app.api.server import create_app
+from app.client import InstanceSpec, OAuthApp, Pollinator, Simulator
 from app.db import create_engine, session_factory, transaction
 from app.services.orgs import create_organization
 from app.settings import Settings
@@ -107,40 +108,48 @@ async def org(service_urls: ServiceUrls) -> dict[str, str]:
     return await new_org_headers(service_urls.database_url)
 
 
+def api_clients(
+    sim: TestClient[Any, Any], api: TestClient[Any, Any], headers: dict[str, str]
+) -> tuple[Simulator, Pollinator]:
+    """The typed clients of :mod:`app.client` over in-process simulator and API servers."""
+    return (
+        Simulator(sim.session, str(sim.make_url(""))),
+        Pollinator(api.session, str(api.make_url("")), headers["Authorization"]),
+    )
+
+
+SPEC_EXAMPLE = InstanceSpec(
+    app=OAuthApp("client-123", "client-secret-XYZ", "https://app.example.com/oauth/callback"),
+    callback_url="https://93.184.215.14/events",
+    tags=["crm"],
+    refresh_minutes=15,
+    signature_key="sig-key-ABC",
+    poller={
+        "contacts": {
+            "url": "/contacts?since=${gmtDate:yyyy-MM-dd'T'HH:mm:ss.SSS'Z'}&order=id",
+            "idField": "id",
+            "datesConfiguration": {
+                "updatedDateField": "last_updated",
+                "updatedDateFormat": "yyyy-MM-dd'T'HH:mm:ss.SSSZ",
+                "createdDateField": "date_created",
+                "createdDateFormat": "yyyy-MM-dd'T'HH:mm:ss.SSSZ",
+                "createdDateTimezone": "GMT",
+            },
+        }
+    },
+)
+
+
 def create_body(**config_overrides: Any) -> dict[str, Any]:
-    """The SPEC §3 create body, with an external (public) callback URL."""
-    config: dict[str, Any] = {
-        "oauth.api.key": "client-123",
-        "oauth.api.secret": "client-secret-XYZ",
-        "oauth.callback.url": "https://app.example.com/oauth/callback",
-        "event.notification.enabled": True,
-        "event.vendor.type": "polling",
-        "event.notification.callback.url": "https://93.184.215.14/events",
-        "event.notification.signature.key": "sig-key-ABC",
-        "event.poller.refresh_interval": 15,
-        "event.poller.configuration": {
-            "contacts": {
-                "url": "/contacts?since=${gmtDate:yyyy-MM-dd'T'HH:mm:ss.SSS'Z'}&order=id",
-                "idField": "id",
-                "datesConfiguration": {
-                    "updatedDateField": "last_updated",
-                    "updatedDateFormat": "yyyy-MM-dd'T'HH:mm:ss.SSSZ",
-                    "createdDateField": "date_created",
-                    "createdDateFormat": "yyyy-MM-dd'T'HH:mm:ss.SSSZ",
-                    "createdDateTimezone": "GMT",
-                },
-            }
-        },
-    }
+    """The SPEC §3 create body, with an external (public) callback URL.
+
+    Each override replaces a configuration key; ``None`` removes it.
+    """
+    body = SPEC_EXAMPLE.body("good-code")
+    config: dict[str, Any] = body["configuration"]
     for key, value in config_overrides.items():
         if value is None:
             config.pop(key, None)
         else:
             config[key] = value
-    return {
-        "element": {"key": "infusionsoftrest"},
-        "providerData": {"code": "good-code"},
-        "name": "API Instance with Polling",
-        "tags": ["crm"],
-        "configuration": config,
-    }
+    return body

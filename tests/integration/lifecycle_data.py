@@ -11,9 +11,11 @@ import json
 import uuid
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from typing import Any
 
 import asyncpg
 
+from app.domain.pollconfig import default_poller_configuration, stored_resources
 from app.models import utcnow
 from app.security import SecretBox, hash_secret, new_secret
 from tests.conftest import SECRET_KEY
@@ -55,19 +57,61 @@ async def make_instance(
     marker: str = "",
     resources: tuple[str, ...] = ("contacts",),
 ) -> int:
+    """An instance in the current shape (as ``app.services.instances`` stores one)."""
     box = SecretBox(SECRET_KEY)
     instance_id = await conn.fetchval(
-        """INSERT INTO instances (organization_id, name, element_key, token_hash, tags,
-             configuration, secrets, events_enabled, disabled, valid, refresh_interval_s)
-           VALUES ($1, $2, 'infusionsoftrest', $3, $4::jsonb, $5::jsonb, $6, true, false,
-             true, 900) RETURNING id""",
+        """INSERT INTO instances (organization_id, name, token_hash, tags, configuration,
+             client_id, callback_url, refresh_interval_minutes, poller, secrets, secret_keys,
+             tokens, events_enabled, disabled, valid)
+           VALUES ($1, $2, $3, $4::jsonb, $5::jsonb, 'client', $6, 15, $9::jsonb, $7,
+             '{event.notification.signature.key,oauth.user.token}', $8, true, false, true)
+           RETURNING id""",
         org_id,
         name,
         hash_secret(new_secret()),
         json.dumps([f"tag-{marker}"] if marker else []),
-        json.dumps({"event.notification.callback.url": callback_url, "note": marker}),
-        box.seal({"access_token": f"AT-{marker}", "event.notification.signature.key": "k"}),
+        json.dumps({"note": marker}),
+        callback_url,
+        box.seal({"event.notification.signature.key": "k"}),
+        box.seal({"access_token": f"AT-{marker}"}),
+        json.dumps(stored_resources(default_poller_configuration())),
     )
+    await _poll_states(conn, instance_id, resources)
+    return int(instance_id)
+
+
+async def make_instance_before_0004(
+    conn: asyncpg.Connection,
+    org_id: int,
+    *,
+    configuration: dict[str, Any] | None = None,
+    secrets: dict[str, Any] | None = None,
+    refresh_interval_s: float = 900.0,
+    resources: tuple[str, ...] = ("contacts",),
+) -> int:
+    """An instance as revisions 0001-0003 stored one: the Open Connectors body is the
+    configuration, one blob holds the configuration's secrets and the provider's tokens."""
+    box = SecretBox(SECRET_KEY)
+    config = configuration or {"event.notification.callback.url": "https://93.184.215.14/events"}
+    blob = {"access_token": "AT", "event.notification.signature.key": "k"}
+    instance_id = await conn.fetchval(
+        """INSERT INTO instances (organization_id, name, element_key, token_hash, tags,
+             configuration, secrets, events_enabled, disabled, valid, refresh_interval_s)
+           VALUES ($1, 'before 0004', 'infusionsoftrest', $2, '[]'::jsonb, $3::jsonb, $4,
+             true, false, true, $5) RETURNING id""",
+        org_id,
+        hash_secret(new_secret()),
+        json.dumps(config),
+        box.seal(blob if secrets is None else secrets),
+        refresh_interval_s,
+    )
+    await _poll_states(conn, instance_id, resources)
+    return int(instance_id)
+
+
+async def _poll_states(
+    conn: asyncpg.Connection, instance_id: int, resources: tuple[str, ...]
+) -> None:
     for resource in resources:
         await conn.execute(
             """INSERT INTO poll_states (instance_id, resource, watermark_at, watermark_ids)
@@ -75,7 +119,6 @@ async def make_instance(
             instance_id,
             resource,
         )
-    return int(instance_id)
 
 
 @dataclass(frozen=True)

@@ -28,8 +28,8 @@ from app.db import create_engine, create_pg_pool, session_factory
 from app.domain.events import EventRecord, InstanceInfo, build_payload
 from app.models import Delivery, Instance, utcnow
 from app.security import SecretBox, hash_secret
-from app.services.breaker import CircuitBreakers, OriginSlots, origin_of
-from app.services.delivery import DeliveryDeps, deliver, due_deliveries
+from app.services.breaker import PER_ORIGIN_CONCURRENCY, CircuitBreakers, OriginSlots, origin_of
+from app.services.delivery import DeliveryDeps, Outcome, deliver, deliver_many, due_deliveries
 from app.services.guarded_http import callback_session
 from app.settings import Settings
 from tests.conftest import SECRET_KEY, ServiceUrls
@@ -57,6 +57,9 @@ class Receiver:
         return web.Response(status=status, text=f"answer {status}", headers=self.headers)
 
 
+SIGNATURE_KEY = "event.notification.signature.key"
+
+
 @dataclass
 class World:
     deps: DeliveryDeps
@@ -70,13 +73,15 @@ class World:
             instance = Instance(
                 organization_id=self.org_id,
                 name="delivery test",
-                element_key="infusionsoftrest",
                 token_hash=hash_secret(uuid.uuid4().hex),
                 tags=["t"],
-                configuration={"event.notification.callback.url": url},
-                secrets=self.deps.box.seal(
-                    {"event.notification.signature.key": key} if key else {}
-                ),
+                configuration={},
+                client_id="client",
+                callback_url=url,
+                refresh_interval_minutes=15.0,
+                poller={},
+                secrets=self.deps.box.seal({SIGNATURE_KEY: key}) if key else None,
+                secret_keys=[SIGNATURE_KEY] if key else [],
                 events_enabled=True,
             )
             session.add(instance)
@@ -281,9 +286,9 @@ async def test_gone_disables_events_and_keeps_the_delivery(world: World) -> None
     assert (await deliver(world.deps, delivery_id)).outcome == "failed"
     with psycopg.connect(world.database_url) as conn:
         row = conn.execute(
-            "SELECT events_enabled FROM instances WHERE id = %s", (instance_id,)
+            "SELECT disabled, events_enabled FROM instances WHERE id = %s", (instance_id,)
         ).fetchone()
-    assert row == (False,)
+    assert row == (True, True)  # disabled by the system; the tenant's own switch untouched
     assert world.row(delivery_id)["status"] == "failed"
 
 
@@ -351,3 +356,179 @@ async def test_sweeper_claims_due_deliveries_once(world: World) -> None:
     assert (await deliver(world.deps, some, first[some])).outcome == "delivered"
     assert (await deliver(world.deps, some, first[some])).outcome == "not-pending"
     assert len(world.receiver.received) == 1
+
+
+@dataclass
+class Gate:
+    """A receiver whose requests wait until the test opens the gate; counts concurrency."""
+
+    opened: asyncio.Event = field(default_factory=asyncio.Event)
+    in_flight: int = 0
+    most: int = 0
+    arrived: int = 0
+    url: str = ""
+
+    async def handle(self, request: web.Request) -> web.Response:
+        await request.read()
+        self.arrived += 1
+        self.in_flight += 1
+        self.most = max(self.most, self.in_flight)
+        try:
+            await self.opened.wait()
+        finally:
+            self.in_flight -= 1
+        return web.Response(text="ok")
+
+
+@pytest.fixture
+async def gate() -> AsyncIterator[Gate]:
+    held = Gate()
+    app = web.Application()
+    app.router.add_post("/{tail:.*}", held.handle)
+    server = TestServer(app)
+    await server.start_server()
+    held.url = str(server.make_url("/held"))
+    yield held
+    held.opened.set()
+    await server.close()
+
+
+async def _until(condition: Any, timeout: float = 30.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, "condition not met in time"
+        await asyncio.sleep(0.02)
+
+
+@pytest.fixture
+async def broken() -> AsyncIterator[Receiver]:
+    """A second receiver that answers 500 to everything."""
+    failing = Receiver(statuses=[500] * 100)
+    app = web.Application()
+    app.router.add_post("/{tail:.*}", failing.handle)
+    server = TestServer(app)
+    await server.start_server()
+    failing.url = str(server.make_url("/broken"))
+    yield failing
+    await server.close()
+
+
+async def test_a_slow_callback_does_not_hold_back_the_rest_of_its_batch(
+    world: World, gate: Gate, broken: Receiver
+) -> None:
+    fast = await world.instance(world.receiver.url)
+    slow = await world.instance(gate.url)
+    failing = await world.instance(broken.url)
+    fast_ids = [await world.delivery(fast) for _ in range(3)]
+    slow_id = await world.delivery(slow)
+    failing_id = await world.delivery(failing)
+    batch = [(slow_id, None), *[(d, None) for d in fast_ids], (failing_id, None)]
+    task = asyncio.create_task(deliver_many(world.deps, batch))
+    # The healthy deliveries are recorded (durably: read back from PostgreSQL) and the
+    # failed one is rescheduled while the slow one is still waiting for its answer.
+    await _until(lambda: all(world.row(d)["status"] == "delivered" for d in fast_ids))
+    await _until(lambda: len(world.attempts(failing_id)) == 1)
+    assert world.row(failing_id)["status"] == "pending"
+    assert not task.done()
+    assert world.attempts(slow_id) == []
+    gate.opened.set()
+    outcomes = {o.delivery_id: o.outcome for o in await task}
+    assert outcomes == {
+        slow_id: Outcome.DELIVERED,
+        **dict.fromkeys(fast_ids, Outcome.DELIVERED),
+        failing_id: Outcome.RETRY,
+    }
+
+
+async def test_a_crash_between_post_and_record_is_redelivered_with_the_same_webhook_id(
+    world: World,
+) -> None:
+    instance_id = await world.instance(world.receiver.url)
+    delivery_id = await world.delivery(instance_id)
+    with psycopg.connect(world.database_url, autocommit=True) as conn:
+        conn.execute(
+            "CREATE FUNCTION test_no_attempts() RETURNS trigger LANGUAGE plpgsql"
+            " AS $$ BEGIN RAISE EXCEPTION 'disk full'; END $$"
+        )
+        conn.execute(
+            "CREATE TRIGGER test_no_attempts BEFORE INSERT ON delivery_attempts"
+            " FOR EACH ROW EXECUTE FUNCTION test_no_attempts()"
+        )
+    try:
+        [crashed] = await deliver_many(world.deps, [(delivery_id, None)])
+    finally:
+        with psycopg.connect(world.database_url, autocommit=True) as conn:
+            conn.execute("DROP TRIGGER test_no_attempts ON delivery_attempts")
+            conn.execute("DROP FUNCTION test_no_attempts()")
+    # Sent, but its attempt never committed: not done, still pending under its lease.
+    assert crashed.outcome is Outcome.CRASHED
+    assert "disk full" in str(crashed.error)
+    assert len(world.receiver.received) == 1
+    assert world.row(delivery_id)["status"] == "pending"
+    assert world.attempts(delivery_id) == []
+    world.make_due(delivery_id)  # the lease runs out; the sweeper sends it again
+    swept = dict(await due_deliveries(world.deps.pg, 60))
+    [again] = await deliver_many(world.deps, [(delivery_id, swept[delivery_id])])
+    assert again.outcome is Outcome.DELIVERED
+    ids = [headers["webhook-id"] for headers, _ in world.receiver.received]
+    assert ids == [str(delivery_id)] * 2
+    assert [a["status_code"] for a in world.attempts(delivery_id)] == [200]
+
+
+async def test_a_batch_claims_each_delivery_once_and_cancels_those_of_deleted_instances(
+    world: World,
+) -> None:
+    live = await world.instance(world.receiver.url)
+    deleted = await world.instance(world.receiver.url)
+    sent, doomed = await world.delivery(live), await world.delivery(deleted)
+    stale = await world.delivery(live)
+    with psycopg.connect(world.database_url) as conn:
+        conn.execute("UPDATE instances SET deleted_at = now() WHERE id = %s", (deleted,))
+    batch = [
+        (sent, None),
+        (doomed, None),
+        (sent, None),  # the same message twice
+        (stale, utcnow() - timedelta(hours=1)),  # a ticket that no longer matches
+    ]
+    outcomes = [o.outcome for o in await deliver_many(world.deps, batch)]
+    assert outcomes == [
+        Outcome.DELIVERED,
+        Outcome.CANCELLED,
+        Outcome.NOT_PENDING,
+        Outcome.NOT_PENDING,
+    ]
+    assert [h["webhook-id"] for h, _ in world.receiver.received] == [str(sent)]
+    assert world.row(doomed)["status"] == "cancelled"
+    assert world.row(doomed)["next_attempt_at"] is None
+    assert world.row(stale)["status"] == "pending"
+
+
+async def test_half_open_breaker_lets_one_delivery_of_a_batch_probe(world: World) -> None:
+    instance_id = await world.instance(world.receiver.url)
+    world.receiver.statuses = [500] * 5
+    for _ in range(5):
+        await deliver(world.deps, await world.delivery(instance_id))
+    origin = origin_of(world.receiver.url)
+    key = f"{keys.PREFIX}:cb:{origin}"
+    assert float(await world.deps.redis.hget(key, "open_until") or 0) > time.time()
+    await world.deps.redis.hset(key, "open_until", time.time() - 1)  # the cooldown is over
+    ids = [await world.delivery(instance_id) for _ in range(3)]
+    outcomes = [o.outcome for o in await deliver_many(world.deps, [(d, None) for d in ids])]
+    assert sorted(outcomes) == sorted([Outcome.DELIVERED, Outcome.DEFERRED, Outcome.DEFERRED])
+    assert len(world.receiver.received) == 6  # five failures and the one probe
+    assert await world.deps.redis.exists(key) == 0  # the probe succeeded: closed again
+
+
+async def test_at_most_eight_posts_in_flight_per_origin(world: World, gate: Gate) -> None:
+    instance_id = await world.instance(gate.url)
+    ids = [await world.delivery(instance_id) for _ in range(PER_ORIGIN_CONCURRENCY + 4)]
+    task = asyncio.create_task(deliver_many(world.deps, [(d, None) for d in ids]))
+    await _until(lambda: gate.in_flight >= PER_ORIGIN_CONCURRENCY)
+    await asyncio.sleep(0.3)  # room for a ninth to arrive, were the cap broken
+    assert gate.most == PER_ORIGIN_CONCURRENCY
+    gate.opened.set()
+    outcomes = [o.outcome for o in await task]
+    # The rest waited for a slot; on a slow machine a wait past 2 s defers instead.
+    assert set(outcomes) <= {Outcome.DELIVERED, Outcome.DEFERRED}
+    assert gate.arrived == outcomes.count(Outcome.DELIVERED) >= PER_ORIGIN_CONCURRENCY
+    assert gate.most == PER_ORIGIN_CONCURRENCY

@@ -5,20 +5,24 @@ from __future__ import annotations
 import json
 import logging
 from collections.abc import Callable
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import psycopg
 import pytest
 import redis
 from aiohttp.test_utils import TestClient, TestServer
+from sqlalchemy import NullPool
+from sqlalchemy import create_engine as sa_create_engine
 
 from app import keys
 from app.api.server import create_app
+from app.db import sync_url
 from app.security import DecryptionError, SecretBox
 from app.settings import Settings
 from tests.conftest import ServiceUrls
 from tests.integration.conftest import FakeTokenEndpoint, create_body, new_org_headers
+from workers.beat import claim_due
 
 BASE = "/elements/api-v2"
 Client = TestClient[Any, Any]
@@ -363,9 +367,19 @@ async def test_patch_keeps_what_it_does_not_change(
     assert "token" not in data
     # the stored secret survived the echoed redaction
     row = _instance_row(service_urls.database_url, created["id"])
-    secrets = SecretBox("test-secret-key-0123456789abcdef0123456789").open(row["secrets"])
-    assert secrets["oauth.api.secret"] == "client-secret-XYZ"
-    assert secrets["access_token"] == "AT-good-code"
+    box = SecretBox("test-secret-key-0123456789abcdef0123456789")
+    assert box.open(row["secrets"]) == {
+        "oauth.api.secret": "client-secret-XYZ",
+        "event.notification.signature.key": "sig-key-ABC",
+    }
+    assert box.open(row["tokens"])["access_token"] == "AT-good-code"
+    # what the views redact without decrypting
+    assert row["secret_keys"] == [
+        "event.notification.signature.key",
+        "oauth.api.secret",
+        "oauth.user.token",
+        "oauth.user.refresh_token",
+    ]
     # invalid patch: 400 naming the field, nothing changed
     bad = await api.patch(
         url, json={"configuration": {"event.poller.refresh_interval": "x"}}, headers=org
@@ -386,18 +400,19 @@ async def test_patch_adding_resource_keeps_existing_watermarks(
         "url": "/orders?since=${gmtDate:yyyy-MM-dd'T'HH:mm:ss.SSS'Z'}",
         "idField": "id",
     }
+    sent = datetime.now(UTC)
     resp = await api.patch(
         f"{BASE}/instances/{created['id']}",
         json={"configuration": {"event.poller.configuration": poller}},
         headers=org,
     )
     assert resp.status == 200, await resp.text()
+    answered = datetime.now(UTC)
     after = _poll_states(service_urls.database_url, created["id"])
     assert after["contacts"] == before["contacts"]
     # The new resource starts at the (whole second of the) moment it was added.
-    added_at = _enabled_at(service_urls.database_url, created["id"], "orders")
-    assert added_at > _enabled_at(service_urls.database_url, created["id"], "contacts")
-    assert timedelta(0) <= added_at - after["orders"] < timedelta(seconds=1)
+    assert sent.replace(microsecond=0) <= after["orders"] <= answered
+    assert after["orders"] >= after["contacts"]
 
 
 async def test_delete_then_404(api: Client, org: dict[str, str], service_urls: ServiceUrls) -> None:
@@ -415,7 +430,8 @@ async def test_delete_then_404(api: Client, org: dict[str, str], service_urls: S
     listed = await (await api.get(f"{BASE}/instances", headers=org)).json()
     assert created["id"] not in [i["id"] for i in listed]
     row = _instance_row(service_urls.database_url, created["id"])
-    assert row["secrets"] is None  # tokens forgotten
+    assert row["secrets"] is None  # secrets and tokens forgotten
+    assert row["tokens"] is None
     assert _poll_states(service_urls.database_url, created["id"]) == {}
 
 
@@ -458,9 +474,10 @@ async def test_secrets_unreadable_in_database_without_key(
         *org["Authorization"].replace(",", " ").split()[1::2],
     ]:
         assert secret not in dump
-    blob = _instance_row(service_urls.database_url, created["id"])["secrets"]
-    with pytest.raises(DecryptionError):
-        SecretBox("another-key-0123456789abcdef0123456789ab").open(blob)
+    row = _instance_row(service_urls.database_url, created["id"])
+    for blob in (row["secrets"], row["tokens"]):
+        with pytest.raises(DecryptionError):
+            SecretBox("another-key-0123456789abcdef0123456789ab").open(blob)
 
 
 def _instance_row(database_url: str, instance_id: int) -> dict[str, Any]:
@@ -470,16 +487,6 @@ def _instance_row(database_url: str, instance_id: int) -> dict[str, Any]:
         assert row is not None
         assert cur.description is not None
         return {d.name: v for d, v in zip(cur.description, row, strict=True)}
-
-
-def _enabled_at(database_url: str, instance_id: int, resource: str) -> Any:
-    with psycopg.connect(database_url) as conn:
-        row = conn.execute(
-            "SELECT enabled_at FROM poll_states WHERE instance_id = %s AND resource = %s",
-            (instance_id, resource),
-        ).fetchone()
-    assert row is not None
-    return row[0]
 
 
 def _poll_states(database_url: str, instance_id: int) -> dict[str, Any]:
@@ -522,3 +529,23 @@ async def test_the_element_token_names_its_instance_on_the_singular_route(
     assert (await api.get(f"{BASE}/instance")).status == 401
     await api.delete(f"{BASE}/instances/{first['id']}", headers=org)
     assert (await api.get(f"{BASE}/instance", headers=element)).status in (401, 404)
+
+
+async def test_poll_now_runs_soon_and_keeps_the_instance_on_its_schedule_grid(
+    api: Client, org: dict[str, str], service_urls: ServiceUrls
+) -> None:
+    created = await _create(api, org, create_body())  # every 15 minutes, phase by its id
+    scheduled = _instance_row(service_urls.database_url, created["id"])["next_poll_at"]
+    resp = await api.post(f"{BASE}/instances/{created['id']}/polling/run", headers=org)
+    assert resp.status == 202, await resp.text()
+    due = _instance_row(service_urls.database_url, created["id"])["next_poll_at"]
+    assert due <= datetime.now(UTC)  # beat's next tick claims it
+    assert (scheduled - due) % timedelta(minutes=15) == timedelta(0)  # a tick of its grid
+    engine = sa_create_engine(sync_url(service_urls.database_url), poolclass=NullPool)
+    try:
+        claim = claim_due(engine, datetime.now(UTC))
+    finally:
+        engine.dispose()
+    assert created["id"] in {c.instance_id for c in claim.polls}
+    # Rescheduled from the tick it was due at: back to the slot it had, phase kept.
+    assert _instance_row(service_urls.database_url, created["id"])["next_poll_at"] == scheduled

@@ -18,8 +18,8 @@ from app.embedded import drop_database, scratch_database
 from app.migrate import alembic_config, check, upgrade
 from app.services import lifecycle
 from app.settings import Settings
-from tests.conftest import ServiceUrls
-from tests.integration.lifecycle_data import make_instance, make_org, seed_delivery
+from tests.conftest import SECRET_KEY, ServiceUrls
+from tests.integration.lifecycle_data import make_instance_before_0004, make_org, seed_delivery
 
 DAY = timedelta(days=1)
 
@@ -40,13 +40,13 @@ async def test_upgrade_keeps_rows_and_purge_works_after(
     conn = await asyncpg.connect(old_database)
     try:
         org = await make_org(conn, "before-upgrade")
-        inst = await make_instance(conn, org.id)
+        inst = await make_instance_before_0004(conn, org.id)
         old = await seed_delivery(conn, inst, org.id, age=40 * DAY)
         fresh = await seed_delivery(conn, inst, org.id, age=DAY)
     finally:
         await conn.close()
 
-    upgrade(old_database)
+    upgrade(old_database, SECRET_KEY)
     check(old_database)  # the upgraded schema is exactly the models'
 
     pool = await create_pg_pool(old_database, 2)

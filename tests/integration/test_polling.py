@@ -23,6 +23,7 @@ from redis.asyncio import Redis
 
 from app import keys
 from app.api.server import create_app as create_api
+from app.client import InstanceSpec, OAuthApp
 from app.db import create_engine, create_pg_pool, session_factory
 from app.security import SecretBox
 from app.services.polling import PollDeps, PollOutcome, run_polls
@@ -30,7 +31,7 @@ from app.settings import Settings
 from app.simulator import SimulatorConfig
 from app.simulator import create_app as create_sim
 from tests.conftest import SECRET_KEY, ServiceUrls
-from tests.integration.conftest import new_org_headers
+from tests.integration.conftest import api_clients, new_org_headers
 
 BASE = "/elements/api-v2"
 TS = "${gmtDate:yyyy-MM-dd'T'HH:mm:ss.SSS'Z'}"
@@ -53,41 +54,16 @@ class Harness:
         **configuration: Any,
     ) -> int:
         self.account = account or f"acct-{uuid.uuid4().hex[:8]}"
-        resp = await self.sim.get(
-            "/app/oauth/authorize",
-            params={
-                "client_id": "cid",
-                "redirect_uri": "https://app.example.com/cb",
-                "response_type": "code",
-                "scope": "full",
-                "account": self.account,
-            },
-            allow_redirects=False,
+        spec = InstanceSpec(
+            app=OAuthApp("cid", "csecret", "https://app.example.com/cb"),
+            callback_url="http://127.0.0.1:9/events",
+            name="polling test",
+            refresh_minutes=1,
+            poller=poller,
+            extra=configuration,
         )
-        code = parse_qs(urlsplit(resp.headers["Location"]).query)["code"][0]
-        config: dict[str, Any] = {
-            "oauth.api.key": "cid",
-            "oauth.api.secret": "csecret",
-            "oauth.callback.url": "https://app.example.com/cb",
-            "event.notification.enabled": True,
-            "event.notification.callback.url": "http://127.0.0.1:9/events",
-            "event.poller.refresh_interval": 1,
-        }
-        if poller is not None:
-            config["event.poller.configuration"] = poller
-        config.update(configuration)
-        resp = await self.api.post(
-            f"{BASE}/instances",
-            headers=self.headers,
-            json={
-                "element": {"key": "infusionsoftrest"},
-                "providerData": {"code": code},
-                "name": "polling test",
-                "configuration": config,
-            },
-        )
-        assert resp.status == 200, await resp.text()
-        self.instance_id = int((await resp.json())["id"])
+        sim, api = api_clients(self.sim, self.api, self.headers)
+        self.instance_id = int((await api.create_authorized(sim, spec, self.account))["id"])
         return self.instance_id
 
     async def write(self, resource: str, **fields: Any) -> dict[str, Any]:

@@ -23,10 +23,11 @@ from sqlalchemy import Engine, create_engine, text
 from app import metrics
 from app.db import sync_url
 from app.services.polling import QUARANTINE_AFTER_CRASHES, PollOutcome, run_polls
+from app.store.schedule import CLAIM
 from tests.conftest import ServiceUrls
 from tests.integration import test_polling
 from tests.integration.test_polling import BASE, Harness, contacts_config
-from workers.beat import _CLAIM, Claimed, claim_due, dispatch_due
+from workers.beat import Claimed, claim_due, dispatch_due
 
 REPORTED_INTERVAL_S = 4_193_436_587 * 60.0
 
@@ -114,11 +115,11 @@ async def test_unschedulable_rows_are_quarantined_and_the_rest_of_the_batch_is_s
     # but Python cannot represent (due, and first in the claim's order).
     sql(
         harness,
-        "UPDATE instances SET refresh_interval_s = %s WHERE id = %s",
-        REPORTED_INTERVAL_S,
+        "UPDATE instances SET refresh_interval_minutes = %s WHERE id = %s",
+        REPORTED_INTERVAL_S / 60,
         reported,
     )
-    sql(harness, "UPDATE instances SET refresh_interval_s = 1e300 WHERE id = %s", huge)
+    sql(harness, "UPDATE instances SET refresh_interval_minutes = 1e300 WHERE id = %s", huge)
     sql(harness, "UPDATE instances SET next_poll_at = '-infinity' WHERE id = %s", end_of_time)
     counted = await metric(harness, 'pollinator_quarantines_total{cause="schedule"}')
 
@@ -234,10 +235,10 @@ def insert_due_instances(conn: psycopg.Connection[Any], count: int) -> list[int]
     return [
         int(row[0])
         for row in conn.execute(
-            "INSERT INTO instances (organization_id, name, element_key, token_hash,"
-            " configuration, events_enabled, disabled, valid, refresh_interval_s, next_poll_at)"
-            " SELECT %s, 'i' || g, 'infusionsoftrest', md5(random()::text), '{}', true,"
-            " false, true, 60, now() - interval '1 second' FROM generate_series(1, %s) g"
+            "INSERT INTO instances (organization_id, name, token_hash, configuration, client_id,"
+            " poller, events_enabled, disabled, valid, refresh_interval_minutes, next_poll_at)"
+            " SELECT %s, 'i' || g, md5(random()::text), '{}', '', '{}', true,"
+            " false, true, 1, now() - interval '1 second' FROM generate_series(1, %s) g"
             " RETURNING id",
             (org[0], count),
         ).fetchall()
@@ -257,7 +258,9 @@ def test_a_failed_send_ends_the_tick_and_its_quarantines_still_count(
 ) -> None:
     with psycopg.connect(service_urls.database_url, autocommit=True) as conn:
         healthy, poisoned = insert_due_instances(conn, 2)
-        conn.execute("UPDATE instances SET refresh_interval_s = 'NaN' WHERE id = %s", (poisoned,))
+        conn.execute(
+            "UPDATE instances SET refresh_interval_minutes = 'NaN' WHERE id = %s", (poisoned,)
+        )
     before = schedule_quarantines(sync_redis)
     attempts: list[list[int]] = []
 
@@ -285,7 +288,7 @@ def test_the_claim_uses_the_due_index(engine: Engine) -> None:
         plan = "\n".join(
             str(row[0])
             for row in conn.execute(
-                text(f"EXPLAIN {_CLAIM.text}"),
+                text(f"EXPLAIN {CLAIM.text}"),
                 {
                     "now": "2026-12-01T00:00:00Z",
                     "batch": 10,
@@ -308,12 +311,12 @@ async def test_an_instance_whose_polls_keep_crashing_is_quarantined_and_neighbou
 ) -> None:
     crashing = await harness.create_instance(contacts_config())
     neighbour = await harness.create_instance(contacts_config())  # harness.account is its
-    # A stored configuration from before the page-size bound existed: parsing it crashes
+    # A stored configuration from before the page-size bound existed: loading it crashes
     # the poll (ConfigError) every time, before anything is fetched.
     sql(
         harness,
-        "UPDATE instances SET configuration = jsonb_set(configuration,"
-        " '{event.poller.configuration,contacts,pageSize}', '5000') WHERE id = %s",
+        "UPDATE instances SET poller = jsonb_set(poller, '{contacts,pageSize}', '5000')"
+        " WHERE id = %s",
         crashing,
     )
     counted = await metric(harness, 'pollinator_quarantines_total{cause="crash"}')
@@ -350,27 +353,25 @@ async def test_crashes_count_only_in_a_row_and_never_for_shared_failures(
 ) -> None:
     flaky = await harness.create_instance(contacts_config())
     undecryptable = await harness.create_instance(contacts_config())
-    page_size = "'{event.poller.configuration,contacts,pageSize}'"
+    page_size = "'{contacts,pageSize}'"
     for _ in range(QUARANTINE_AFTER_CRASHES - 1):
         sql(
             harness,
-            f"UPDATE instances SET configuration = jsonb_set(configuration, {page_size}, '5000')"
-            " WHERE id = %s",
+            f"UPDATE instances SET poller = jsonb_set(poller, {page_size}, '5000') WHERE id = %s",
             flaky,
         )
         await poll_round(harness, [flaky])
         # Repaired in between: a poll that runs to the end resets the count.
         sql(
             harness,
-            f"UPDATE instances SET configuration = jsonb_set(configuration, {page_size}, '100')"
-            " WHERE id = %s",
+            f"UPDATE instances SET poller = jsonb_set(poller, {page_size}, '100') WHERE id = %s",
             flaky,
         )
         assert (await poll_round(harness, [flaky]))[flaky].failed is False
         assert quarantine_of(harness, flaky)[1:] == (None, 0)
     # Secrets this worker cannot decrypt mean a wrong POLLINATOR_SECRET_KEY as often as a
     # bad row; counting them would quarantine every instance such a worker touches.
-    sql(harness, "UPDATE instances SET secrets = 'not a fernet token' WHERE id = %s", undecryptable)
+    sql(harness, "UPDATE instances SET tokens = 'not a fernet token' WHERE id = %s", undecryptable)
     for _ in range(QUARANTINE_AFTER_CRASHES + 1):
         crash = (await poll_round(harness, [undecryptable]))[undecryptable].crash
         assert crash is not None

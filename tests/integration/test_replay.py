@@ -25,8 +25,9 @@ from redis.asyncio import Redis
 
 from app import keys
 from app.db import create_pg_pool
-from app.domain.delta import Change, DeltaResult, Watermark, watermark_to_json
+from app.domain.delta import Change, DeltaResult
 from app.domain.events import InstanceInfo, event_id
+from app.domain.watermark import Mirror, Watermark
 from app.models import utcnow
 from app.security import SecretBox
 from app.services import lifecycle
@@ -34,8 +35,9 @@ from app.services.breaker import CircuitBreakers, OriginSlots
 from app.services.delivery import DeliveryDeps, deliver_many, due_deliveries
 from app.services.guarded_http import callback_session
 from app.services.outbox import ResourceResult, store_poll
-from app.services.polling import load_snapshot, load_watermarks
 from app.settings import Settings
+from app.store.polling import load_snapshot
+from app.store.watermarks import WatermarkStore
 from tests.conftest import SECRET_KEY, ServiceUrls
 from tests.integration.lifecycle_data import Org, make_instance, make_org, seed_delivery
 
@@ -243,8 +245,10 @@ async def test_rewind_re_reads_and_re_emits_with_the_same_event_ids(
     # Read again without a rewind (e.g. an overlapping page): nothing is emitted twice.
     assert await _poll(rig.pool, info, _delta(changes, now - DAY)) == []
     # The hot copy in Redis is ahead of the rewind target.
-    hot = json.dumps(watermark_to_json(Watermark(now - DAY, frozenset({"3"}))))
-    await rig.redis.set(keys.watermark(inst, "contacts"), hot)
+    watermarks = WatermarkStore(rig.redis)
+    hot = [("contacts", Watermark(now - DAY, frozenset({"3"})), Mirror.KEEP)]
+    await watermarks.mirror(inst, hot)
+    assert await rig.redis.get(keys.watermark(inst, "contacts")) is not None
 
     resp = await api.post(
         f"{BASE}/instances/{inst}/polling/rewind",
@@ -258,12 +262,14 @@ async def test_rewind_re_reads_and_re_emits_with_the_same_event_ids(
     assert checkpoint == now - 2 * DAY - timedelta(hours=1)
     assert await rig.redis.get(keys.watermark(inst, "contacts")) is None
     # A poll that ended just before the rewind writes its (newer) Redis copy late: the next
-    # poll still starts from the rewound checkpoint.
-    await rig.redis.set(keys.watermark(inst, "contacts"), hot)
-    snapshot = await load_snapshot(rig.pool, inst)
+    # poll still starts from the rewound checkpoint, and puts it back into Redis.
+    await watermarks.mirror(inst, hot)
+    async with rig.pool.acquire() as conn:
+        snapshot = await load_snapshot(conn, inst)
     assert snapshot is not None
-    loaded = await load_watermarks(rig.redis, inst, snapshot.states)
-    assert loaded["contacts"].at == checkpoint
+    starts = await watermarks.starts(inst, snapshot.states)
+    assert starts["contacts"].watermark.at == checkpoint
+    assert starts["contacts"].mirror is Mirror.RESET
 
     # The re-read changes since then are emitted again, with their original ids...
     again = await _poll(rig.pool, info, _delta(changes[1:], now - DAY))

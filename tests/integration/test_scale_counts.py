@@ -19,10 +19,10 @@ pytestmark = pytest.mark.integration
 BASE = "/elements/api-v2"
 
 _INSERT = """
-    INSERT INTO instances (organization_id, name, element_key, token_hash, configuration,
-                           events_enabled, disabled, valid, refresh_interval_s, deleted_at)
-    SELECT %s, 'n', 'infusionsoftrest', md5(random()::text || g), '{}', g %% 2 = 1, false,
-           true, 60, CASE WHEN g > %s THEN now() END
+    INSERT INTO instances (organization_id, name, token_hash, configuration, client_id, poller,
+                           events_enabled, disabled, valid, refresh_interval_minutes, deleted_at)
+    SELECT %s, 'n', md5(random()::text || g), '{}', 'c', '{}', g %% 2 = 1, false,
+           true, 1, CASE WHEN g > %s THEN now() END
     FROM generate_series(1, %s) AS g
     RETURNING id
 """

@@ -11,7 +11,6 @@ import asyncio
 import time
 from collections.abc import AsyncIterator
 from typing import Any
-from urllib.parse import parse_qs, urlsplit
 
 import aiohttp
 import pytest
@@ -19,16 +18,18 @@ from aiohttp.test_utils import TestClient, TestServer
 from redis.asyncio import Redis
 
 from app.api.server import create_app as create_api
+from app.client import InstanceSpec, OAuthApp
 from app.db import create_engine, create_pg_pool, session_factory
 from app.security import SecretBox
 from app.services import polling
-from app.services.polling import PollDeps, load_snapshot, run_polls
+from app.services.polling import PollDeps, run_polls
 from app.services.tokens import RedisBudget
 from app.settings import Settings
 from app.simulator import SimulatorConfig
 from app.simulator import create_app as create_sim
+from app.store.polling import load_snapshot
 from tests.conftest import SECRET_KEY, ServiceUrls
-from tests.integration.conftest import new_org_headers
+from tests.integration.conftest import api_clients, new_org_headers
 
 pytestmark = pytest.mark.integration
 
@@ -43,42 +44,21 @@ class Stack:
         self.sim, self.api, self.deps = sim, api, deps
 
     async def instance(self, headers: dict[str, str]) -> int:
-        resp = await self.sim.get(
-            "/app/oauth/authorize",
-            params={
-                "client_id": CLIENT_ID,
-                "redirect_uri": "https://app.example.com/cb",
-                "response_type": "code",
-                "scope": "full",
-                "account": f"acct-{len(headers)}-{time.monotonic_ns()}",
-            },
-            allow_redirects=False,
+        spec = InstanceSpec(
+            app=OAuthApp(CLIENT_ID, "csecret", "https://app.example.com/cb"),
+            callback_url="http://127.0.0.1:9/events",
+            name="budget test",
+            refresh_minutes=1,
+            poller=ONE_RESOURCE,
         )
-        code = parse_qs(urlsplit(resp.headers["Location"]).query)["code"][0]
-        resp = await self.api.post(
-            f"{BASE}/instances",
-            headers=headers,
-            json={
-                "element": {"key": "infusionsoftrest"},
-                "providerData": {"code": code},
-                "name": "budget test",
-                "configuration": {
-                    "oauth.api.key": CLIENT_ID,
-                    "oauth.api.secret": "csecret",
-                    "oauth.callback.url": "https://app.example.com/cb",
-                    "event.notification.enabled": True,
-                    "event.notification.callback.url": "http://127.0.0.1:9/events",
-                    "event.poller.refresh_interval": 1,
-                    "event.poller.configuration": ONE_RESOURCE,
-                },
-            },
-        )
-        assert resp.status == 200, await resp.text()
-        return int((await resp.json())["id"])
+        sim, api = api_clients(self.sim, self.api, headers)
+        account = f"acct-{len(headers)}-{time.monotonic_ns()}"
+        return int((await api.create_authorized(sim, spec, account))["id"])
 
     async def budget_of(self, instance_id: int) -> RedisBudget:
         """The budget the poll path builds for this instance."""
-        snapshot = await load_snapshot(self.deps.pg, instance_id)
+        async with self.deps.pg.acquire() as conn:
+            snapshot = await load_snapshot(conn, instance_id)
         assert snapshot is not None
         budget = polling._client_for(self.deps, snapshot, None).budget
         assert isinstance(budget, RedisBudget)

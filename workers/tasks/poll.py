@@ -6,11 +6,11 @@ Flower shows each poll as its own ``poll.instance`` task (:mod:`workers.taskview
 from __future__ import annotations
 
 import logging
-from datetime import datetime
 
 from celery import shared_task
 
 from app.services.polling import PollDeps, run_polls
+from workers.messages import decode_polls
 from workers.queues import POLL_INSTANCES
 from workers.runtime import get_runtime
 from workers.tasks.delivery import enqueue_deliveries
@@ -21,17 +21,18 @@ BATCH_TIMEOUT_S = 14 * 60.0
 
 
 @shared_task(name=POLL_INSTANCES, ignore_result=True)
-def poll_instances_task(items: list[list[object]]) -> None:
-    """Poll ``[[instance id, scheduled ISO time or null], ...]``, then queue their deliveries.
+def poll_instances_task(body: object) -> None:
+    """Poll the batch's instances (:func:`workers.messages.decode_polls`), then queue their
+    deliveries.
 
     Beat sends due instances in batches so that one Celery message (and one
     worker thread) carries many polls; the process-wide poll slots bound how many
     are in flight. The scheduled time measures schedule lag.
     """
+    batch = [(order.instance_id, order.due) for order in decode_polls(body)]
     runtime = get_runtime()
     c = runtime.clients
     deps = PollDeps(c.settings, c.pg, c.sessions, c.redis, c.http, c.box)
-    batch = [(int(str(i)), datetime.fromisoformat(str(at)) if at else None) for i, at in items]
     outcomes = runtime.submit(run_polls(deps, batch, c.poll_slots), timeout=BATCH_TIMEOUT_S)
     scheduled = {i: at.isoformat() if at else None for i, at in batch}
     task_view(poll_instances_task.app, poll_instances_task.request.hostname).polls(

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 from datetime import UTC, datetime
 
-from app.domain.delta import Watermark, compute_delta
+from app.domain.delta import compute_delta
 from app.domain.pollconfig import parse_poller_configuration
+from app.domain.watermark import Watermark
 
 # Open Connectors' own default for appointments (the only one it documents), verbatim.
 OC_APPOINTMENTS = {

@@ -2,21 +2,13 @@
 
 from __future__ import annotations
 
-from datetime import UTC, datetime, timedelta, timezone
+from datetime import datetime, timedelta, timezone
 from typing import Any
 
 import pytest
 
-from app.domain.delta import (
-    Change,
-    Watermark,
-    compute_delta,
-    initial_watermark,
-    lower_bound,
-    merge_deltas,
-    watermark_from_json,
-    watermark_to_json,
-)
+from app.domain.delta import Change, compute_delta, merge_deltas
+from app.domain.watermark import Watermark, initial_watermark, lower_bound
 from tests.unit.engine.helpers import T0, keap, resource
 
 S = timedelta(seconds=1)
@@ -384,32 +376,3 @@ def test_merge_of_pages_equals_one_delta_over_all_pages() -> None:
     assert merged.skipped_unparseable == whole.skipped_unparseable
     with pytest.raises(ValueError, match="at least one"):
         merge_deltas([])
-
-
-# --- watermark values ------------------------------------------------------------------------
-
-
-def test_watermark_json_round_trip() -> None:
-    wm = Watermark(T0 + timedelta(microseconds=123456), frozenset({"b", "a", "10"}))
-    data = watermark_to_json(wm)
-    assert data == {"at": "2026-11-27T10:00:00.123456+00:00", "ids": ["10", "a", "b"]}
-    assert watermark_from_json(data) == wm
-    assert watermark_from_json({"at": "2026-11-27T10:00:00"}) == Watermark(T0)
-    assert watermark_to_json(Watermark(T0))["at"] == "2026-11-27T10:00:00.000000+00:00"
-
-
-@pytest.mark.parametrize(
-    "bad", [{}, {"at": 5}, {"at": "2026-11-27T10:00:00Z", "ids": "a"}, {"at": "x", "ids": []}]
-)
-def test_watermark_from_bad_json(bad: dict[str, Any]) -> None:
-    with pytest.raises(ValueError):  # noqa: PT011 - each case has its own message
-        watermark_from_json(bad)
-
-
-def test_watermark_normalizes_to_utc_and_refuses_naive() -> None:
-    plus_two = timezone(timedelta(hours=2))
-    wm = Watermark(datetime(2026, 11, 27, 12, 0, tzinfo=plus_two), frozenset())
-    assert wm.at == T0
-    assert wm.at.tzinfo is UTC
-    with pytest.raises(ValueError, match="timezone-aware"):
-        Watermark(datetime(2026, 11, 27))
