@@ -1,4 +1,9 @@
-"""Every Redis key name Pollinator uses, in one place."""
+"""Every Redis key name Pollinator uses, in one place.
+
+Each function documents what the key holds and who uses it; a module that needs a key
+calls the function here rather than building the string, so renaming a key (or finding
+every user of one) is one grep. Celery's own broker/result keys are Celery's business.
+"""
 
 from __future__ import annotations
 
@@ -49,9 +54,29 @@ def app_budget(organization_id: int, client_id: str) -> str:
     return f"{PREFIX}:budget:{organization_id}:{digest}"
 
 
+def app_budget_window(budget: str, second: int) -> str:
+    """Counter of the requests spent in one wall-clock ``second`` of an :func:`app_budget`."""
+    return f"{budget}:{second}"
+
+
+def api_rate(organization_id: int) -> str:
+    """The organization's API request token bucket (hash of tokens and last refill time)."""
+    return f"{PREFIX}:apirate:{organization_id}"
+
+
 def alive(role: str) -> str:
     """Sorted set of the processes of one role that announced themselves (app.liveness)."""
     return f"{PREFIX}:alive:{role}"
+
+
+def breaker(origin: str) -> str:
+    """Circuit breaker state of one callback origin (hash: failures, opens, open_until)."""
+    return f"{PREFIX}:cb:{origin}"
+
+
+def breaker_probe(origin: str) -> str:
+    """Held by the one delivery allowed to probe an origin whose cooldown is over."""
+    return f"{breaker(origin)}:probe"
 
 
 def breakers_open() -> str:
@@ -62,3 +87,13 @@ def breakers_open() -> str:
 def retention_report() -> str:
     """JSON report of the last retention purge run (``/metrics``, ``pollinator status``)."""
     return f"{PREFIX}:retention:last"
+
+
+def metric(name: str) -> str:
+    """Hash of one metric family shared by every process (app.metrics): series → value."""
+    return f"{PREFIX}:m:{name}"
+
+
+def poll_journal() -> str:
+    """Bounded stream of one line per finished poll (read by the load test and operators)."""
+    return f"{PREFIX}:journal:polls"

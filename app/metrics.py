@@ -22,9 +22,9 @@ from prometheus_client.registry import Collector
 from redis import Redis as SyncRedis
 from redis.asyncio import Redis
 
-from app.keys import PREFIX
+from app import keys
 
-POLL_JOURNAL = f"{PREFIX}:journal:polls"
+POLL_JOURNAL = keys.poll_journal()
 JOURNAL_MAXLEN = 500_000
 
 LAG_BUCKETS = (0.1, 0.25, 0.5, 1.0, 2.0, 5.0, 10.0, 30.0, 60.0, 300.0)
@@ -40,7 +40,7 @@ class Metric:
 
     @property
     def key(self) -> str:
-        return f"{PREFIX}:m:{self.name}"
+        return keys.metric(self.name)
 
 
 POLLS = Metric("pollinator_polls_total", "counter", "Polls by outcome (ok, failed, skipped)")

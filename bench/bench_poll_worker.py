@@ -275,13 +275,10 @@ async def _in_process(settings: Settings, ids: list[int], concurrency: int) -> f
     """The poll service itself, on one loop in this process, without Celery."""
     from app.services.polling import PollDeps, run_polls
 
-    engine = create_engine(settings.require("database_url"), pool_size=20, max_overflow=20)
     redis_client = create_redis(settings.require("redis_url"))
     async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0)) as http:
         pg = await create_pg_pool(settings.require("database_url"), 20)
-        deps = PollDeps(
-            settings, pg, session_factory(engine), redis_client, http, SecretBox(SECRET)
-        )
+        deps = PollDeps(settings, pg, redis_client, http, SecretBox(SECRET))
         slots = asyncio.Semaphore(concurrency)
         batches = [[(i, None) for i in ids[k : k + 20]] for k in range(0, len(ids), 20)]
 
@@ -290,7 +287,6 @@ async def _in_process(settings: Settings, ids: list[int], concurrency: int) -> f
         elapsed = time.monotonic() - started
         await pg.close()
     await redis_client.aclose()
-    await engine.dispose()
     return len(ids) / elapsed
 
 

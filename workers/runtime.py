@@ -4,8 +4,8 @@ Celery does not run ``async def`` tasks, and a prefork child that polls one
 instance at a time wastes a process on 100-500 ms of provider latency. Instead
 the worker runs Celery's thread pool; every task thread submits its coroutine
 to this process's single loop and waits. All coroutines share one aiohttp
-session, one async engine and one Redis pool, so hundreds of polls are in
-flight per process.
+session, one asyncpg pool (the worker's only database client) and one Redis
+pool, so hundreds of polls are in flight per process.
 """
 
 from __future__ import annotations
@@ -21,10 +21,9 @@ from typing import Any, TypeVar
 import aiohttp
 import asyncpg
 from redis.asyncio import Redis
-from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
 from app import liveness
-from app.db import create_engine, create_pg_pool, create_redis, session_factory
+from app.db import create_pg_pool, create_redis
 from app.security import SecretBox
 from app.services.breaker import OriginSlots
 from app.services.guarded_http import callback_session
@@ -40,9 +39,7 @@ class Clients:
     """The shared connections of one process; created on the loop they are used on."""
 
     settings: Settings
-    engine: AsyncEngine
     pg: asyncpg.Pool
-    sessions: async_sessionmaker[AsyncSession]
     redis: Redis
     http: aiohttp.ClientSession
     callback_http: aiohttp.ClientSession
@@ -53,14 +50,11 @@ class Clients:
 
     @classmethod
     async def create(cls, settings: Settings, pool_size: int = 20) -> Clients:
-        """``pool_size`` raw connections for the hot path; a small ORM pool for the rest."""
-        engine = create_engine(settings.require("database_url"), pool_size=5, max_overflow=5)
+        """``pool_size`` asyncpg connections: the snapshot, the outbox and the token refresh."""
         connector = aiohttp.TCPConnector(limit=0, limit_per_host=0, ttl_dns_cache=300)
         return cls(
             settings=settings,
-            engine=engine,
             pg=await create_pg_pool(settings.require("database_url"), pool_size),
-            sessions=session_factory(engine),
             redis=create_redis(settings.require("redis_url"), max_connections=128),
             http=aiohttp.ClientSession(connector=connector),
             callback_http=callback_session(settings.allow_private_callbacks),
@@ -75,7 +69,6 @@ class Clients:
         await self.callback_http.close()
         await self.redis.aclose()
         await self.pg.close()
-        await self.engine.dispose()
 
 
 def _new_loop() -> asyncio.AbstractEventLoop:

@@ -23,7 +23,6 @@ from app import keys, liveness
 from app.db import libpq_url
 from app.settings import Settings
 from app.store import operator
-from app.store.lifecycle import TABLE_SIZES_SQL
 from workers.queues import Queue
 
 
@@ -60,7 +59,7 @@ def read_state(settings: Settings) -> dict[str, Any]:
     with psycopg.connect(libpq_url(settings.require("database_url")), connect_timeout=5) as conn:
         backlog = operator.backlog(conn)
         failing = operator.failing_resources(conn)
-        sizes = conn.execute(TABLE_SIZES_SQL).fetchall()
+        sizes = operator.table_sizes(conn)
     return {
         "roles": roles,
         "beatLeader": leader is not None,

@@ -20,6 +20,8 @@ from app.errors import Unauthorized
 from app.services.orgs import Principal, authenticate
 
 BASE = "/elements/api-v2"
+#: The web console's own data routes (:mod:`app.api.ui`): authenticated like the API.
+CONSOLE_API = "/ui/api"
 PRINCIPAL: web.RequestKey[Principal] = web.RequestKey("principal", Principal)
 
 _PART = re.compile(r"^\s*(User|Organization|Element)\s+(\S+)\s*$", re.IGNORECASE)
@@ -54,10 +56,10 @@ def principal_of(request: web.Request) -> Principal:
 
 def _needs_auth(request: web.Request) -> bool:
     # Unknown paths and wrong methods (404/405) carry nothing to authenticate; every
-    # route that exists under the base path does.
+    # route that exists under the base path (or the console's data prefix) does.
     if request.match_info.http_exception is not None:
         return False
-    return request.path == BASE or request.path.startswith(BASE + "/")
+    return any(request.path == p or request.path.startswith(p + "/") for p in (BASE, CONSOLE_API))
 
 
 @web.middleware

@@ -2,32 +2,25 @@
 
 Registered by :func:`add_routes` from ``create_app`` with one line. Handlers are
 thin: authentication through the shared helpers of :mod:`app.api.routes`, input
-rules in :mod:`app.domain.retention`, work in :mod:`app.services.lifecycle`. The
-SQL runs on a small asyncpg pool of this module's own (the store layer's
-statements take an asyncpg connection).
+rules in :mod:`app.domain.retention`, work in :mod:`app.services.lifecycle`, SQL in
+:mod:`app.store.lifecycle`, run on the API's shared asyncpg pool (``ApiContext.pg``).
 """
 
 from __future__ import annotations
 
 import uuid
-from collections.abc import AsyncIterator
 from typing import Any
 
-import asyncpg
 from aiohttp import web
 
 from app.api.auth import principal_of
 from app.api.context import CTX
 from app.api.routes import BASE, instance_id_of, json_body
-from app.db import create_pg_pool
 from app.domain.isodate import format_ms
 from app.domain.retention import WindowError, check_replay_window, parse_instant
 from app.errors import BadInput, NotFound
 from app.services import lifecycle
 from app.store import lifecycle as store
-
-PG: web.AppKey[asyncpg.Pool] = web.AppKey("lifecycle_pg", asyncpg.Pool)
-POOL_SIZE = 4
 
 
 async def _body(request: web.Request) -> dict[str, Any]:
@@ -40,14 +33,9 @@ async def _body(request: web.Request) -> dict[str, Any]:
 async def _owned_live_instance(
     request: web.Request, organization_id: int, instance_id: int
 ) -> None:
-    async with request.app[PG].acquire() as conn:
-        found = await conn.fetchval(
-            """SELECT 1 FROM instances WHERE id = $1 AND organization_id = $2
-               AND deleted_at IS NULL""",
-            instance_id,
-            organization_id,
-        )
-    if found is None:
+    async with request.app[CTX].pg.acquire() as conn:
+        found = await store.owns_live_instance(conn, organization_id, instance_id)
+    if not found:
         raise NotFound(f"instance {instance_id} not found")
 
 
@@ -66,7 +54,7 @@ async def start_replay(request: web.Request) -> web.Response:
     except WindowError as exc:
         raise BadInput(str(exc)) from exc
     await _owned_live_instance(request, principal.organization_id, instance_id)
-    async with request.app[PG].acquire() as conn:
+    async with request.app[CTX].pg.acquire() as conn:
         job_id = await store.create_replay_job(
             conn, instance_id, since, until, only_failed=status == "failed"
         )
@@ -82,7 +70,7 @@ async def replay_status(request: web.Request) -> web.Response:
     except ValueError as exc:
         raise NotFound("replay job not found") from exc
     await _owned_live_instance(request, principal.organization_id, instance_id)
-    async with request.app[PG].acquire() as conn:
+    async with request.app[CTX].pg.acquire() as conn:
         job = await store.get_replay_job(conn, instance_id, job_id)
     if job is None:
         raise NotFound(f"replay job {job_id} not found")
@@ -114,7 +102,7 @@ async def rewind(request: web.Request) -> web.Response:
     await _owned_live_instance(request, principal.organization_id, instance_id)
     ctx = request.app[CTX]
     await lifecycle.rewind(
-        request.app[PG],
+        ctx.pg,
         ctx.redis,
         ctx.settings,
         principal.organization_id,
@@ -131,21 +119,14 @@ async def erase_organization(request: web.Request) -> web.Response:
     """``DELETE /organizations/me`` → 202; the organization's credentials stop working now."""
     principal = principal_of(request)
     ctx = request.app[CTX]
-    await lifecycle.request_erasure(request.app[PG], ctx.redis, principal.organization_id)
+    await lifecycle.request_erasure(ctx.pg, ctx.redis, principal.organization_id)
     return web.json_response(
         {"organizationId": principal.organization_id, "status": "erasing"}, status=202
     )
 
 
 def add_routes(app: web.Application) -> None:
-    """The routes and the pool they use (opened after the shared context)."""
-
-    async def pool(app: web.Application) -> AsyncIterator[None]:
-        app[PG] = await create_pg_pool(app[CTX].settings.require("database_url"), POOL_SIZE)
-        yield
-        await app[PG].close()
-
-    app.cleanup_ctx.append(pool)
+    """Register the data-lifecycle routes."""
     app.router.add_post(BASE + "/instances/{id}/deliveries/replay", start_replay)
     app.router.add_get(BASE + "/instances/{id}/deliveries/replay/{jobId}", replay_status)
     app.router.add_post(BASE + "/instances/{id}/polling/rewind", rewind)

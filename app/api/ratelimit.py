@@ -25,8 +25,8 @@ from typing import Any
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
+from app import keys
 from app.errors import TooManyRequests
-from app.keys import PREFIX
 from app.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -59,11 +59,6 @@ _WARN_EVERY_S = 60.0
 _last_warning = -math.inf
 
 
-def bucket_key(organization_id: int) -> str:
-    """The organization's API request bucket (a hash of tokens and last refill time)."""
-    return f"{PREFIX}:apirate:{organization_id}"
-
-
 async def take_token(redis: Redis, organization_id: int, per_second: float) -> float | None:
     """Spend one request of the organization's budget; ``None`` if allowed, else seconds to wait.
 
@@ -72,7 +67,7 @@ async def take_token(redis: Redis, organization_id: int, per_second: float) -> f
     capacity = max(1.0, per_second)
     script = redis.register_script(_TOKEN_BUCKET)  # EVALSHA, loading the script when needed
     result: Any = await script(
-        keys=[bucket_key(organization_id)], args=[repr(per_second), repr(capacity)]
+        keys=[keys.api_rate(organization_id)], args=[repr(per_second), repr(capacity)]
     )
     allowed, wait = int(result[0]), float(result[1])
     return None if allowed else wait

@@ -265,8 +265,17 @@ async def test_polling(request: web.Request) -> web.Response:
     ctx = ctx_of(request)
     async with ctx.sessions() as session:
         instance = await _owned_instance(request, session)
+        states = await activity.polling_states(session, instance)
     results = await run_test_poll(
-        ctx.settings, ctx.sessions, ctx.redis, ctx.http, ctx.box, instance, resources, since
+        ctx.settings,
+        request.app[CTX].pg,
+        ctx.redis,
+        ctx.http,
+        ctx.box,
+        instance,
+        states,
+        resources,
+        since,
     )
     return web.json_response({"id": instance.id, "stored": False, "resources": results})
 

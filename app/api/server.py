@@ -16,11 +16,14 @@ from app.api.console_routes import add_console_routes
 from app.api.context import CTX, ApiContext
 from app.api.errors import error_middleware
 from app.api.ui import add_ui_routes
-from app.db import create_engine, create_redis, session_factory
+from app.db import create_engine, create_pg_pool, create_redis, session_factory
 from app.domain.limits import MAX_BODY_BYTES
 from app.logging import MaskingAccessLogger, setup_logging
 from app.security import SecretBox
 from app.settings import Settings
+
+#: Connections of the API's asyncpg pool (the data-lifecycle routes' store calls).
+PG_POOL_SIZE = 4
 
 
 def create_app(settings: Settings) -> web.Application:
@@ -35,12 +38,14 @@ def create_app(settings: Settings) -> web.Application:
 
     async def lifecycle(app: web.Application) -> AsyncIterator[None]:
         engine = create_engine(database_url)
+        pg = await create_pg_pool(database_url, PG_POOL_SIZE)
         redis = create_redis(redis_url)
         http = aiohttp.ClientSession()
         app[CTX] = ApiContext(
             settings=settings,
             engine=engine,
             sessions=session_factory(engine),
+            pg=pg,
             redis=redis,
             http=http,
             box=SecretBox(secret_key),
@@ -51,6 +56,7 @@ def create_app(settings: Settings) -> web.Application:
         await announcer.stop()
         await http.close()
         await redis.aclose()
+        await pg.close()
         await engine.dispose()
 
     app.cleanup_ctx.append(lifecycle)

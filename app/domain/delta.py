@@ -31,7 +31,7 @@ the created date is parsed only for records that are changes.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta, tzinfo
 from typing import Any, Literal
@@ -46,7 +46,6 @@ __all__ = [
     "DeltaResult",
     "EventType",
     "compute_delta",
-    "merge_deltas",
 ]
 
 EventType = Literal["CREATED", "UPDATED"]
@@ -318,9 +317,8 @@ def compute_delta(
     """The changes among ``records`` (one poll's records of one resource) since ``watermark``.
 
     ``records`` should be everything the poll read for the resource (all pages): compute one
-    delta per poll, or one per page against the poll's *starting* watermark and combine them
-    with :func:`merge_deltas` — never carry the watermark from page to page of one poll,
-    because pages are ordered by id, not by date, and a later page may hold older dates.
+    delta per poll — never carry the watermark from page to page of one poll, because pages
+    are ordered by id, not by date, and a later page may hold older dates.
 
     ``default_tz`` is the instance's zone, used when neither the value nor the date field
     names one. With ``baseline`` the watermark advances but no change is reported: a
@@ -344,24 +342,3 @@ def compute_delta(
     if baseline:
         return DeltaResult([], result.watermark, result.skipped_unparseable)
     return result
-
-
-def merge_deltas(results: Sequence[DeltaResult]) -> DeltaResult:
-    """Combine per-page results computed against the same starting watermark.
-
-    Equivalent to one :func:`compute_delta` over all pages: an id reported by several pages
-    keeps its newest change (pages shift while records change), the watermark is the newest
-    one with the union of the ids seen at it, and skipped records are concatenated.
-    """
-    if not results:
-        raise ValueError("merge_deltas needs at least one result")
-    newest: dict[str, Change] = {}
-    for result in results:
-        for change in result.changes:
-            kept = newest.get(change.object_id)
-            if kept is None or change.date > kept.date:
-                newest[change.object_id] = change
-    at = max(result.watermark.at for result in results)
-    ids = frozenset().union(*(r.watermark.ids for r in results if r.watermark.at == at))
-    skipped = [item for result in results for item in result.skipped_unparseable]
-    return DeltaResult(list(newest.values()), Watermark(at, ids), skipped)

@@ -39,7 +39,8 @@ MAX_REFRESH_MINUTES: Final = 525_600.0
 # -- the poller configuration ----------------------------------------------------------------
 #: Resources polled by one instance.
 MAX_RESOURCES: Final = 50
-#: Keap's largest ``limit``.
+#: Keap's largest ``limit``: a resource's ``pageSize`` and the adapter's page size.
+#: (Not :data:`MAX_API_PAGE_SIZE`, the bound of Pollinator's own list endpoints.)
 MAX_PAGE_SIZE: Final = 1000
 #: A week: larger is surely a unit mistake, and it keeps the lower bound far from
 #: ``datetime``'s range limits.

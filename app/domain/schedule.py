@@ -29,7 +29,6 @@ __all__ = [
     "first_poll_at",
     "latest_tick_at_or_before",
     "next_poll_at",
-    "phase_offset",
     "retry_at",
 ]
 
@@ -92,12 +91,6 @@ def _add_us(start: datetime, offset_us: int, what: str) -> datetime:
 
 def _phase_fraction(instance_id: int) -> float:
     return ((instance_id * _FIBONACCI_MULTIPLIER) & _MASK_64) / _TWO_TO_64
-
-
-def phase_offset(instance_id: int, interval_s: float) -> float:
-    """This instance's offset in ``[0, interval_s)``; consecutive ids land far apart."""
-    _check_interval(interval_s)
-    return min(_phase_fraction(instance_id) * interval_s, math.nextafter(interval_s, 0.0))
 
 
 def first_poll_at(created_at: datetime, instance_id: int, interval_s: float) -> datetime:

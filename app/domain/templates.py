@@ -190,16 +190,6 @@ class UrlTemplate:
     url: str
     parts: tuple[str | _Variable, ...] = field(repr=False, compare=False)
 
-    @property
-    def variables(self) -> tuple[str, ...]:
-        """The variables as written between ``${`` and ``}``, in order."""
-        return tuple(part.name for part in self.parts if isinstance(part, _Variable))
-
-    @property
-    def has_date_filter(self) -> bool:
-        """Whether the provider filters by date (otherwise every page must be read)."""
-        return any(isinstance(part, _Variable) for part in self.parts)
-
     def render(self, lower_bound: datetime, instance_tz: tzinfo) -> str:
         """The URL with every variable filled from ``lower_bound`` (naive means UTC).
 

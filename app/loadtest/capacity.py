@@ -19,6 +19,7 @@ from typing import Any
 import aiohttp
 import asyncpg
 
+from app.domain.limits import MAX_PAGE_SIZE
 from app.domain.pollconfig import parse_poller_configuration
 from app.loadtest import analysis
 from app.loadtest.context import Context, Instance, LoadTestError, bounded
@@ -119,7 +120,10 @@ async def ceiling(ctx: Context) -> dict[str, Any]:
     since = datetime.fromtimestamp(ctx.state.t_end, UTC)
     base = f"{ctx.sim_url}/crm/rest/v1"
     targets = [
-        [str(page_url(base, cfg.url.render(since, UTC), cfg.page_size or 1000, 0)), tokens[a]]
+        [
+            str(page_url(base, cfg.url.render(since, UTC), cfg.page_size or MAX_PAGE_SIZE, 0)),
+            tokens[a],
+        ]
         for a in tokens
         for cfg in configs.values()
     ]

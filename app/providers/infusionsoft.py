@@ -17,11 +17,11 @@ from typing import Any, Protocol
 import aiohttp
 from yarl import URL
 
+from app.domain.limits import MAX_PAGE_SIZE
 from app.logging import mask_url
 
 log = logging.getLogger(__name__)
 
-MAX_PAGE_SIZE = 1000
 MAX_WALK_RESTARTS = 3
 DEFAULT_THROTTLE_WAIT_S = 1.0
 

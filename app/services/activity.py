@@ -2,7 +2,8 @@
 
 Every function takes an instance already checked to belong to the caller's
 organization (:func:`app.services.instances.get_instance`) and returns rows;
-:mod:`app.api.views` shapes them.
+:mod:`app.api.views` shapes them. The statements are :mod:`app.store.activity` and
+:mod:`app.store.instances`; the request handler owns the transaction.
 """
 
 from __future__ import annotations
@@ -11,27 +12,18 @@ import uuid
 from collections.abc import Sequence
 from datetime import datetime
 
-from sqlalchemy import func, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
-from sqlmodel import col
 
 from app.domain.schedule import latest_tick_at_or_before
-from app.models import Delivery, DeliveryAttempt, DeliveryStatus, Event, Instance, PollState, utcnow
+from app.models import Delivery, DeliveryAttempt, Event, Instance, PollState, utcnow
+from app.store import activity as store
+from app.store.instances import poll_states
 
 
 async def polling_states(session: AsyncSession, instance: Instance) -> Sequence[PollState]:
     """The instance's resources, by name."""
-    return (
-        (
-            await session.execute(
-                select(PollState)
-                .where(col(PollState.instance_id) == instance.id)
-                .order_by(col(PollState.resource))
-            )
-        )
-        .scalars()
-        .all()
-    )
+    assert instance.id is not None
+    return await poll_states(session, instance.id)
 
 
 async def poll_now(session: AsyncSession, instance: Instance) -> None:
@@ -51,11 +43,8 @@ async def poll_now(session: AsyncSession, instance: Instance) -> None:
         if scheduled is None or interval_s is None
         else latest_tick_at_or_before(scheduled, interval_s, now)
     )
-    await session.execute(
-        update(Instance)
-        .where(col(Instance.id) == instance.id)
-        .values(next_poll_at=func.least(col(Instance.next_poll_at), due))
-    )
+    assert instance.id is not None
+    await store.make_due_by(session, instance.id, due)
 
 
 async def list_events(
@@ -69,63 +58,26 @@ async def list_events(
     page_size: int,
 ) -> tuple[list[tuple[Event, str | None]], int]:
     """The event log, newest first, each with its delivery's status."""
-    where = [col(Event.instance_id) == instance.id]
-    if object_type:
-        where.append(col(Event.object_type) == object_type)
-    if event_type:
-        where.append(col(Event.event_type) == event_type.upper())
-    if since is not None:
-        where.append(col(Event.created_at) >= since)
-    total = int(
-        (await session.execute(select(func.count()).select_from(Event).where(*where))).scalar_one()
+    assert instance.id is not None
+    return await store.list_events(
+        session,
+        instance.id,
+        object_type=object_type,
+        event_type=event_type,
+        since=since,
+        page=page,
+        page_size=page_size,
     )
-    rows = (
-        await session.execute(
-            select(Event, col(Delivery.status))
-            .outerjoin(Delivery, col(Delivery.id) == col(Event.delivery_id))
-            .where(*where)
-            .order_by(col(Event.created_at).desc(), col(Event.event_date).desc())
-            .offset((page - 1) * page_size)
-            .limit(page_size)
-        )
-    ).all()
-    return [(event, status) for event, status in rows], total
 
 
 async def list_deliveries(
     session: AsyncSession, instance: Instance, *, status: str | None, page: int, page_size: int
 ) -> tuple[list[tuple[Delivery, list[DeliveryAttempt]]], int]:
     """Deliveries, newest first, with every attempt."""
-    where = [col(Delivery.instance_id) == instance.id]
-    if status:
-        where.append(col(Delivery.status) == status)
-    total = int(
-        (
-            await session.execute(select(func.count()).select_from(Delivery).where(*where))
-        ).scalar_one()
+    assert instance.id is not None
+    return await store.list_deliveries(
+        session, instance.id, status=status, page=page, page_size=page_size
     )
-    deliveries = list(
-        (
-            await session.execute(
-                select(Delivery)
-                .where(*where)
-                .order_by(col(Delivery.created_at).desc())
-                .offset((page - 1) * page_size)
-                .limit(page_size)
-            )
-        ).scalars()
-    )
-    attempts: dict[uuid.UUID, list[DeliveryAttempt]] = {d.id: [] for d in deliveries}
-    if deliveries:
-        for attempt in (
-            await session.execute(
-                select(DeliveryAttempt)
-                .where(col(DeliveryAttempt.delivery_id).in_(list(attempts)))
-                .order_by(col(DeliveryAttempt.attempt))
-            )
-        ).scalars():
-            attempts[attempt.delivery_id].append(attempt)
-    return [(d, attempts[d.id]) for d in deliveries], total
 
 
 async def retry_delivery(session: AsyncSession, instance: Instance, delivery_id: uuid.UUID) -> bool:
@@ -133,27 +85,11 @@ async def retry_delivery(session: AsyncSession, instance: Instance, delivery_id:
 
     A delivery whose payload retention purged is not found: there is nothing to send.
     """
-    result = await session.execute(
-        update(Delivery)
-        .where(
-            col(Delivery.id) == delivery_id,
-            col(Delivery.instance_id) == instance.id,
-            func.octet_length(col(Delivery.body)) > 0,
-        )
-        .values(status=DeliveryStatus.PENDING, next_attempt_at=utcnow(), delivered_at=None)
-    )
-    return bool(result.rowcount)  # type: ignore[attr-defined]
+    assert instance.id is not None
+    return await store.retry_delivery(session, instance.id, delivery_id, utcnow())
 
 
 async def retry_deliveries(session: AsyncSession, instance: Instance, status: str) -> int:
     """Make every delivery of ``status`` that still has its payload pending and due now."""
-    result = await session.execute(
-        update(Delivery)
-        .where(
-            col(Delivery.instance_id) == instance.id,
-            col(Delivery.status) == status,
-            func.octet_length(col(Delivery.body)) > 0,
-        )
-        .values(status=DeliveryStatus.PENDING, next_attempt_at=utcnow())
-    )
-    return int(result.rowcount)  # type: ignore[attr-defined]
+    assert instance.id is not None
+    return await store.retry_deliveries(session, instance.id, status, utcnow())

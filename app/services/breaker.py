@@ -31,7 +31,7 @@ from urllib.parse import urlsplit
 
 from redis.asyncio import Redis
 
-from app.keys import PREFIX, breakers_open
+from app.keys import breaker, breaker_probe, breakers_open
 
 PER_ORIGIN_CONCURRENCY = 8
 FAILURE_THRESHOLD = 5
@@ -71,7 +71,7 @@ class CircuitBreakers:
 
     @staticmethod
     def _key(origin: str) -> str:
-        return f"{PREFIX}:cb:{origin}"
+        return breaker(origin)
 
     async def admit(self, origin: str) -> Admission:
         raw = await self.redis.hmget(self._key(origin), ["open_until", "failures"])
@@ -82,7 +82,7 @@ class CircuitBreakers:
         if now < open_until:
             return Admission(False, open_until - now)
         # Cooldown over: exactly one probe at a time gets through.
-        if await self.redis.set(f"{self._key(origin)}:probe", "1", nx=True, ex=30):
+        if await self.redis.set(breaker_probe(origin), "1", nx=True, ex=30):
             return Admission(True, probe=True)
         return Admission(False, SATURATED_DEFER_S * 5)
 
@@ -109,7 +109,7 @@ class CircuitBreakers:
         key = self._key(origin)
         if success:
             async with self.redis.pipeline(transaction=False) as pipe:
-                pipe.delete(key, f"{key}:probe")
+                pipe.delete(key, breaker_probe(origin))
                 pipe.zrem(breakers_open(), origin)
                 await pipe.execute()
             return
@@ -125,7 +125,7 @@ class CircuitBreakers:
         async with self.redis.pipeline(transaction=True) as pipe:
             pipe.hset(key, mapping={"open_until": open_until})
             pipe.expire(key, int(MAX_COOLDOWN_S * 4))
-            pipe.delete(f"{key}:probe")
+            pipe.delete(breaker_probe(origin))
             # For /metrics: which origins are open now (a scrape counts scores > now).
             pipe.zadd(breakers_open(), {origin: open_until})
             pipe.zremrangebyscore(breakers_open(), "-inf", time.time() - MAX_COOLDOWN_S * 4)

@@ -1,7 +1,9 @@
 """Instance use-cases: create, read, update, delete — with tenant isolation on every query.
 
-Functions take their dependencies as arguments; the caller owns the
-transaction (the API handler commits at the request boundary).
+Functions take their dependencies as arguments and keep the decisions (validation, the
+OAuth exchange, the instance limit, the schedule); the statements are
+:mod:`app.store.instances`. The caller owns the transaction (the API handler commits at
+the request boundary), except in :func:`create_instance`, which is its own entry point.
 """
 
 from __future__ import annotations
@@ -11,14 +13,11 @@ import json
 import logging
 from collections.abc import Sequence
 from datetime import datetime, timedelta
-from typing import Any, cast
+from typing import Any
 
 import aiohttp
 from redis.asyncio import Redis
-from sqlalchemy import delete, select, update
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
-from sqlalchemy.orm import QueryableAttribute, defer
-from sqlmodel import col
 
 from app.domain.instanceconfig import (
     CALLBACK_KEY,
@@ -36,11 +35,12 @@ from app.domain.pollconfig import stored_resources
 from app.domain.schedule import first_poll_at
 from app.domain.watermark import starting_watermark
 from app.errors import BadGateway, BadInput, Conflict
-from app.models import Delivery, DeliveryStatus, Instance, Organization, PollState, utcnow
+from app.models import Instance, utcnow
 from app.providers.oauth import GrantRejected, ProviderUnavailable, exchange_code
 from app.security import SecretBox, hash_secret, new_secret
 from app.services.guarded_http import BlockedAddress, check_callback_host
 from app.settings import Settings
+from app.store import instances as store
 from app.store.watermarks import WatermarkStore
 
 log = logging.getLogger(__name__)
@@ -201,12 +201,6 @@ def _settings_are_text(body: object) -> None:
             raise BadInput(f"configuration.{key}: must be a string")
 
 
-async def _count_live(session: AsyncSession, organization_id: int) -> int:
-    """The organization's live instances: its trigger-kept counter (no count of rows)."""
-    stmt = select(col(Organization.live_instances)).where(col(Organization.id) == organization_id)
-    return int((await session.execute(stmt)).scalar_one_or_none() or 0)
-
-
 def _limit_error(settings: Settings) -> Conflict:
     return Conflict(
         f"organization: at most {settings.max_instances_per_org} instances "
@@ -294,7 +288,7 @@ async def create_instance(
     spec, code = await asyncio.to_thread(_checked_create, body, settings.min_refresh_minutes)
     await check_callback_dns(spec.callback_url, settings.allow_private_callbacks)
     async with sessions() as session:
-        if await _count_live(session, organization_id) >= settings.max_instances_per_org:
+        if await store.count_live(session, organization_id) >= settings.max_instances_per_org:
             raise _limit_error(settings)
     tokens = await _exchange(http, settings, spec, code)
     token = new_secret()
@@ -307,80 +301,35 @@ async def create_instance(
             updated_at=now,
             **_spec_columns(box, spec, tokens, []),
         )
-        # FOR NO KEY UPDATE serializes this organization's creates from here to the commit
-        # without blocking anything else that references the organization.
-        await session.execute(
-            select(col(Organization.id))
-            .where(col(Organization.id) == organization_id)
-            .with_for_update(key_share=True)
-        )
-        if await _count_live(session, organization_id) >= settings.max_instances_per_org:
+        # Serializes this organization's creates from here to the commit.
+        await store.lock_organization(session, organization_id)
+        if await store.count_live(session, organization_id) >= settings.max_instances_per_org:
             raise _limit_error(settings)
-        session.add(instance)
-        await session.flush()
-        assert instance.id is not None
+        instance_id = await store.insert_instance(session, instance)
         if spec.events_enabled:
-            instance.next_poll_at = first_poll_at(now, instance.id, spec.refresh_interval_s)
-        for name, resource in spec.resources.items():
-            session.add(
-                PollState(
-                    instance_id=instance.id,
-                    resource=name,
-                    watermark_at=starting_watermark(now, resource),
-                )
-            )
-        await session.flush()
+            instance.next_poll_at = first_poll_at(now, instance_id, spec.refresh_interval_s)
+        await store.add_poll_states(
+            session,
+            instance_id,
+            {name: starting_watermark(now, r) for name, r in spec.resources.items()},
+        )
     log.info("instance %s created for organization %s", instance.id, organization_id)
     return instance, token
 
 
 async def get_instance(session: AsyncSession, organization_id: int, instance_id: int) -> Instance:
     """The organization's live instance, or :class:`LookupError` (→ 404, never 403)."""
-    stmt = select(Instance).where(
-        col(Instance.id) == instance_id,
-        col(Instance.organization_id) == organization_id,
-        col(Instance.deleted_at).is_(None),
-    )
-    instance = (await session.execute(stmt)).scalar_one_or_none()
+    instance = await store.get_live_instance(session, organization_id, instance_id)
     if instance is None:
         raise LookupError(f"instance {instance_id} not found")
     return instance
 
 
-#: Columns a view never reads (app.api.views): the stored poller and both encrypted blobs.
-_NOT_SHOWN = (Instance.poller, Instance.secrets, Instance.tokens)
-
-
 async def list_instances(
     session: AsyncSession, organization_id: int, page: int, page_size: int
 ) -> tuple[Sequence[Instance], int]:
-    """One page of the organization's instances (for views only), oldest first, and the total.
-
-    The total is the organization's trigger-kept counter, and the page's ids are found in
-    ``ix_instances_org_live`` alone before their rows are read: neither walks the rows of
-    the organization (a deep page of 100k instances took seconds).
-    """
-    where = (
-        col(Instance.organization_id) == organization_id,
-        col(Instance.deleted_at).is_(None),
-    )
-    total = await _count_live(session, organization_id)
-    page_ids = (
-        select(col(Instance.id))
-        .where(*where)
-        .order_by(col(Instance.id))
-        .offset((page - 1) * page_size)
-        .limit(page_size)
-    )
-    stmt = (
-        select(Instance)
-        # Not even read: the stored poller is a large JSON document to decode.
-        .options(*(defer(cast("QueryableAttribute[Any]", c)) for c in _NOT_SHOWN))
-        .where(col(Instance.id).in_(page_ids))
-        .order_by(col(Instance.id))
-    )
-    rows = (await session.execute(stmt)).scalars().all()
-    return rows, total
+    """One page of the organization's instances (for views only), oldest first, and the total."""
+    return await store.list_live_instances(session, organization_id, page, page_size)
 
 
 #: Configuration keys naming the OAuth app the instance's tokens belong to. Tokens of one
@@ -481,32 +430,20 @@ async def _apply_spec(
     instance.quarantine_reason = None
     instance.poll_crashes = 0
     instance.updated_at = now
-    session.add(instance)
-    existing = set(
-        (
-            await session.execute(
-                select(col(PollState.resource)).where(col(PollState.instance_id) == instance.id)
-            )
-        ).scalars()
-    )
+    await store.save_instance(session, instance)
+    existing = await store.polled_resources(session, instance.id)
     removed = existing - set(spec.resources)
     if removed:
-        await session.execute(
-            delete(PollState).where(
-                col(PollState.instance_id) == instance.id,
-                col(PollState.resource).in_(removed),
-            )
-        )
-    for name, resource in spec.resources.items():
-        if name not in existing:
-            session.add(
-                PollState(
-                    instance_id=instance.id,
-                    resource=name,
-                    watermark_at=starting_watermark(now, resource),
-                )
-            )
-    await session.flush()
+        await store.delete_poll_states(session, instance.id, removed)
+    await store.add_poll_states(
+        session,
+        instance.id,
+        {
+            name: starting_watermark(now, resource)
+            for name, resource in spec.resources.items()
+            if name not in existing
+        },
+    )
     return removed
 
 
@@ -524,25 +461,9 @@ async def delete_instance(session: AsyncSession, instance: Instance) -> set[str]
     instance.secret_keys = []
     instance.events_enabled = False
     instance.next_poll_at = None
-    session.add(instance)
-    polled = set(
-        (
-            await session.execute(
-                delete(PollState)
-                .where(col(PollState.instance_id) == instance.id)
-                .returning(col(PollState.resource))
-            )
-        ).scalars()
-    )
-    await session.execute(
-        update(Delivery)
-        .where(
-            col(Delivery.instance_id) == instance.id,
-            col(Delivery.status) == DeliveryStatus.PENDING,
-        )
-        .values(status=DeliveryStatus.CANCELLED, next_attempt_at=None)
-    )
-    await session.flush()
+    await store.save_instance(session, instance)
+    polled = await store.delete_poll_states(session, instance.id)
+    await store.cancel_pending_deliveries(session, instance.id)
     return polled
 
 

@@ -144,14 +144,14 @@ async def purge(
     report = PurgeReport(started_at=(now or utcnow()).isoformat())
     started = time.monotonic()
     async with pool.acquire() as conn:
-        if not await conn.fetchval("SELECT pg_try_advisory_lock($1)", PURGE_LOCK):
+        if not await store.try_advisory_lock(conn, PURGE_LOCK):
             return None
         try:
             batches = _Batches(report, started + budget_s, rest_ratio)
             await _purge_locked(conn, settings, batches, now, step)
             report.oldest_payload = _iso(await store.oldest_retained_payload(conn))
         finally:
-            await conn.execute("SELECT pg_advisory_unlock($1)", PURGE_LOCK)
+            await store.advisory_unlock(conn, PURGE_LOCK)
     report.seconds = round(time.monotonic() - started, 3)
     report.finished_at = utcnow().isoformat()
     if redis is not None:
@@ -169,7 +169,7 @@ async def _purge_locked(
     report = batches.report
     default = default_retention(settings)
     rows = settings.purge_batch_rows
-    moment = now or await conn.fetchval("SELECT now()")
+    moment = now or await store.database_now(conn)
     pending = await store.oldest_pending(conn)
     for item in await store.instances_to_purge(conn):
         if batches.expired():
@@ -457,7 +457,7 @@ async def erase(
     deadline = time.monotonic() + budget_s
     deleted = 0
     async with pool.acquire() as conn:
-        if not await conn.fetchval("SELECT pg_try_advisory_lock($1)", ERASE_LOCK):
+        if not await store.try_advisory_lock(conn, ERASE_LOCK):
             return None
         try:
             for org_id in await store.organizations_erasing(conn):
@@ -471,5 +471,5 @@ async def erase(
                 if finished:
                     log.info("organization %s erased", org_id)
         finally:
-            await conn.execute("SELECT pg_advisory_unlock($1)", ERASE_LOCK)
+            await store.advisory_unlock(conn, ERASE_LOCK)
     return deleted

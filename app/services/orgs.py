@@ -1,15 +1,14 @@
-"""Organizations and users: creation and authentication by secret."""
+"""Organizations and users: creation and authentication by secret (statements:
+:mod:`app.store.orgs`; the caller owns the transaction)."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
-from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
-from sqlmodel import col
 
-from app.models import Instance, Organization, User
 from app.security import hash_secret, new_secret
+from app.store import orgs as store
 
 
 @dataclass(frozen=True)
@@ -38,44 +37,23 @@ class Principal:
 async def create_organization(session: AsyncSession, name: str) -> NewOrganization:
     """Create an organization with one user. The secrets are returned once, stored hashed."""
     org_secret, user_secret = new_secret(), new_secret()
-    org = Organization(name=name, secret_hash=hash_secret(org_secret))
-    session.add(org)
-    await session.flush()
-    assert org.id is not None
-    session.add(
-        User(organization_id=org.id, name=f"{name} admin", secret_hash=hash_secret(user_secret))
+    org_id = await store.insert_organization(
+        session, name, hash_secret(org_secret), hash_secret(user_secret)
     )
-    await session.flush()
-    return NewOrganization(org.id, org_secret, user_secret)
+    return NewOrganization(org_id, org_secret, user_secret)
 
 
 async def authenticate(
     session: AsyncSession, user_secret: str, org_secret: str, element_token: str | None
 ) -> Principal | None:
     """The principal for these secrets, or ``None`` when any of them is wrong."""
-    stmt = (
-        select(col(User.id), col(User.organization_id))
-        .join(Organization, col(Organization.id) == col(User.organization_id))
-        .where(
-            col(User.secret_hash) == hash_secret(user_secret),
-            col(Organization.secret_hash) == hash_secret(org_secret),
-        )
-    )
-    row = (await session.execute(stmt)).first()
-    if row is None:
+    found = await store.user_by_secrets(session, hash_secret(user_secret), hash_secret(org_secret))
+    if found is None:
         return None
-    user_id, org_id = int(row[0] or 0), int(row[1])
+    user_id, org_id = found
     if element_token is None:
         return Principal(org_id, user_id)
-    inst = (
-        await session.execute(
-            select(col(Instance.id)).where(
-                col(Instance.token_hash) == hash_secret(element_token),
-                col(Instance.organization_id) == org_id,
-                col(Instance.deleted_at).is_(None),
-            )
-        )
-    ).scalar_one_or_none()
-    if inst is None:
+    instance_id = await store.live_instance_by_token(session, org_id, hash_secret(element_token))
+    if instance_id is None:
         return None
-    return Principal(org_id, user_id, int(inst))
+    return Principal(org_id, user_id, instance_id)

@@ -38,14 +38,13 @@ from datetime import datetime, timedelta, tzinfo
 
 import aiohttp
 import asyncpg
-import sqlalchemy.exc
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
-from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from app import keys, metrics
 from app.domain.delta import DeltaResult, compute_delta
 from app.domain.fieldpath import compile_path
+from app.domain.limits import MAX_PAGE_SIZE
 from app.domain.pollconfig import ConfigError, ResourceConfig
 from app.domain.schedule import ScheduleError
 from app.domain.watermark import Mirror, Start, Watermark, lower_bound
@@ -82,8 +81,6 @@ _NOT_THE_INSTANCES_FAULT: tuple[type[Exception], ...] = (
     asyncpg.InsufficientResourcesError,
     asyncpg.OperatorInterventionError,
     asyncpg.TransactionRollbackError,
-    sqlalchemy.exc.OperationalError,
-    sqlalchemy.exc.InterfaceError,
     DecryptionError,
 )
 # Domain errors whose message is written for the tenant; any other crash is reported by
@@ -135,8 +132,7 @@ class PollDeps:
     """What a poll needs; the worker runtime builds it once per process."""
 
     settings: Settings
-    pg: asyncpg.Pool  # raw pool for the hot path (load and outbox)
-    sessions: async_sessionmaker[AsyncSession]  # ORM, for the rare token refresh
+    pg: asyncpg.Pool  # the worker's one database client (snapshot, outbox, token refresh)
     redis: Redis
     http: aiohttp.ClientSession
     box: SecretBox
@@ -167,7 +163,7 @@ async def _poll_resource(
     path = cfg.url.render(lower_bound(watermark, cfg), zone)
     try:
         fetched = await client.fetch_all(
-            path, item_key(path), compile_path(cfg.id_field), cfg.page_size or 1000
+            path, item_key(path), compile_path(cfg.id_field), cfg.page_size or MAX_PAGE_SIZE
         )
     except ProviderError as exc:
         outcome.error = str(exc)[:MAX_ERROR_LENGTH]
@@ -196,7 +192,7 @@ def _client_for(
 ) -> InfusionsoftClient:
     return provider_client(
         deps.settings,
-        deps.sessions,
+        deps.pg,
         deps.redis,
         deps.http,
         deps.box,
@@ -217,7 +213,7 @@ class ProviderAccount:
 
 def provider_client(
     settings: Settings,
-    sessions: async_sessionmaker[AsyncSession],
+    pg: asyncpg.Pool,
     redis: Redis,
     http: aiohttp.ClientSession,
     box: SecretBox,
@@ -230,7 +226,7 @@ def provider_client(
     tokens = InstanceTokens(
         account.instance_id,
         str(box.open(account.sealed_tokens).get("access_token", "")),
-        sessions,
+        pg,
         redis,
         http,
         box,

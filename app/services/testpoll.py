@@ -12,14 +12,13 @@ refresh's are.)
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta, tzinfo
 from typing import Any
 
 import aiohttp
+import asyncpg
 from redis.asyncio import Redis
-from sqlalchemy import select
-from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
-from sqlmodel import col
 
 from app.domain.delta import compute_delta
 from app.domain.fieldpath import compile_path
@@ -79,45 +78,39 @@ async def _one(
 
 async def run_test_poll(
     settings: Settings,
-    sessions: async_sessionmaker[AsyncSession],
+    pg: asyncpg.Pool,
     redis: Redis,
     http: aiohttp.ClientSession,
     box: SecretBox,
     instance: Instance,
+    states: Sequence[PollState],
     resources: dict[str, ResourceConfig] | None,
     since: datetime | None,
 ) -> list[dict[str, Any]]:
     """Each resource's would-be events. ``resources`` (a parsed poller configuration)
     replace the instance's for this run; ``since`` replaces each resource's
-    watermark (otherwise: its watermark, or one interval ago for a resource not polled yet).
+    watermark (otherwise: its watermark in ``states``, or one interval ago for a resource
+    not polled yet). ``pg`` is for a token refresh, the one write a test poll can make.
     """
     assert instance.id is not None
     if resources is None:
         resources = resources_from_stored(instance.poller)
     zone = resolve_timezone(instance.timezone) if instance.timezone else UTC
     now = datetime.now(UTC)
-    async with sessions() as session:
-        states = {
-            s.resource: s
-            for s in (
-                await session.execute(
-                    select(PollState).where(col(PollState.instance_id) == instance.id)
-                )
-            ).scalars()
-        }
+    by_name = {s.resource: s for s in states}
     default_start = now - timedelta(minutes=instance.refresh_interval_minutes)
 
     def watermark(name: str) -> Watermark:
         if since is not None:
             return initial_watermark(since)
-        state = states.get(name)
+        state = by_name.get(name)
         if state is None:
             return initial_watermark(default_start)
         return Watermark(state.watermark_at, frozenset(state.watermark_ids))
 
     client = provider_client(
         settings,
-        sessions,
+        pg,
         redis,
         http,
         box,

@@ -7,6 +7,9 @@ it re-reads the stored tokens first (another worker may have refreshed
 already), refreshes only if the stored access token is still the rejected one,
 and stores the rotated pair with an optimistic ``token_version`` check. A loser
 waits for the lock and re-reads instead of failing.
+
+The refresh is the entry point of its own short transactions (a read, then a write);
+the SQL is :mod:`app.store.tokens`, on the caller's asyncpg pool.
 """
 
 from __future__ import annotations
@@ -17,17 +20,15 @@ import time
 from dataclasses import dataclass
 
 import aiohttp
+import asyncpg
 from redis.asyncio import Redis
-from sqlalchemy import select, update
-from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
-from sqlmodel import col
 
 from app import keys
-from app.models import Instance
 from app.providers.infusionsoft import ProviderError
 from app.providers.oauth import GrantRejected, ProviderUnavailable, refresh_tokens
 from app.security import SecretBox
 from app.services.leases import Lease
+from app.store import tokens as store
 
 log = logging.getLogger(__name__)
 
@@ -51,7 +52,7 @@ class InstanceTokens:
         self,
         instance_id: int,
         access_token: str,
-        sessions: async_sessionmaker[AsyncSession],
+        pg: asyncpg.Pool,
         redis: Redis,
         http: aiohttp.ClientSession,
         box: SecretBox,
@@ -59,7 +60,7 @@ class InstanceTokens:
     ) -> None:
         self.instance_id = instance_id
         self._access = access_token
-        self.sessions = sessions
+        self.pg = pg
         self.redis = redis
         self.http = http
         self.box = box
@@ -80,25 +81,18 @@ class InstanceTokens:
             await lease.release()
 
     async def _refresh_locked(self, rejected_token: str) -> str:
-        async with self.sessions() as session:
-            row = (
-                await session.execute(
-                    select(
-                        col(Instance.tokens), col(Instance.token_version), col(Instance.secrets)
-                    ).where(col(Instance.id) == self.instance_id)
-                )
-            ).one_or_none()
-        if row is None or row[0] is None:
+        async with self.pg.acquire() as conn:
+            row = await store.read_tokens(conn, self.instance_id)
+        if row is None or row.tokens is None:
             raise ProviderError("auth", "instance has no tokens (deleted?)")
-        stored = self.box.open(row[0])
-        version = int(row[1])
+        stored = self.box.open(row.tokens)
         if stored.get("access_token") and stored["access_token"] != rejected_token:
             return str(stored["access_token"])  # another worker refreshed already
         refresh_token = stored.get("refresh_token")
         if not refresh_token:
             raise ProviderError("auth", "access token expired and no refresh token is stored")
         cfg = self.refresh_config
-        client_secret = str(self.box.open(row[2]).get("oauth.api.secret", ""))
+        client_secret = str(self.box.open(row.secrets).get("oauth.api.secret", ""))
         try:
             tokens = await refresh_tokens(
                 self.http,
@@ -109,29 +103,21 @@ class InstanceTokens:
                 cfg.timeout_s,
             )
         except GrantRejected as exc:
-            await self._mark_invalid()
+            async with self.pg.acquire() as conn:
+                await store.mark_invalid(conn, self.instance_id)
             raise ProviderError("auth", f"refresh rejected: {exc.message}") from exc
         except ProviderUnavailable as exc:
             raise ProviderError("auth", f"refresh failed: {exc.message}") from exc
         new_tokens = tokens.to_secrets()
         if tokens.refresh_token is None:
             new_tokens["refresh_token"] = refresh_token
-        async with self.sessions() as session, session.begin():
-            result = await session.execute(
-                update(Instance)
-                .where(col(Instance.id) == self.instance_id, col(Instance.token_version) == version)
-                .values(tokens=self.box.seal(new_tokens), token_version=version + 1, valid=True)
-            )
-        if result.rowcount != 1:  # type: ignore[attr-defined]
+        sealed = self.box.seal(new_tokens)
+        async with self.pg.acquire() as conn:
+            stored_now = await store.store_tokens(conn, self.instance_id, row.version, sealed)
+        if not stored_now:
             log.warning("instance %s: tokens changed during refresh", self.instance_id)
         log.info("instance %s: access token refreshed", self.instance_id)
         return tokens.access_token
-
-    async def _mark_invalid(self) -> None:
-        async with self.sessions() as session, session.begin():
-            await session.execute(
-                update(Instance).where(col(Instance.id) == self.instance_id).values(valid=False)
-            )
 
 
 class RedisBudget:
@@ -159,7 +145,7 @@ class RedisBudget:
     async def acquire(self) -> None:
         while True:
             second = int(time.time())
-            key = f"{self.key}:{second}"
+            key = keys.app_budget_window(self.key, second)
             async with self.redis.pipeline(transaction=False) as pipe:
                 pipe.incr(key)
                 pipe.expire(key, 2)

@@ -216,6 +216,17 @@ async def oldest_retained_payload(conn: Conn) -> datetime | None:
 
 # -- replay -----------------------------------------------------------------------------------
 
+
+async def owns_live_instance(conn: Conn, organization_id: int, instance_id: int) -> bool:
+    """Whether ``instance_id`` is a live (not deleted) instance of the organization."""
+    found = await conn.fetchval(
+        "SELECT 1 FROM instances WHERE id = $1 AND organization_id = $2 AND deleted_at IS NULL",
+        instance_id,
+        organization_id,
+    )
+    return found is not None
+
+
 REPLAYABLE_ALL = ["delivered", "failed"]
 REPLAYABLE_FAILED = ["failed"]
 
@@ -504,3 +515,18 @@ TABLE_SIZES_SQL = """
       AND c.relname IN ('events', 'deliveries', 'delivery_attempts')
     ORDER BY c.relname
 """
+
+
+async def try_advisory_lock(conn: Conn, key: int) -> bool:
+    """Take the session-level advisory lock ``key`` if it is free (one runner of a job)."""
+    return bool(await conn.fetchval("SELECT pg_try_advisory_lock($1)", key))
+
+
+async def advisory_unlock(conn: Conn, key: int) -> None:
+    await conn.execute("SELECT pg_advisory_unlock($1)", key)
+
+
+async def database_now(conn: Conn) -> datetime:
+    """The database's clock (the one the rows' timestamps were written with)."""
+    moment: datetime = await conn.fetchval("SELECT now()")
+    return moment

@@ -15,6 +15,7 @@ import psycopg
 from psycopg.rows import dict_row
 
 from app.models import DUE_PREDICATE
+from app.store.lifecycle import TABLE_SIZES_SQL
 
 # Beat's due predicate (the one its partial index states): a quarantined instance is not
 # pollable, or it would read as overdue forever. Its columns are the instances' only.
@@ -61,6 +62,14 @@ def backlog(conn: psycopg.Connection[Any]) -> Backlog:
         oldest_pending_age_s=float(row[4]),
         failed_deliveries=int(row[5]),
     )
+
+
+def table_sizes(conn: psycopg.Connection[Any]) -> list[tuple[str, int, int, int]]:
+    """``(table, estimated rows, table bytes, index bytes)`` of the log tables."""
+    return [
+        (str(r[0]), int(r[1]), int(r[2]), int(r[3]))
+        for r in conn.execute(TABLE_SIZES_SQL).fetchall()
+    ]
 
 
 @dataclass(frozen=True)

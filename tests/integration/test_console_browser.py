@@ -63,7 +63,9 @@ window.__inFlight = 0;
 const realFetch = window.fetch;
 window.fetch = function (input, init) {
   const url = String(input && input.url ? input.url : input);
-  if (!url.includes('/elements/api-v2/')) { return realFetch(input, init); }
+  if (!url.includes('/elements/api-v2/') && !url.includes('/ui/api/')) {
+    return realFetch(input, init);
+  }
   window.__apiCalls += 1;
   window.__inFlight += 1;
   return realFetch(input, init).finally(() => { window.__inFlight -= 1; });

@@ -24,7 +24,7 @@ from redis.asyncio import Redis
 from app import keys
 from app.api.server import create_app as create_api
 from app.client import InstanceSpec, OAuthApp
-from app.db import create_engine, create_pg_pool, session_factory
+from app.db import create_pg_pool
 from app.security import SecretBox
 from app.services.polling import PollDeps, PollOutcome, run_polls
 from app.settings import Settings
@@ -140,17 +140,15 @@ async def harness(service_urls: ServiceUrls) -> AsyncIterator[Harness]:
     )
     api: TestClient[Any, Any] = TestClient(TestServer(create_api(settings)))
     await api.start_server()
-    engine = create_engine(service_urls.database_url)
     redis = Redis.from_url(service_urls.redis_url)
     http = aiohttp.ClientSession()
     pg = await create_pg_pool(service_urls.database_url, 10)
-    deps = PollDeps(settings, pg, session_factory(engine), redis, http, SecretBox(SECRET_KEY))
+    deps = PollDeps(settings, pg, redis, http, SecretBox(SECRET_KEY))
     headers = await new_org_headers(service_urls.database_url, "pollers")
     yield Harness(sim, api, deps, service_urls.database_url, headers)
     await http.close()
     await redis.aclose()
     await pg.close()
-    await engine.dispose()
     await api.close()
     await sim.close()
 

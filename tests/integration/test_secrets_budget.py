@@ -19,7 +19,7 @@ from redis.asyncio import Redis
 
 from app.api.server import create_app as create_api
 from app.client import InstanceSpec, OAuthApp
-from app.db import create_engine, create_pg_pool, session_factory
+from app.db import create_pg_pool
 from app.security import SecretBox
 from app.services import polling
 from app.services.polling import PollDeps, run_polls
@@ -83,16 +83,14 @@ async def stack(service_urls: ServiceUrls) -> AsyncIterator[Stack]:
     )
     api: TestClient[Any, Any] = TestClient(TestServer(create_api(settings)))
     await api.start_server()
-    engine = create_engine(service_urls.database_url)
     redis = Redis.from_url(service_urls.redis_url)
     http = aiohttp.ClientSession()
     pg = await create_pg_pool(service_urls.database_url, 4)
-    deps = PollDeps(settings, pg, session_factory(engine), redis, http, SecretBox(SECRET_KEY))
+    deps = PollDeps(settings, pg, redis, http, SecretBox(SECRET_KEY))
     yield Stack(sim, api, deps)
     await http.close()
     await redis.aclose()
     await pg.close()
-    await engine.dispose()
     await api.close()
     await sim.close()
 

@@ -32,7 +32,7 @@ def poll_instances_task(body: object) -> None:
     batch = [(order.instance_id, order.due) for order in decode_polls(body)]
     runtime = get_runtime()
     c = runtime.clients
-    deps = PollDeps(c.settings, c.pg, c.sessions, c.redis, c.http, c.box)
+    deps = PollDeps(c.settings, c.pg, c.redis, c.http, c.box)
     outcomes = runtime.submit(run_polls(deps, batch, c.poll_slots), timeout=BATCH_TIMEOUT_S)
     scheduled = {i: at.isoformat() if at else None for i, at in batch}
     task_view(poll_instances_task.app, poll_instances_task.request.hostname).polls(

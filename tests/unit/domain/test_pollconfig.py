@@ -16,6 +16,7 @@ from app.domain.pollconfig import (
     default_poller_configuration,
     parse_poller_configuration,
 )
+from tests.support.domain_helpers import template_variables
 
 KEY = "event.poller.configuration"
 
@@ -59,7 +60,7 @@ def test_spec_example_in_object_and_string_forms(form: str) -> None:
     contacts = parse_poller_configuration(value)["contacts"]
     assert contacts.name == "contacts"
     assert contacts.id_field == "id"
-    assert contacts.url.variables == ("gmtDate:yyyy-MM-dd'T'HH:mm:ss.SSS'Z'",)
+    assert template_variables(contacts.url) == ("gmtDate:yyyy-MM-dd'T'HH:mm:ss.SSS'Z'",)
     assert contacts.updated is not None
     assert contacts.updated.path == "last_updated"
     assert contacts.updated.timezone is None
@@ -134,7 +135,7 @@ def test_resource_without_dates() -> None:
     resource = parse_poller_configuration({"notes": {"url": "/notes", "idField": "id"}})["notes"]
     assert resource.updated is None
     assert resource.created is None
-    assert not resource.url.has_date_filter
+    assert template_variables(resource.url) == ()
 
 
 def test_unknown_keys_are_ignored() -> None:
@@ -325,7 +326,7 @@ def test_default_resources(
     assert resource.id_field == "id"
     assert (resource.created.path if resource.created else None) == created
     assert (resource.updated.path if resource.updated else None) == updated
-    assert resource.url.has_date_filter is filters_by_date
+    assert bool(template_variables(resource.url)) is filters_by_date
     if filters_by_date and name != "transactions":
         assert resource.url.url.endswith("&order=id")
     assert resource.filter_by_updated_date is (name != "transactions")

@@ -7,6 +7,7 @@ from zoneinfo import ZoneInfo
 import pytest
 
 from app.domain.templates import TemplateError, compile_template, normalize_resource_url
+from tests.support.domain_helpers import template_variables
 
 LA = ZoneInfo("America/Los_Angeles")
 BOUND = datetime(2024, 1, 2, 3, 4, 5, 678901, tzinfo=UTC)
@@ -125,8 +126,7 @@ def test_each_variable_kind(variable: str, value: str) -> None:
     rendered = render("/contacts?since=${" + variable + "}&order=id", LA)
     assert parse_qs(urlsplit(rendered).query) == {"since": [value], "order": ["id"]}
     template = compile_template("/contacts?since=${" + variable + "}")
-    assert template.variables == (variable,)
-    assert template.has_date_filter
+    assert template_variables(template) == (variable,)
 
 
 def test_date_uses_the_instance_zone() -> None:
@@ -158,8 +158,7 @@ def test_variable_in_the_path_encodes_slashes() -> None:
 def test_url_without_variables() -> None:
     template = compile_template("/hubs/crm/opportunities")
     assert template.url == "/opportunities"
-    assert template.variables == ()
-    assert not template.has_date_filter
+    assert template_variables(template) == ()
     assert template.render(BOUND, UTC) == "/opportunities"
 
 

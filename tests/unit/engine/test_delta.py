@@ -7,8 +7,9 @@ from typing import Any
 
 import pytest
 
-from app.domain.delta import Change, compute_delta, merge_deltas
+from app.domain.delta import Change, compute_delta
 from app.domain.watermark import Watermark, initial_watermark, lower_bound
+from tests.support.domain_helpers import merge_deltas
 from tests.unit.engine.helpers import T0, keap, resource
 
 S = timedelta(seconds=1)

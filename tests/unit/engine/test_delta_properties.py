@@ -18,9 +18,10 @@ from typing import Any
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from app.domain.delta import DeltaResult, compute_delta, merge_deltas
+from app.domain.delta import DeltaResult, compute_delta
 from app.domain.events import event_id
 from app.domain.watermark import Encoded, Watermark, initial_watermark, lower_bound
+from tests.support.domain_helpers import merge_deltas
 from tests.unit.engine.helpers import T0, keap, resource
 
 N_IDS = 8

@@ -13,7 +13,6 @@ from app.domain.schedule import (
     failure_backoff_s,
     first_poll_at,
     next_poll_at,
-    phase_offset,
 )
 
 T = datetime(2026, 11, 27, 10, 0, 0, tzinfo=UTC)
@@ -26,20 +25,23 @@ def test_ten_thousand_instances_created_together_are_spread_over_the_interval() 
     assert max(seconds.values()) <= 0.003 * 10_000
     assert len(seconds) >= 880
     # Consecutive ids are far apart.
-    assert abs(phase_offset(1, interval) - phase_offset(2, interval)) > 100
+    assert abs(first_poll_at(T, 1, interval) - first_poll_at(T, 2, interval)) > timedelta(
+        seconds=100
+    )
 
 
 def test_spread_of_one_minute_interval() -> None:
-    counts = Counter(int(phase_offset(i, 60.0)) for i in range(1, 10_001))
-    assert len(counts) == 60
-    assert max(counts.values()) <= 1.05 * 10_000 / 60
+    # First polls of a one-minute interval fall in [5 s, 60 s): 55 one-second slots.
+    counts = Counter(int((first_poll_at(T, i, 60.0) - T).total_seconds()) for i in range(1, 10_001))
+    assert sorted(counts) == list(range(5, 60))
+    assert max(counts.values()) <= 1.05 * 10_000 / 55
 
 
 @given(st.integers(0, 2**70), st.floats(0.01, 10**6))
-def test_phase_offset_is_within_the_interval(instance_id: int, interval: float) -> None:
-    offset = phase_offset(instance_id, interval)
-    assert 0 <= offset < interval
-    assert phase_offset(instance_id, interval) == offset
+def test_first_poll_is_within_the_interval_and_stable(instance_id: int, interval: float) -> None:
+    first = first_poll_at(T, instance_id, interval)
+    assert T < first <= T + timedelta(seconds=interval) + timedelta(microseconds=1)
+    assert first_poll_at(T, instance_id, interval) == first
 
 
 @given(st.integers(1, 10**9), st.floats(0.5, 10**5))
@@ -83,7 +85,7 @@ def test_bad_intervals_are_refused() -> None:
         with pytest.raises(ValueError, match="interval"):
             next_poll_at(T, bad, T)
         with pytest.raises(ValueError, match="interval"):
-            phase_offset(1, bad)
+            first_poll_at(T, 1, bad)
 
 
 def test_failure_backoff_for_a_fifteen_minute_interval() -> None:

@@ -7,6 +7,7 @@
 
 (function () {
   const API = "/elements/api-v2";
+  const CONSOLE_API = "/ui/api"; // the console's own reads (app/api/ui/overview.py)
   const AUTH_KEY = "pollinator.console.auth";
   const PENDING_KEY = "pollinator.console.pendingOAuth";
   const NOTICE_KEY = "pollinator.console.notice";
@@ -76,7 +77,7 @@
   /**
    * Calls the JSON API. Resolves to {data, total}; rejects with ApiError carrying the API's
    * message (which names the offending field). A 401 signs the tab out unless options.auth
-   * is given (the sign-in check).
+   * is given (the sign-in check). options.base replaces the API's base path (CONSOLE_API).
    */
   async function api(method, path, options) {
     const opts = options || {};
@@ -84,7 +85,7 @@
     if (!auth) {
       throw new ApiError(401, "not signed in");
     }
-    let url = API + path;
+    let url = (opts.base || API) + path;
     if (opts.query) {
       const params = new URLSearchParams();
       for (const [key, value] of Object.entries(opts.query)) {
@@ -431,6 +432,7 @@
 
   window.PC = {
     ApiError: ApiError,
+    CONSOLE_API: CONSOLE_API,
     PENDING_KEY: PENDING_KEY,
     api: api,
     append: append,
