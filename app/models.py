@@ -86,6 +86,18 @@ class Organization(SQLModel, table=True):
     payload_retention_days: float | None = Field(default=None, nullable=True)
     metadata_retention_days: float | None = Field(default=None, nullable=True)
     erasing_since: datetime | None = _ts(nullable=True)
+    # Its instances that are not deleted, those beat schedules (DUE_PREDICATE) and the
+    # quarantined ones, kept by triggers on ``instances`` (migration 0005): counts
+    # without counting rows.
+    live_instances: int = Field(
+        default=0, sa_column=Column(BigInteger, nullable=False, server_default="0")
+    )
+    pollable_instances: int = Field(
+        default=0, sa_column=Column(BigInteger, nullable=False, server_default="0")
+    )
+    quarantined_instances: int = Field(
+        default=0, sa_column=Column(BigInteger, nullable=False, server_default="0")
+    )
 
 
 class User(SQLModel, table=True):
@@ -138,6 +150,13 @@ class Instance(SQLModel, table=True):
             "ix_instances_due",
             "next_poll_at",
             postgresql_where=text(DUE_PREDICATE),
+        ),
+        # One organization's page in id order; its OFFSET is walked in the index alone.
+        Index(
+            "ix_instances_org_live",
+            "organization_id",
+            "id",
+            postgresql_where=text("deleted_at IS NULL"),
         ),
     )
 
@@ -211,7 +230,17 @@ class PollState(SQLModel, table=True):
     """Per (instance, resource) polling state; the durable checkpoint of the Redis watermark."""
 
     __tablename__ = "poll_states"
-    __table_args__ = (UniqueConstraint("instance_id", "resource"),)
+    __table_args__ = (
+        UniqueConstraint("instance_id", "resource"),
+        # The failing few, most failures first: status and /metrics scan no other row.
+        Index(
+            "ix_poll_states_failing",
+            text("consecutive_failures DESC"),
+            "instance_id",
+            "resource",
+            postgresql_where=text("consecutive_failures > 0"),
+        ),
+    )
 
     id: int | None = Field(default=None, sa_column=Column(BigInteger, primary_key=True))
     instance_id: int = Field(

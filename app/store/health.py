@@ -15,7 +15,9 @@ from app.models import DUE_PREDICATE
 from app.store.lifecycle import TABLE_SIZES_SQL
 
 # Polling gauges use beat's due predicate: a quarantined instance stays overdue forever
-# and would otherwise read as a stuck scheduler; it is counted on its own instead. Lags
+# and would otherwise read as a stuck scheduler; it is counted on its own instead. The
+# pollable and quarantined counts are the organizations' trigger-kept counters (migration
+# 0005); the overdue ones walk the due index from its oldest entry (what is overdue). Lags
 # skip non-finite slots: a stored '-infinity' (beat quarantines it on its next tick)
 # would make the subtraction fail and take /metrics down with it.
 _GAUGES = text(f"""
@@ -24,12 +26,12 @@ _GAUGES = text(f"""
       (SELECT coalesce(extract(epoch FROM now() - min(next_attempt_at)), 0)
          FROM deliveries
          WHERE status = 'pending' AND next_attempt_at <= now() AND isfinite(next_attempt_at)),
-      (SELECT count(*) FROM instances WHERE {DUE_PREDICATE}),
+      (SELECT coalesce(sum(pollable_instances), 0) FROM organizations),
       (SELECT count(*) FROM instances
          WHERE {DUE_PREDICATE} AND next_poll_at < now() - interval '10 seconds'),
       (SELECT coalesce(extract(epoch FROM now() - min(next_poll_at)), 0) FROM instances
          WHERE {DUE_PREDICATE} AND next_poll_at <= now() AND isfinite(next_poll_at)),
-      (SELECT count(*) FROM instances WHERE quarantined_at IS NOT NULL AND deleted_at IS NULL)
+      (SELECT coalesce(sum(quarantined_instances), 0) FROM organizations)
 """)
 
 # Error classes are our own ("http_5xx", "timeout", ...: the part of lastError before the
