@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import sys
 from pathlib import Path
 
 from alembic.config import Config
@@ -40,19 +39,13 @@ def check(database_url: str) -> None:
 
 def main(argv: list[str]) -> int:
     """Entry point of ``pollinator migrate [--check]``."""
-    from app.settings import beside_running_stack, load_settings_or_exit
+    from app.settings import command_settings_or_exit
 
     parser = argparse.ArgumentParser(prog="pollinator migrate")
     parser.add_argument("--check", action="store_true", help="run `alembic check` afterwards")
     args = parser.parse_args(argv)
-    settings = beside_running_stack(load_settings_or_exit())
-    if not settings.database_url:
-        print(
-            "pollinator: POLLINATOR_DATABASE_URL is required (or run it beside `pollinator up`)",
-            file=sys.stderr,
-        )
-        return 2
-    upgrade(settings.database_url, settings.secret_key)
+    settings, database_url = command_settings_or_exit()
+    upgrade(database_url, settings.secret_key)
     if args.check:
-        check(settings.database_url)
+        check(database_url)
     return 0

@@ -86,7 +86,7 @@ def _instance_id(text: str) -> int:
 
 def main(argv: list[str]) -> int:
     """``pollinator instances list|show ID`` and ``pollinator events tail ID``."""
-    from app.settings import beside_running_stack, load_settings_or_exit
+    from app.settings import command_settings_or_exit
 
     parser = argparse.ArgumentParser(prog="pollinator")
     sub = parser.add_subparsers(dest="what", required=True)
@@ -106,14 +106,8 @@ def main(argv: list[str]) -> int:
     tail_p.add_argument("--no-follow", action="store_true", help="print and exit")
     args = parser.parse_args(argv)
 
-    settings = beside_running_stack(load_settings_or_exit())
-    if not settings.database_url:
-        print(
-            "pollinator: POLLINATOR_DATABASE_URL is required (or run it beside `pollinator up`)",
-            file=sys.stderr,
-        )
-        return 2
-    url = libpq_url(settings.database_url)
+    _, database_url = command_settings_or_exit()
+    url = libpq_url(database_url)
 
     def connect() -> psycopg.Connection[Any]:
         return psycopg.connect(url, connect_timeout=5)

@@ -97,7 +97,7 @@ async def set_retention(
 
 def main(argv: list[str]) -> int:
     """``org create`` prints ``{"organizationId", "organizationSecret", "userSecret"}``."""
-    from app.settings import beside_running_stack, load_settings_or_exit
+    from app.settings import command_settings_or_exit
 
     parser = argparse.ArgumentParser(prog="pollinator org")
     sub = parser.add_subparsers(dest="action", required=True)
@@ -114,13 +114,7 @@ def main(argv: list[str]) -> int:
     retention_p.add_argument("--payload-days", metavar="DAYS")
     retention_p.add_argument("--metadata-days", metavar="DAYS")
     args = parser.parse_args(argv)
-    settings = beside_running_stack(load_settings_or_exit())
-    if not settings.database_url:
-        print(
-            "pollinator: POLLINATOR_DATABASE_URL is required (or run it beside `pollinator up`)",
-            file=sys.stderr,
-        )
-        return 2
+    settings, database_url = command_settings_or_exit()
     if args.action == "delete":
         return _print_or_missing(asyncio.run(delete(settings, args.id)), args.id)
     if args.action == "retention":
@@ -139,7 +133,7 @@ def main(argv: list[str]) -> int:
     if not name or len(name) > 200:
         print("pollinator: NAME must be 1-200 characters", file=sys.stderr)
         return 2
-    result = asyncio.run(create(settings.database_url, name))
+    result = asyncio.run(create(database_url, name))
     print(json.dumps(result.as_json()))
     return 0
 

@@ -198,6 +198,21 @@ def beside_running_stack(settings: Settings) -> Settings:
     )
 
 
+def command_settings_or_exit() -> tuple[Settings, str]:
+    """Settings for a command that needs the database, and its URL; exits 2 without one.
+
+    Unset URLs come from a running ``pollinator up`` (:func:`beside_running_stack`).
+    """
+    settings = beside_running_stack(load_settings_or_exit())
+    if not settings.database_url:
+        print(
+            "pollinator: POLLINATOR_DATABASE_URL is required (or run it beside `pollinator up`)",
+            file=sys.stderr,
+        )
+        raise SystemExit(2)
+    return settings, settings.database_url
+
+
 @lru_cache(maxsize=1)
 def get_settings() -> Settings:
     """Process-wide settings, read once."""
