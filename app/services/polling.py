@@ -92,7 +92,8 @@ _EXPLAINED = (ConfigError, ScheduleError)
 class ResourceOutcome:
     resource: str
     delta: DeltaResult | None = None
-    error: str | None = None
+    error: str | None = None  # lastError as the tenant sees it: "<kind>: <detail>"
+    error_kind: str | None = None  # the provider fault's class (metrics label), never parsed back
     records: int = 0
     requests: int = 0
     watermark_moved: bool = False
@@ -167,6 +168,7 @@ async def _poll_resource(
         )
     except ProviderError as exc:
         outcome.error = str(exc)[:MAX_ERROR_LENGTH]
+        outcome.error_kind = exc.kind
         return outcome
     outcome.records = len(fetched.records)
     outcome.requests = fetched.stats.requests
@@ -366,8 +368,8 @@ def poll_metrics(outcome: PollOutcome, scheduled_at: datetime | None) -> Metrics
     requests = 0
     for res in outcome.resources:
         requests += res.requests
-        if res.error:
-            batch.inc(metrics.POLL_ERRORS, {"kind": res.error.split(":", 1)[0]})
+        if res.error_kind:
+            batch.inc(metrics.POLL_ERRORS, {"kind": res.error_kind})
         elif res.delta is not None and res.delta.changes:
             batch.inc(metrics.POLL_EVENTS, {"resource": res.resource}, len(res.delta.changes))
         if res.delta is not None and res.delta.skipped_unparseable:
