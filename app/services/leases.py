@@ -31,6 +31,7 @@ import contextlib
 import logging
 import secrets as pysecrets
 import time
+from collections.abc import Sequence
 from typing import Final
 
 import redis
@@ -151,10 +152,30 @@ class Leases:
         lease = Lease(self.redis, key, self.ttl_ms)
         if not await lease.acquire():
             return None
-        self._held[key] = lease
-        if self._renewer is None or self._renewer.done():
-            self._renewer = asyncio.create_task(self._renew_while_held())
+        self._hold([lease])
         return lease.token
+
+    async def acquire_many(self, keys: Sequence[str]) -> dict[str, str]:
+        """:meth:`acquire` for several keys in one pipelined round trip: the tokens of the
+        leases taken, by key. A key someone else holds is left out, and so is the second
+        of a key listed twice (only one holder, as with two :meth:`acquire` calls)."""
+        if not keys:
+            return {}
+        leases = [Lease(self.redis, key, self.ttl_ms) for key in keys]
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for lease in leases:
+                pipe.set(lease.key, lease.token, nx=True, px=lease.ttl_ms)
+            answers = await pipe.execute()
+        taken = [lease for lease, ok in zip(leases, answers, strict=True) if ok]
+        self._hold(taken)
+        return {lease.key: lease.token for lease in taken}
+
+    def _hold(self, leases: Sequence[Lease]) -> None:
+        """Remember leases just taken, and renew them (with the others) while held."""
+        for lease in leases:
+            self._held[lease.key] = lease
+        if self._held and (self._renewer is None or self._renewer.done()):
+            self._renewer = asyncio.create_task(self._renew_while_held())
 
     async def release(self, key: str, token: str) -> None:
         """Give the lease back (only if it is still ours)."""

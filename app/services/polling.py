@@ -30,6 +30,7 @@ crash per interval a few times, never a traceback every interval forever.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import uuid
 from collections.abc import Sequence
@@ -255,53 +256,99 @@ def provider_client(
     )
 
 
+@dataclass
+class _Claim:
+    """One poll of a batch as the batch's shared reads left it: its lease is held."""
+
+    holder: str  # the lease's token
+    snap: Snapshot | None = None  # None: gone or no longer polling
+    error: Exception | None = None  # building its snapshot failed: the poll crashes with it
+    starts: dict[str, Start] = field(default_factory=dict)
+
+
+async def _claim(deps: PollDeps, instance_ids: Sequence[int]) -> dict[int, _Claim]:
+    """Take the leases of a batch of polls and read what they start from, in one round
+    trip each: the leases (one Redis pipeline), the snapshots (one PostgreSQL statement)
+    and the Redis watermarks (one MGET). Only instances whose lease was taken are in the
+    answer; a lease held elsewhere makes that poll ``busy`` as before.
+    """
+    holders = await deps.leases.acquire_many([keys.poll_lock(i) for i in instance_ids])
+    claims = {i: _Claim(holder) for i in instance_ids if (holder := holders.get(keys.poll_lock(i)))}
+    if not claims:
+        return claims
+    try:
+        async with deps.pg.acquire() as conn:
+            rows = await store.snapshot_rows(conn, list(claims))
+        for instance_id, claim in claims.items():
+            if instance_id in rows:
+                try:
+                    claim.snap = store.build_snapshot(instance_id, rows[instance_id])
+                except Exception as exc:  # this poll's crash (see _poll_claimed), not the batch's
+                    claim.error = exc
+        snaps = [(i, c.snap.states) for i, c in claims.items() if c.snap is not None]
+        starts = await deps.watermarks.starts_many(snaps)
+    except BaseException:
+        for instance_id, claim in claims.items():
+            await _release(deps, instance_id, claim)
+        raise
+    for instance_id, claim in claims.items():
+        claim.starts = starts.get(instance_id, {})
+    return claims
+
+
+async def _release(deps: PollDeps, instance_id: int, claim: _Claim) -> None:
+    await deps.leases.release(keys.poll_lock(instance_id), claim.holder)
+
+
 async def poll_instance(
     deps: PollDeps, instance_id: int, slots: asyncio.Semaphore | None = None
 ) -> PollOutcome:
-    """Poll every configured resource of one instance once (no overlap with another poll).
+    """Poll every configured resource of one instance once (no overlap with another poll):
+    a batch of one.
 
     ``slots`` is the poll slot the caller holds (given back while waiting on the app budget).
     """
-    lock_key = keys.poll_lock(instance_id)
-    holder = await deps.leases.acquire(lock_key)
-    if holder is None:
+    claim = (await _claim(deps, [instance_id])).get(instance_id)
+    if claim is None:
         return PollOutcome(instance_id, skipped=True, busy=True)
-    try:
-        return await _poll_locked(deps, instance_id, slots)
-    finally:
-        await deps.leases.release(lock_key, holder)
+    return await _poll_claimed(deps, instance_id, claim, slots)
 
 
-async def _poll_locked(
-    deps: PollDeps, instance_id: int, slots: asyncio.Semaphore | None
+async def _poll_claimed(
+    deps: PollDeps, instance_id: int, claim: _Claim, slots: asyncio.Semaphore | None
 ) -> PollOutcome:
-    async with deps.pg.acquire() as conn:
-        snap = await store.load_snapshot(conn, instance_id)
-    if snap is None:
-        return PollOutcome(instance_id, skipped=True)
-    outcome = PollOutcome(instance_id)
-    starts = await deps.watermarks.starts(instance_id, snap.states)
-    client = _client_for(deps, snap, slots)
-    started = outcome.started_at = utcnow()
-    outcome.resources = list(
-        await asyncio.gather(
-            *(
-                _poll_resource(
-                    client,
-                    snap.resources[s.resource],
-                    s,
-                    starts[s.resource].watermark,
-                    started,
-                    snap.timezone,
+    """The rest of a claimed poll: fetch, delta, commit, mirror; then give the lease back."""
+    try:
+        if claim.error is not None:
+            raise claim.error
+        snap = claim.snap
+        if snap is None:
+            return PollOutcome(instance_id, skipped=True)
+        outcome = PollOutcome(instance_id)
+        starts = claim.starts
+        client = _client_for(deps, snap, slots)
+        started = outcome.started_at = utcnow()
+        outcome.resources = list(
+            await asyncio.gather(
+                *(
+                    _poll_resource(
+                        client,
+                        snap.resources[s.resource],
+                        s,
+                        starts[s.resource].watermark,
+                        started,
+                        snap.timezone,
+                    )
+                    for s in snap.states
                 )
-                for s in snap.states
             )
         )
-    )
-    await _commit(deps, snap, outcome, started)
-    await _mirror(deps, instance_id, starts, outcome.resources)
-    outcome.finished_at = utcnow()
-    return outcome
+        await _commit(deps, snap, outcome, started)
+        await _mirror(deps, instance_id, starts, outcome.resources)
+        outcome.finished_at = utcnow()
+        return outcome
+    finally:
+        await _release(deps, instance_id, claim)
 
 
 async def _commit(deps: PollDeps, snap: Snapshot, outcome: PollOutcome, started: datetime) -> None:
@@ -429,6 +476,9 @@ async def run_polls(
 ) -> list[PollOutcome]:
     """Poll a batch of instances concurrently, at most ``slots`` polls at once per process.
 
+    The batch takes its leases and reads its snapshots and Redis watermarks together
+    (:func:`_claim`: one round trip each, not one per poll); then each poll fetches,
+    commits in its own transaction, mirrors its watermarks and gives its lease back.
     Metrics of the whole batch go out in one round trip at the end (each poll has
     already written its watermarks, before giving its lease back).
     One poll's unexpected crash is logged and does not take the batch down: its
@@ -436,12 +486,27 @@ async def run_polls(
     counts towards quarantining that instance (:func:`count_crash`).
     """
     batch = MetricsBatch()
+    claims: dict[int, _Claim] = {}
+    shared_failure: Exception | None = None
+    try:
+        claims = await _claim(deps, [i for i, _ in items])
+    except Exception as exc:  # Redis or PostgreSQL: every poll of the batch fails with it
+        shared_failure = exc
+
+    async def poll(instance_id: int) -> PollOutcome:
+        if shared_failure is not None:
+            raise shared_failure
+        # pop: an instance listed twice is polled once; the other finds it busy, as before
+        claim = claims.pop(instance_id, None)
+        if claim is None:
+            return PollOutcome(instance_id, skipped=True, busy=True)
+        return await _poll_claimed(deps, instance_id, claim, slots)
 
     async def one(instance_id: int, scheduled_at: datetime | None) -> PollOutcome:
         with log_context(instance_id=instance_id):
             async with slots:
                 try:
-                    outcome = await poll_instance(deps, instance_id, slots)
+                    outcome = await poll(instance_id)
                 except Exception as exc:
                     log.exception("instance %s: poll crashed", instance_id)
                     await count_crash(deps, batch, instance_id, exc)
@@ -450,7 +515,12 @@ async def run_polls(
         batch.merge(poll_metrics(outcome, scheduled_at))
         return outcome
 
-    done = await asyncio.gather(*(one(i, at) for i, at in items))
+    try:
+        done = await asyncio.gather(*(one(i, at) for i, at in items))
+    finally:  # cancelled before some polls began: their leases must not be renewed forever
+        for instance_id, claim in claims.items():
+            with contextlib.suppress(Exception):
+                await _release(deps, instance_id, claim)
     busy = [o.instance_id for o in done if o.busy]
     if busy:
         async with deps.pg.acquire() as conn:

@@ -134,12 +134,24 @@ class WatermarkStore:
 
     async def starts(self, instance_id: int, rows: Sequence[CheckpointRow]) -> dict[str, Start]:
         """Each resource's starting watermark (one Redis round trip for all of them)."""
-        if not rows:
+        return (await self.starts_many([(instance_id, rows)])).get(instance_id, {})
+
+    async def starts_many(
+        self, instances: Sequence[tuple[int, Sequence[CheckpointRow]]]
+    ) -> dict[int, dict[str, Start]]:
+        """:meth:`starts` of several instances (a batch of polls) in one round trip."""
+        names = [keys.watermark(i, r.resource) for i, rows in instances for r in rows]
+        if not names:
             return {}
-        hot = await self.redis.mget([keys.watermark(instance_id, r.resource) for r in rows])
+        hot = iter(await self.redis.mget(names))
         return {
-            row.resource: choose(row.checkpoint, Encoded.from_redis(raw), rewound=row.rewound)
-            for row, raw in zip(rows, hot, strict=True)
+            instance_id: {
+                row.resource: choose(
+                    row.checkpoint, Encoded.from_redis(next(hot)), rewound=row.rewound
+                )
+                for row in rows
+            }
+            for instance_id, rows in instances
         }
 
     async def mirror(

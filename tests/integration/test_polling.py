@@ -17,6 +17,7 @@ from urllib.parse import parse_qs, urlsplit
 from zoneinfo import ZoneInfo
 
 import aiohttp
+import asyncpg
 import psycopg
 import pytest
 from aiohttp.test_utils import TestClient, TestServer
@@ -25,7 +26,7 @@ from redis.asyncio import Redis
 from app import keys
 from app.api.server import create_app as create_api
 from app.client import InstanceSpec, OAuthApp
-from app.db import create_pg_pool
+from app.db import create_pg_pool, libpq_url
 from app.security import SecretBox
 from app.services.polling import PollDeps, PollOutcome, run_polls
 from app.settings import Settings
@@ -379,6 +380,33 @@ async def test_quiet_poll_is_not_fatal(harness: Harness) -> None:
     assert not outcome.failed
     assert [r.resource for r in outcome.resources] == ["contacts"]
     assert harness.state("contacts")["last_error"] is None
+
+
+async def test_a_batch_of_polls_reads_its_snapshots_in_one_statement(harness: Harness) -> None:
+    """The snapshot read is once per batch, not once per poll (issue 13: work per poll)."""
+    ids = [await harness.create_instance(contacts_config()) for _ in range(5)]
+    statements: list[str] = []
+
+    async def log_statements(conn: asyncpg.Connection[asyncpg.Record]) -> None:
+        conn.add_query_logger(lambda record: statements.append(record.query))
+
+    pool = await asyncpg.create_pool(
+        libpq_url(harness.database_url), min_size=1, max_size=10, init=log_statements
+    )
+    assert pool is not None
+    d = harness.deps
+    try:
+        outcomes = await run_polls(
+            PollDeps(d.settings, pool, d.redis, d.http, d.box),
+            [(i, None) for i in ids],
+            asyncio.Semaphore(4),
+        )
+    finally:
+        await pool.close()
+    assert [(o.instance_id, o.skipped, o.failed) for o in outcomes] == [
+        (i, False, False) for i in ids
+    ]
+    assert len([q for q in statements if "LEFT JOIN poll_states" in q]) == 1
 
 
 async def test_the_instance_time_zone_renders_date_templates_and_reads_zoneless_dates(

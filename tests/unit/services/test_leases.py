@@ -162,3 +162,22 @@ def test_one_beat_leads_and_a_standby_takes_over_when_its_lease_expires(
         assert not leader.ensure()
     assert caplog.text.count("leading: this beat schedules") == 2
     assert "standing by: lost the lead" in caplog.text
+
+
+async def test_a_batch_takes_its_leases_in_one_round_trip_and_skips_busy_ones(
+    redis: Redis,
+) -> None:
+    leases = Leases(redis, ttl_ms=60_000, renew_every_s=30)
+    busy = await leases.acquire("k:busy")
+    assert busy is not None
+    taken = await leases.acquire_many(["k:a", "k:busy", "k:b", "k:a"])
+    assert sorted(taken) == ["k:a", "k:b"]  # held elsewhere, or listed twice: taken once
+    assert leases.held() == 3
+    for key, token in taken.items():
+        assert await redis.get(key) == token.encode()
+        assert 50_000 < await redis.pttl(key) <= 60_000
+        await leases.release(key, token)
+    assert await redis.get("k:busy") == busy.encode()
+    assert await leases.acquire_many([]) == {}
+    await leases.release("k:busy", busy)
+    await leases.close()
