@@ -60,7 +60,7 @@ from app.services.tokens import InstanceTokens, RedisBudget, RefreshConfig
 from app.settings import Settings
 from app.store import polling as store
 from app.store.polling import ResourceState, Snapshot
-from app.store.watermarks import WatermarkStore
+from app.store.watermarks import CheckpointWrite, WatermarkStore, write_checkpoints_many
 
 log = logging.getLogger(__name__)
 
@@ -256,6 +256,72 @@ def provider_client(
     )
 
 
+class QuietCommits:
+    """The checkpoints of a batch's quiet polls, written together (group commit).
+
+    A quiet poll (nothing changed, nothing failed: its commit would be the checkpoint
+    statement alone) queues its checkpoints here and waits for them to be written. The
+    first to arrive writes everything queued by then, and again what queued meanwhile,
+    in one statement each time; it never waits for polls still fetching, so no poll
+    holds its slot for another. Each poll still moves its Redis watermarks only after
+    the statement carrying its checkpoints returned, and stores no events, so
+    at-least-once is as for a single poll.
+
+    A statement that fails for a reason that could be one instance's data is not
+    allowed to fail the whole group: each of its polls then writes alone
+    (:meth:`commit` answers ``False``), so a crash stays counted on its own instance.
+    """
+
+    def __init__(self, pg: asyncpg.Pool) -> None:
+        self.pg = pg
+        self._queued: list[tuple[int, datetime, list[CheckpointWrite], asyncio.Future[bool]]] = []
+        self._writing = False
+
+    async def commit(
+        self, instance_id: int, started: datetime, writes: list[CheckpointWrite]
+    ) -> bool:
+        """``True`` once this poll's checkpoints are written; ``False``: write them alone."""
+        done: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
+        self._queued.append((instance_id, started, writes, done))
+        if not self._writing:
+            self._writing = True
+            try:
+                await asyncio.sleep(0)  # the polls whose fetch ended with this one join it
+                while self._queued:
+                    group, self._queued = self._queued, []
+                    await self._write(group)
+            finally:
+                self._writing = False
+                for *_, left in self._queued:  # cancelled mid-write: the rest write alone
+                    if not left.done():
+                        left.set_result(False)
+                self._queued = []
+        return await done
+
+    async def _write(
+        self, group: list[tuple[int, datetime, list[CheckpointWrite], asyncio.Future[bool]]]
+    ) -> None:
+        try:
+            async with self.pg.acquire() as conn:
+                await write_checkpoints_many(conn, [(i, at, w) for i, at, w, _ in group])
+        except _NOT_THE_INSTANCES_FAULT as exc:
+            for *_, done in group:
+                done.set_exception(exc)
+        except Exception:
+            log.warning(
+                "a batch's checkpoints failed together; its polls write alone", exc_info=True
+            )
+            for *_, done in group:
+                done.set_result(False)
+        else:
+            for *_, done in group:
+                done.set_result(True)
+        finally:  # cancelled mid-statement: whether it committed is unknown, write again
+            for *_, done in group:
+                if not done.done():
+                    done.set_result(False)
+
+
 @dataclass
 class _Claim:
     """One poll of a batch as the batch's shared reads left it: its lease is held."""
@@ -315,7 +381,11 @@ async def poll_instance(
 
 
 async def _poll_claimed(
-    deps: PollDeps, instance_id: int, claim: _Claim, slots: asyncio.Semaphore | None
+    deps: PollDeps,
+    instance_id: int,
+    claim: _Claim,
+    slots: asyncio.Semaphore | None,
+    quiet: QuietCommits | None = None,
 ) -> PollOutcome:
     """The rest of a claimed poll: fetch, delta, commit, mirror; then give the lease back."""
     try:
@@ -343,7 +413,7 @@ async def _poll_claimed(
                 )
             )
         )
-        await _commit(deps, snap, outcome, started)
+        await _commit(deps, snap, outcome, started, quiet)
         await _mirror(deps, instance_id, starts, outcome.resources)
         outcome.finished_at = utcnow()
         return outcome
@@ -351,12 +421,26 @@ async def _poll_claimed(
         await _release(deps, instance_id, claim)
 
 
-async def _commit(deps: PollDeps, snap: Snapshot, outcome: PollOutcome, started: datetime) -> None:
+async def _commit(
+    deps: PollDeps,
+    snap: Snapshot,
+    outcome: PollOutcome,
+    started: datetime,
+    quiet: QuietCommits | None = None,
+) -> None:
     """Events, deliveries, checkpoints and the instance's counters, atomically."""
     lease_until = utcnow() + timedelta(seconds=deps.settings.delivery_lease_seconds)
     results = [ResourceResult(r.resource, r.delta, r.error or r.warning) for r in outcome.resources]
+    single = _single_statement(results, snap.poll_failures) and not snap.poll_crashes
+    if single and quiet is not None:
+        writes = [
+            CheckpointWrite(r.resource, r.delta.watermark if r.delta else None, r.error)
+            for r in results
+        ]
+        if await quiet.commit(snap.info.id, started, writes):
+            return
     async with deps.pg.acquire() as conn:
-        if _single_statement(results, snap.poll_failures) and not snap.poll_crashes:
+        if single:
             # Nothing changed and nothing failed: only the checkpoint statement runs,
             # and one statement is atomic without a BEGIN/COMMIT round trip each.
             outcome.events, outcome.deliveries = await store_poll(
@@ -486,6 +570,7 @@ async def run_polls(
     counts towards quarantining that instance (:func:`count_crash`).
     """
     batch = MetricsBatch()
+    quiet = QuietCommits(deps.pg)
     claims: dict[int, _Claim] = {}
     shared_failure: Exception | None = None
     try:
@@ -500,7 +585,7 @@ async def run_polls(
         claim = claims.pop(instance_id, None)
         if claim is None:
             return PollOutcome(instance_id, skipped=True, busy=True)
-        return await _poll_claimed(deps, instance_id, claim, slots)
+        return await _poll_claimed(deps, instance_id, claim, slots, quiet)
 
     async def one(instance_id: int, scheduled_at: datetime | None) -> PollOutcome:
         with log_context(instance_id=instance_id):

@@ -152,7 +152,7 @@ async def test_a_batch_reads_every_instances_starts_in_one_round_trip(
 
     async def counting(*args: object, **options: object) -> object:
         sent.append(args)
-        return await execute(*args, **options)
+        return await execute(*args, **options)  # type: ignore[no-untyped-call]
 
     redis.execute_command = counting  # type: ignore[method-assign]
     starts = await store.starts_many(
