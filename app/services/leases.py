@@ -109,8 +109,14 @@ class Lease(_LeaseKey):
             return True
         return bool(await self._renew(keys=[self.key], args=args))
 
-    async def release(self) -> bool:
-        """Give the lease back, only if it is still ours; ``True`` when it was."""
+    async def release(self, pipe: Pipeline | None = None) -> bool:
+        """Give the lease back, only if it is still ours; ``True`` when it was.
+
+        With ``pipe`` the release is only queued on that pipeline and this returns ``True``.
+        """
+        if pipe is not None:
+            await self._release(keys=[self.key], args=[self.token], client=pipe)
+            return True
         return bool(await self._release(keys=[self.key], args=[self.token]))
 
 
@@ -185,6 +191,20 @@ class Leases:
         else:  # forgotten as lost: the script still checks the token
             lease = Lease(self.redis, key, self.ttl_ms, token)
         await lease.release()
+
+    async def release_many(self, leases: Sequence[tuple[str, str]]) -> None:
+        """:meth:`release` of several (key, token) pairs in one pipelined round trip."""
+        if not leases:
+            return
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for key, token in leases:
+                lease = self._held.get(key)
+                if lease is not None and lease.token == token:
+                    del self._held[key]
+                else:
+                    lease = Lease(self.redis, key, self.ttl_ms, token)
+                await lease.release(pipe)
+            await pipe.execute()
 
     def held(self) -> int:
         return len(self._held)

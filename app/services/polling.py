@@ -15,9 +15,10 @@ before the commit leaves every watermark where it was; one that dies after it ha
 nothing (Redis is repaired from the checkpoint by the next poll, and the sweeper
 enqueues pending deliveries whose lease ran out).
 
-This is the hot path of the whole system (every instance, every interval), so it reads
-with one query, writes with one transaction of a few statements (a quiet poll: one
-statement), and talks to Redis in as few round trips as it can.
+This is the hot path of the whole system (every instance, every interval), so a batch
+of polls reads with one query and one Redis round trip for all of them (:func:`run_polls`),
+each poll writes with one transaction of a few statements (quiet polls: one statement
+shared by those that end together), and talks to Redis in as few round trips as it can.
 
 A poll that *crashes* (an unexpected exception — not provider weather, which
 fails the poll cleanly and backs off) is counted on the instance; after
@@ -322,6 +323,51 @@ class QuietCommits:
                     done.set_result(False)
 
 
+class LeaseReturns:
+    """The poll leases of a batch, given back together: polls that end at once share one
+    pipelined round trip (the first to end yields once, then gives back everything queued
+    by then, and again what queued meanwhile). Each poll still returns only after its own
+    lease was given back, so its watermarks were mirrored under it.
+    """
+
+    def __init__(self, leases: Leases) -> None:
+        self.leases = leases
+        self._queued: list[tuple[str, str, asyncio.Future[bool]]] = []
+        self._returning = False
+
+    async def give_back(self, key: str, token: str) -> None:
+        done: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
+        self._queued.append((key, token, done))
+        if not self._returning:
+            self._returning = True
+            try:
+                await asyncio.sleep(0)  # the polls that end with this one join it
+                while self._queued:
+                    group, self._queued = self._queued, []
+                    await self._give_back(group)
+            finally:
+                self._returning = False
+                for *_, left in self._queued:  # cancelled: the rest give theirs back alone
+                    left.set_result(False)
+                self._queued = []
+        if not await done:
+            await self.leases.release(key, token)
+
+    async def _give_back(self, group: list[tuple[str, str, asyncio.Future[bool]]]) -> None:
+        try:
+            await self.leases.release_many([(key, token) for key, token, _ in group])
+        except Exception as exc:  # as a poll's own release failing: it fails the poll
+            for *_, done in group:
+                done.set_exception(exc)
+        else:
+            for *_, done in group:
+                done.set_result(True)
+        finally:  # cancelled mid-round-trip: each gives its own back (the script checks)
+            for *_, done in group:
+                if not done.done():
+                    done.set_result(False)
+
+
 @dataclass
 class _Claim:
     """One poll of a batch as the batch's shared reads left it: its lease is held."""
@@ -362,8 +408,13 @@ async def _claim(deps: PollDeps, instance_ids: Sequence[int]) -> dict[int, _Clai
     return claims
 
 
-async def _release(deps: PollDeps, instance_id: int, claim: _Claim) -> None:
-    await deps.leases.release(keys.poll_lock(instance_id), claim.holder)
+async def _release(
+    deps: PollDeps, instance_id: int, claim: _Claim, returns: LeaseReturns | None = None
+) -> None:
+    if returns is None:
+        await deps.leases.release(keys.poll_lock(instance_id), claim.holder)
+    else:
+        await returns.give_back(keys.poll_lock(instance_id), claim.holder)
 
 
 async def poll_instance(
@@ -386,6 +437,7 @@ async def _poll_claimed(
     claim: _Claim,
     slots: asyncio.Semaphore | None,
     quiet: QuietCommits | None = None,
+    returns: LeaseReturns | None = None,
 ) -> PollOutcome:
     """The rest of a claimed poll: fetch, delta, commit, mirror; then give the lease back."""
     try:
@@ -418,7 +470,7 @@ async def _poll_claimed(
         outcome.finished_at = utcnow()
         return outcome
     finally:
-        await _release(deps, instance_id, claim)
+        await _release(deps, instance_id, claim, returns)
 
 
 async def _commit(
@@ -562,7 +614,9 @@ async def run_polls(
 
     The batch takes its leases and reads its snapshots and Redis watermarks together
     (:func:`_claim`: one round trip each, not one per poll); then each poll fetches,
-    commits in its own transaction, mirrors its watermarks and gives its lease back.
+    commits (a poll that stores events in its own transaction; quiet polls that arrive
+    together in one statement, :class:`QuietCommits`), mirrors its watermarks and gives
+    its lease back (with the polls that end with it, :class:`LeaseReturns`).
     Metrics of the whole batch go out in one round trip at the end (each poll has
     already written its watermarks, before giving its lease back).
     One poll's unexpected crash is logged and does not take the batch down: its
@@ -571,6 +625,7 @@ async def run_polls(
     """
     batch = MetricsBatch()
     quiet = QuietCommits(deps.pg)
+    returns = LeaseReturns(deps.leases)
     claims: dict[int, _Claim] = {}
     shared_failure: Exception | None = None
     try:
@@ -585,7 +640,7 @@ async def run_polls(
         claim = claims.pop(instance_id, None)
         if claim is None:
             return PollOutcome(instance_id, skipped=True, busy=True)
-        return await _poll_claimed(deps, instance_id, claim, slots, quiet)
+        return await _poll_claimed(deps, instance_id, claim, slots, quiet, returns)
 
     async def one(instance_id: int, scheduled_at: datetime | None) -> PollOutcome:
         with log_context(instance_id=instance_id):
