@@ -400,12 +400,18 @@ async def _claim(deps: PollDeps, instance_ids: Sequence[int]) -> dict[int, _Clai
         snaps = [(i, c.snap.states) for i, c in claims.items() if c.snap is not None]
         starts = await deps.watermarks.starts_many(snaps)
     except BaseException:
-        for instance_id, claim in claims.items():
-            await _release(deps, instance_id, claim)
+        await _release_unstarted(deps, claims)
         raise
     for instance_id, claim in claims.items():
         claim.starts = starts.get(instance_id, {})
     return claims
+
+
+async def _release_unstarted(deps: PollDeps, claims: dict[int, _Claim]) -> None:
+    """Give back the leases of polls that will not run (best effort, one round trip): they
+    are forgotten first, so even when Redis fails here they are not renewed, and expire."""
+    with contextlib.suppress(Exception):
+        await deps.leases.release_many([(keys.poll_lock(i), c.holder) for i, c in claims.items()])
 
 
 async def _release(
@@ -658,9 +664,7 @@ async def run_polls(
     try:
         done = await asyncio.gather(*(one(i, at) for i, at in items))
     finally:  # cancelled before some polls began: their leases must not be renewed forever
-        for instance_id, claim in claims.items():
-            with contextlib.suppress(Exception):
-                await _release(deps, instance_id, claim)
+        await _release_unstarted(deps, claims)
     busy = [o.instance_id for o in done if o.busy]
     if busy:
         async with deps.pg.acquire() as conn:

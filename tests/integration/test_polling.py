@@ -411,6 +411,23 @@ async def test_a_batch_of_polls_reads_its_snapshots_in_one_statement(harness: Ha
     assert len([q for q in statements if "LEFT JOIN poll_states" in q]) == 1
 
 
+async def test_a_batch_whose_shared_read_fails_fails_each_poll_and_holds_no_lease(
+    harness: Harness,
+) -> None:
+    ids = [await harness.create_instance(contacts_config()) for _ in range(3)]
+    closed = await create_pg_pool(harness.database_url, 1)
+    await closed.close()  # the batch's snapshot read fails: a shared fault, not an instance's
+    d = harness.deps
+    deps = PollDeps(d.settings, closed, d.redis, d.http, d.box)
+    outcomes = await run_polls(deps, [(i, None) for i in ids], asyncio.Semaphore(4))
+    assert all(o.skipped and o.crash and o.crash.startswith("InterfaceError") for o in outcomes)
+    assert deps.leases.held() == 0  # given back, and not renewed on
+    assert await d.redis.exists(*(keys.poll_lock(i) for i in ids)) == 0
+    again = await run_polls(d, [(i, None) for i in ids], asyncio.Semaphore(4))
+    assert [(o.skipped, o.busy) for o in again] == [(False, False)] * 3  # nothing left held
+    await deps.leases.close()
+
+
 async def test_quiet_polls_of_a_batch_write_their_checkpoints_in_one_statement(
     harness: Harness,
 ) -> None:
