@@ -31,6 +31,7 @@ import contextlib
 import logging
 import secrets as pysecrets
 import time
+from collections.abc import Sequence
 from typing import Final
 
 import redis
@@ -108,8 +109,14 @@ class Lease(_LeaseKey):
             return True
         return bool(await self._renew(keys=[self.key], args=args))
 
-    async def release(self) -> bool:
-        """Give the lease back, only if it is still ours; ``True`` when it was."""
+    async def release(self, pipe: Pipeline | None = None) -> bool:
+        """Give the lease back, only if it is still ours; ``True`` when it was.
+
+        With ``pipe`` the release is only queued on that pipeline and this returns ``True``.
+        """
+        if pipe is not None:
+            await self._release(keys=[self.key], args=[self.token], client=pipe)
+            return True
         return bool(await self._release(keys=[self.key], args=[self.token]))
 
 
@@ -151,10 +158,30 @@ class Leases:
         lease = Lease(self.redis, key, self.ttl_ms)
         if not await lease.acquire():
             return None
-        self._held[key] = lease
-        if self._renewer is None or self._renewer.done():
-            self._renewer = asyncio.create_task(self._renew_while_held())
+        self._hold([lease])
         return lease.token
+
+    async def acquire_many(self, keys: Sequence[str]) -> dict[str, str]:
+        """:meth:`acquire` for several keys in one pipelined round trip: the tokens of the
+        leases taken, by key. A key someone else holds is left out, and so is the second
+        of a key listed twice (only one holder, as with two :meth:`acquire` calls)."""
+        if not keys:
+            return {}
+        leases = [Lease(self.redis, key, self.ttl_ms) for key in keys]
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for lease in leases:
+                pipe.set(lease.key, lease.token, nx=True, px=lease.ttl_ms)
+            answers = await pipe.execute()
+        taken = [lease for lease, ok in zip(leases, answers, strict=True) if ok]
+        self._hold(taken)
+        return {lease.key: lease.token for lease in taken}
+
+    def _hold(self, leases: Sequence[Lease]) -> None:
+        """Remember leases just taken, and renew them (with the others) while held."""
+        for lease in leases:
+            self._held[lease.key] = lease
+        if self._held and (self._renewer is None or self._renewer.done()):
+            self._renewer = asyncio.create_task(self._renew_while_held())
 
     async def release(self, key: str, token: str) -> None:
         """Give the lease back (only if it is still ours)."""
@@ -164,6 +191,20 @@ class Leases:
         else:  # forgotten as lost: the script still checks the token
             lease = Lease(self.redis, key, self.ttl_ms, token)
         await lease.release()
+
+    async def release_many(self, leases: Sequence[tuple[str, str]]) -> None:
+        """:meth:`release` of several (key, token) pairs in one pipelined round trip."""
+        if not leases:
+            return
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for key, token in leases:
+                lease = self._held.get(key)
+                if lease is not None and lease.token == token:
+                    del self._held[key]
+                else:
+                    lease = Lease(self.redis, key, self.ttl_ms, token)
+                await lease.release(pipe)
+            await pipe.execute()
 
     def held(self) -> int:
         return len(self._held)

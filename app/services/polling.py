@@ -15,9 +15,10 @@ before the commit leaves every watermark where it was; one that dies after it ha
 nothing (Redis is repaired from the checkpoint by the next poll, and the sweeper
 enqueues pending deliveries whose lease ran out).
 
-This is the hot path of the whole system (every instance, every interval), so it reads
-with one query, writes with one transaction of a few statements (a quiet poll: one
-statement), and talks to Redis in as few round trips as it can.
+This is the hot path of the whole system (every instance, every interval), so a batch
+of polls reads with one query and one Redis round trip for all of them (:func:`run_polls`),
+each poll writes with one transaction of a few statements (quiet polls: one statement
+shared by those that end together), and talks to Redis in as few round trips as it can.
 
 A poll that *crashes* (an unexpected exception — not provider weather, which
 fails the poll cleanly and backs off) is counted on the instance; after
@@ -30,6 +31,7 @@ crash per interval a few times, never a traceback every interval forever.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import uuid
 from collections.abc import Sequence
@@ -59,7 +61,7 @@ from app.services.tokens import InstanceTokens, RedisBudget, RefreshConfig
 from app.settings import Settings
 from app.store import polling as store
 from app.store.polling import ResourceState, Snapshot
-from app.store.watermarks import WatermarkStore
+from app.store.watermarks import CheckpointWrite, WatermarkStore, write_checkpoints_many
 
 log = logging.getLogger(__name__)
 
@@ -255,61 +257,248 @@ def provider_client(
     )
 
 
+class QuietCommits:
+    """The checkpoints of a batch's quiet polls, written together (group commit).
+
+    A quiet poll (nothing changed, nothing failed: its commit would be the checkpoint
+    statement alone) queues its checkpoints here and waits for them to be written. The
+    first to arrive writes everything queued by then, and again what queued meanwhile,
+    in one statement each time; it never waits for polls still fetching, so no poll
+    holds its slot for another. Each poll still moves its Redis watermarks only after
+    the statement carrying its checkpoints returned, and stores no events, so
+    at-least-once is as for a single poll.
+
+    A statement that fails for a reason that could be one instance's data is not
+    allowed to fail the whole group: each of its polls then writes alone
+    (:meth:`commit` answers ``False``), so a crash stays counted on its own instance.
+    """
+
+    def __init__(self, pg: asyncpg.Pool) -> None:
+        self.pg = pg
+        self._queued: list[tuple[int, datetime, list[CheckpointWrite], asyncio.Future[bool]]] = []
+        self._writing = False
+
+    async def commit(
+        self, instance_id: int, started: datetime, writes: list[CheckpointWrite]
+    ) -> bool:
+        """``True`` once this poll's checkpoints are written; ``False``: write them alone."""
+        done: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
+        self._queued.append((instance_id, started, writes, done))
+        if not self._writing:
+            self._writing = True
+            try:
+                await asyncio.sleep(0)  # the polls whose fetch ended with this one join it
+                while self._queued:
+                    group, self._queued = self._queued, []
+                    await self._write(group)
+            finally:
+                self._writing = False
+                for *_, left in self._queued:  # cancelled mid-write: the rest write alone
+                    if not left.done():
+                        left.set_result(False)
+                self._queued = []
+        return await done
+
+    async def _write(
+        self, group: list[tuple[int, datetime, list[CheckpointWrite], asyncio.Future[bool]]]
+    ) -> None:
+        try:
+            async with self.pg.acquire() as conn:
+                await write_checkpoints_many(conn, [(i, at, w) for i, at, w, _ in group])
+        except _NOT_THE_INSTANCES_FAULT as exc:
+            for *_, done in group:
+                done.set_exception(exc)
+        except Exception:
+            log.warning(
+                "a batch's checkpoints failed together; its polls write alone", exc_info=True
+            )
+            for *_, done in group:
+                done.set_result(False)
+        else:
+            for *_, done in group:
+                done.set_result(True)
+        finally:  # cancelled mid-statement: whether it committed is unknown, write again
+            for *_, done in group:
+                if not done.done():
+                    done.set_result(False)
+
+
+class LeaseReturns:
+    """The poll leases of a batch, given back together: polls that end at once share one
+    pipelined round trip (the first to end yields once, then gives back everything queued
+    by then, and again what queued meanwhile). Each poll still returns only after its own
+    lease was given back, so its watermarks were mirrored under it.
+    """
+
+    def __init__(self, leases: Leases) -> None:
+        self.leases = leases
+        self._queued: list[tuple[str, str, asyncio.Future[bool]]] = []
+        self._returning = False
+
+    async def give_back(self, key: str, token: str) -> None:
+        done: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
+        self._queued.append((key, token, done))
+        if not self._returning:
+            self._returning = True
+            try:
+                await asyncio.sleep(0)  # the polls that end with this one join it
+                while self._queued:
+                    group, self._queued = self._queued, []
+                    await self._give_back(group)
+            finally:
+                self._returning = False
+                for *_, left in self._queued:  # cancelled: the rest give theirs back alone
+                    left.set_result(False)
+                self._queued = []
+        if not await done:
+            await self.leases.release(key, token)
+
+    async def _give_back(self, group: list[tuple[str, str, asyncio.Future[bool]]]) -> None:
+        try:
+            await self.leases.release_many([(key, token) for key, token, _ in group])
+        except Exception as exc:  # as a poll's own release failing: it fails the poll
+            for *_, done in group:
+                done.set_exception(exc)
+        else:
+            for *_, done in group:
+                done.set_result(True)
+        finally:  # cancelled mid-round-trip: each gives its own back (the script checks)
+            for *_, done in group:
+                if not done.done():
+                    done.set_result(False)
+
+
+@dataclass
+class _Claim:
+    """One poll of a batch as the batch's shared reads left it: its lease is held."""
+
+    holder: str  # the lease's token
+    snap: Snapshot | None = None  # None: gone or no longer polling
+    error: Exception | None = None  # building its snapshot failed: the poll crashes with it
+    starts: dict[str, Start] = field(default_factory=dict)
+
+
+async def _claim(deps: PollDeps, instance_ids: Sequence[int]) -> dict[int, _Claim]:
+    """Take the leases of a batch of polls and read what they start from, in one round
+    trip each: the leases (one Redis pipeline), the snapshots (one PostgreSQL statement)
+    and the Redis watermarks (one MGET). Only instances whose lease was taken are in the
+    answer; a lease held elsewhere makes that poll ``busy`` as before.
+    """
+    holders = await deps.leases.acquire_many([keys.poll_lock(i) for i in instance_ids])
+    claims = {i: _Claim(holder) for i in instance_ids if (holder := holders.get(keys.poll_lock(i)))}
+    if not claims:
+        return claims
+    try:
+        async with deps.pg.acquire() as conn:
+            rows = await store.snapshot_rows(conn, list(claims))
+        for instance_id, claim in claims.items():
+            if instance_id in rows:
+                try:
+                    claim.snap = store.build_snapshot(instance_id, rows[instance_id])
+                except Exception as exc:  # this poll's crash (see _poll_claimed), not the batch's
+                    claim.error = exc
+        snaps = [(i, c.snap.states) for i, c in claims.items() if c.snap is not None]
+        starts = await deps.watermarks.starts_many(snaps)
+    except BaseException:
+        await _release_unstarted(deps, claims)
+        raise
+    for instance_id, claim in claims.items():
+        claim.starts = starts.get(instance_id, {})
+    return claims
+
+
+async def _release_unstarted(deps: PollDeps, claims: dict[int, _Claim]) -> None:
+    """Give back the leases of polls that will not run (best effort, one round trip): they
+    are forgotten first, so even when Redis fails here they are not renewed, and expire."""
+    with contextlib.suppress(Exception):
+        await deps.leases.release_many([(keys.poll_lock(i), c.holder) for i, c in claims.items()])
+
+
+async def _release(
+    deps: PollDeps, instance_id: int, claim: _Claim, returns: LeaseReturns | None = None
+) -> None:
+    if returns is None:
+        await deps.leases.release(keys.poll_lock(instance_id), claim.holder)
+    else:
+        await returns.give_back(keys.poll_lock(instance_id), claim.holder)
+
+
 async def poll_instance(
     deps: PollDeps, instance_id: int, slots: asyncio.Semaphore | None = None
 ) -> PollOutcome:
-    """Poll every configured resource of one instance once (no overlap with another poll).
+    """Poll every configured resource of one instance once (no overlap with another poll):
+    a batch of one.
 
     ``slots`` is the poll slot the caller holds (given back while waiting on the app budget).
     """
-    lock_key = keys.poll_lock(instance_id)
-    holder = await deps.leases.acquire(lock_key)
-    if holder is None:
+    claim = (await _claim(deps, [instance_id])).get(instance_id)
+    if claim is None:
         return PollOutcome(instance_id, skipped=True, busy=True)
-    try:
-        return await _poll_locked(deps, instance_id, slots)
-    finally:
-        await deps.leases.release(lock_key, holder)
+    return await _poll_claimed(deps, instance_id, claim, slots)
 
 
-async def _poll_locked(
-    deps: PollDeps, instance_id: int, slots: asyncio.Semaphore | None
+async def _poll_claimed(
+    deps: PollDeps,
+    instance_id: int,
+    claim: _Claim,
+    slots: asyncio.Semaphore | None,
+    quiet: QuietCommits | None = None,
+    returns: LeaseReturns | None = None,
 ) -> PollOutcome:
-    async with deps.pg.acquire() as conn:
-        snap = await store.load_snapshot(conn, instance_id)
-    if snap is None:
-        return PollOutcome(instance_id, skipped=True)
-    outcome = PollOutcome(instance_id)
-    starts = await deps.watermarks.starts(instance_id, snap.states)
-    client = _client_for(deps, snap, slots)
-    started = outcome.started_at = utcnow()
-    outcome.resources = list(
-        await asyncio.gather(
-            *(
-                _poll_resource(
-                    client,
-                    snap.resources[s.resource],
-                    s,
-                    starts[s.resource].watermark,
-                    started,
-                    snap.timezone,
+    """The rest of a claimed poll: fetch, delta, commit, mirror; then give the lease back."""
+    try:
+        if claim.error is not None:
+            raise claim.error
+        snap = claim.snap
+        if snap is None:
+            return PollOutcome(instance_id, skipped=True)
+        outcome = PollOutcome(instance_id)
+        starts = claim.starts
+        client = _client_for(deps, snap, slots)
+        started = outcome.started_at = utcnow()
+        outcome.resources = list(
+            await asyncio.gather(
+                *(
+                    _poll_resource(
+                        client,
+                        snap.resources[s.resource],
+                        s,
+                        starts[s.resource].watermark,
+                        started,
+                        snap.timezone,
+                    )
+                    for s in snap.states
                 )
-                for s in snap.states
             )
         )
-    )
-    await _commit(deps, snap, outcome, started)
-    await _mirror(deps, instance_id, starts, outcome.resources)
-    outcome.finished_at = utcnow()
-    return outcome
+        await _commit(deps, snap, outcome, started, quiet)
+        await _mirror(deps, instance_id, starts, outcome.resources)
+        outcome.finished_at = utcnow()
+        return outcome
+    finally:
+        await _release(deps, instance_id, claim, returns)
 
 
-async def _commit(deps: PollDeps, snap: Snapshot, outcome: PollOutcome, started: datetime) -> None:
+async def _commit(
+    deps: PollDeps,
+    snap: Snapshot,
+    outcome: PollOutcome,
+    started: datetime,
+    quiet: QuietCommits | None = None,
+) -> None:
     """Events, deliveries, checkpoints and the instance's counters, atomically."""
     lease_until = utcnow() + timedelta(seconds=deps.settings.delivery_lease_seconds)
     results = [ResourceResult(r.resource, r.delta, r.error or r.warning) for r in outcome.resources]
+    single = _single_statement(results, snap.poll_failures) and not snap.poll_crashes
+    if single and quiet is not None:
+        writes = [
+            CheckpointWrite(r.resource, r.delta.watermark if r.delta else None, r.error)
+            for r in results
+        ]
+        if await quiet.commit(snap.info.id, started, writes):
+            return
     async with deps.pg.acquire() as conn:
-        if _single_statement(results, snap.poll_failures) and not snap.poll_crashes:
+        if single:
             # Nothing changed and nothing failed: only the checkpoint statement runs,
             # and one statement is atomic without a BEGIN/COMMIT round trip each.
             outcome.events, outcome.deliveries = await store_poll(
@@ -429,6 +618,11 @@ async def run_polls(
 ) -> list[PollOutcome]:
     """Poll a batch of instances concurrently, at most ``slots`` polls at once per process.
 
+    The batch takes its leases and reads its snapshots and Redis watermarks together
+    (:func:`_claim`: one round trip each, not one per poll); then each poll fetches,
+    commits (a poll that stores events in its own transaction; quiet polls that arrive
+    together in one statement, :class:`QuietCommits`), mirrors its watermarks and gives
+    its lease back (with the polls that end with it, :class:`LeaseReturns`).
     Metrics of the whole batch go out in one round trip at the end (each poll has
     already written its watermarks, before giving its lease back).
     One poll's unexpected crash is logged and does not take the batch down: its
@@ -436,12 +630,29 @@ async def run_polls(
     counts towards quarantining that instance (:func:`count_crash`).
     """
     batch = MetricsBatch()
+    quiet = QuietCommits(deps.pg)
+    returns = LeaseReturns(deps.leases)
+    claims: dict[int, _Claim] = {}
+    shared_failure: Exception | None = None
+    try:
+        claims = await _claim(deps, [i for i, _ in items])
+    except Exception as exc:  # Redis or PostgreSQL: every poll of the batch fails with it
+        shared_failure = exc
+
+    async def poll(instance_id: int) -> PollOutcome:
+        if shared_failure is not None:
+            raise shared_failure
+        # pop: an instance listed twice is polled once; the other finds it busy, as before
+        claim = claims.pop(instance_id, None)
+        if claim is None:
+            return PollOutcome(instance_id, skipped=True, busy=True)
+        return await _poll_claimed(deps, instance_id, claim, slots, quiet, returns)
 
     async def one(instance_id: int, scheduled_at: datetime | None) -> PollOutcome:
         with log_context(instance_id=instance_id):
             async with slots:
                 try:
-                    outcome = await poll_instance(deps, instance_id, slots)
+                    outcome = await poll(instance_id)
                 except Exception as exc:
                     log.exception("instance %s: poll crashed", instance_id)
                     await count_crash(deps, batch, instance_id, exc)
@@ -450,7 +661,10 @@ async def run_polls(
         batch.merge(poll_metrics(outcome, scheduled_at))
         return outcome
 
-    done = await asyncio.gather(*(one(i, at) for i, at in items))
+    try:
+        done = await asyncio.gather(*(one(i, at) for i, at in items))
+    finally:  # cancelled before some polls began: their leases must not be renewed forever
+        await _release_unstarted(deps, claims)
     busy = [o.instance_id for o in done if o.busy]
     if busy:
         async with deps.pg.acquire() as conn:

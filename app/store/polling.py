@@ -8,9 +8,12 @@ transactions. The events, deliveries and checkpoints a poll writes are
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, tzinfo
 from functools import lru_cache
+
+from asyncpg import Record
 
 from app.domain.events import InstanceInfo
 from app.domain.instanceconfig import ELEMENT_KEY
@@ -19,19 +22,23 @@ from app.domain.timezones import resolve_timezone
 from app.domain.watermark import Watermark, decode_ids
 from app.store import Conn
 
-# The instance and every resource's checkpoint, in one query. The engine reads the
-# instance's columns (app.models.Instance), never the Open Connectors body in
-# ``configuration``; the instance must still be polling: not deleted, events on, not
-# disabled by a 410, not quarantined.
-_SNAPSHOT = """
-    SELECT i.name, CAST(i.tags AS text), i.organization_id, i.client_id,
+#: One instance's rows of the snapshot query (one per poll state; one with NULL state
+#: columns when it has none).
+SnapshotRows = list[Record]
+
+# Instances and every resource's checkpoint, in one query for a whole batch of polls.
+# The engine reads the instance's columns (app.models.Instance), never the Open
+# Connectors body in ``configuration``; the instance must still be polling: not deleted,
+# events on, not disabled by a 410, not quarantined.
+_SNAPSHOTS = """
+    SELECT i.id, i.name, CAST(i.tags AS text), i.organization_id, i.client_id,
            CAST(i.poller AS text), i.tokens, i.poll_failures, i.refresh_interval_s,
            i.poll_crashes,
            p.resource, p.watermark_at, CAST(p.watermark_ids AS text), p.last_success_at,
            coalesce(p.rewound_at > coalesce(p.last_polled_at, '-infinity'), false),
            i.timezone
     FROM instances AS i LEFT JOIN poll_states AS p ON p.instance_id = i.id
-    WHERE i.id = $1 AND i.deleted_at IS NULL AND i.events_enabled AND NOT i.disabled
+    WHERE i.id = ANY($1::bigint[]) AND i.deleted_at IS NULL AND i.events_enabled AND NOT i.disabled
       AND i.quarantined_at IS NULL
 """
 _FAILED = """
@@ -103,29 +110,46 @@ def resources_from(poller_json: str) -> dict[str, ResourceConfig]:
     return resources_from_stored(json.loads(poller_json))
 
 
-async def load_snapshot(conn: Conn, instance_id: int) -> Snapshot | None:
-    """The instance and its resources' state, or ``None`` if it is gone or not polling."""
-    rows = await conn.fetch(_SNAPSHOT, instance_id)
-    if not rows:
-        return None
+async def snapshot_rows(conn: Conn, instance_ids: Sequence[int]) -> dict[int, SnapshotRows]:
+    """The rows of every listed instance that is still polling (one statement), by id;
+    :func:`build_snapshot` turns one instance's rows into its :class:`Snapshot`.
+
+    Reading and building are apart so that a batch of polls reads once while a stored
+    row that cannot be built (a configuration from an older release) fails only its own
+    poll, where it is counted towards quarantine.
+    """
+    by_instance: dict[int, SnapshotRows] = {}
+    for row in await conn.fetch(_SNAPSHOTS, list(instance_ids)):
+        by_instance.setdefault(row[0], []).append(row)
+    return by_instance
+
+
+def build_snapshot(instance_id: int, rows: SnapshotRows) -> Snapshot:
+    """One instance's :class:`Snapshot` from its rows (:func:`snapshot_rows`, not empty)."""
     first = rows[0]
-    resources = resources_from(first[4])
+    resources = resources_from(first[5])
     states = [
-        ResourceState(r[9], Watermark(r[10], decode_ids(r[11])), r[12], r[13])
+        ResourceState(r[10], Watermark(r[11], decode_ids(r[12])), r[13], r[14])
         for r in rows
-        if r[9] is not None and r[9] in resources
+        if r[10] is not None and r[10] in resources
     ]
     return Snapshot(
-        info=InstanceInfo(instance_id, first[0], json.loads(first[1]), first[2], ELEMENT_KEY),
-        client_id=first[3],
+        info=InstanceInfo(instance_id, first[1], json.loads(first[2]), first[3], ELEMENT_KEY),
+        client_id=first[4],
         resources=resources,
-        tokens=first[5],
-        poll_failures=first[6],
-        interval_s=first[7],
-        poll_crashes=first[8],
+        tokens=first[6],
+        poll_failures=first[7],
+        interval_s=first[8],
+        poll_crashes=first[9],
         states=states,
-        timezone=_instance_timezone(first[14]),
+        timezone=_instance_timezone(first[15]),
     )
+
+
+async def load_snapshot(conn: Conn, instance_id: int) -> Snapshot | None:
+    """The instance and its resources' state, or ``None`` if it is gone or not polling."""
+    rows = (await snapshot_rows(conn, [instance_id])).get(instance_id)
+    return None if rows is None else build_snapshot(instance_id, rows)
 
 
 async def set_poll_failures(

@@ -24,25 +24,28 @@ from app import keys
 from app.domain.watermark import Encoded, Mirror, Start, Watermark, choose
 from app.store import Conn
 
-# A poll's result per resource, in one statement (arrays, ``unnest``): the watermark moves
-# only forward — ahead means a later date, or the same date with more ids
+# Polls' results per resource, in one statement (arrays, ``unnest``; several instances
+# when the quiet polls of a batch write together, ``ANY($1)`` keeping it on the key): the
+# watermark moves only forward — ahead means a later date, or the same date with more ids
 # (:func:`app.domain.watermark.position`) — and a failed resource (no watermark) keeps its
 # own. The rest of the row is the resource's poll status.
 _CHECKPOINT = """
     UPDATE poll_states AS p SET
-        last_polled_at = $2,
+        last_polled_at = u.polled_at,
         watermark_at = CASE WHEN u.wm_at > p.watermark_at OR (u.wm_at = p.watermark_at
                             AND u.wm_count > jsonb_array_length(p.watermark_ids))
                        THEN u.wm_at ELSE p.watermark_at END,
         watermark_ids = CASE WHEN u.wm_at > p.watermark_at OR (u.wm_at = p.watermark_at
                              AND u.wm_count > jsonb_array_length(p.watermark_ids))
                         THEN CAST(u.wm_ids AS jsonb) ELSE p.watermark_ids END,
-        last_success_at = CASE WHEN u.ok THEN $2 ELSE p.last_success_at END,
+        last_success_at = CASE WHEN u.ok THEN u.polled_at ELSE p.last_success_at END,
         consecutive_failures = CASE WHEN u.ok THEN 0 ELSE p.consecutive_failures + 1 END,
         last_error = u.err
-    FROM unnest($3::text[], $4::boolean[], $5::timestamptz[], $6::int[], $7::text[], $8::text[])
-         AS u(resource, ok, wm_at, wm_count, wm_ids, err)
-    WHERE p.instance_id = $1 AND p.resource = u.resource
+    FROM unnest($2::bigint[], $3::timestamptz[], $4::text[], $5::boolean[],
+                $6::timestamptz[], $7::int[], $8::text[], $9::text[])
+         AS u(instance_id, polled_at, resource, ok, wm_at, wm_count, wm_ids, err)
+    WHERE p.instance_id = ANY($1::bigint[])
+      AND p.instance_id = u.instance_id AND p.resource = u.resource
 """
 _CHECKPOINT_AT = "SELECT watermark_at FROM poll_states WHERE instance_id = $1 AND resource = $2"
 # The one backwards move: ``rewound_at`` makes the checkpoint win over the Redis copy until
@@ -134,12 +137,24 @@ class WatermarkStore:
 
     async def starts(self, instance_id: int, rows: Sequence[CheckpointRow]) -> dict[str, Start]:
         """Each resource's starting watermark (one Redis round trip for all of them)."""
-        if not rows:
+        return (await self.starts_many([(instance_id, rows)])).get(instance_id, {})
+
+    async def starts_many(
+        self, instances: Sequence[tuple[int, Sequence[CheckpointRow]]]
+    ) -> dict[int, dict[str, Start]]:
+        """:meth:`starts` of several instances (a batch of polls) in one round trip."""
+        names = [keys.watermark(i, r.resource) for i, rows in instances for r in rows]
+        if not names:
             return {}
-        hot = await self.redis.mget([keys.watermark(instance_id, r.resource) for r in rows])
+        hot = iter(await self.redis.mget(names))
         return {
-            row.resource: choose(row.checkpoint, Encoded.from_redis(raw), rewound=row.rewound)
-            for row, raw in zip(rows, hot, strict=True)
+            instance_id: {
+                row.resource: choose(
+                    row.checkpoint, Encoded.from_redis(next(hot)), rewound=row.rewound
+                )
+                for row in rows
+            }
+            for instance_id, rows in instances
         }
 
     async def mirror(
@@ -185,19 +200,30 @@ async def write_checkpoints(
     conn: Conn, instance_id: int, poll_date: datetime, writes: Sequence[CheckpointWrite]
 ) -> None:
     """A poll's checkpoints and per-resource status, in the transaction of its events."""
-    if not writes:
+    await write_checkpoints_many(conn, [(instance_id, poll_date, writes)])
+
+
+async def write_checkpoints_many(
+    conn: Conn, polls: Sequence[tuple[int, datetime, Sequence[CheckpointWrite]]]
+) -> None:
+    """:func:`write_checkpoints` of several polls (instance, poll date, writes) in one
+    statement: only for polls that store no events (a poll that does writes its own
+    checkpoints in the transaction of its events)."""
+    rows = [(i, at, w) for i, at, writes in polls for w in writes]
+    if not rows:
         return
-    encoded = [None if w.watermark is None else Encoded.of(w.watermark) for w in writes]
+    encoded = [None if w.watermark is None else Encoded.of(w.watermark) for _, _, w in rows]
     await conn.execute(
         _CHECKPOINT,
-        instance_id,
-        poll_date,
-        [w.resource for w in writes],
-        [w.watermark is not None for w in writes],
-        [None if w.watermark is None else w.watermark.at for w in writes],
+        sorted({i for i, _, _ in polls}),
+        [i for i, _, _ in rows],
+        [at for _, at, _ in rows],
+        [w.resource for _, _, w in rows],
+        [w.watermark is not None for _, _, w in rows],
+        [None if w.watermark is None else w.watermark.at for _, _, w in rows],
         [None if e is None else e.count for e in encoded],
         [None if e is None else e.ids_json for e in encoded],
-        [w.error for w in writes],
+        [w.error for _, _, w in rows],
     )
 
 

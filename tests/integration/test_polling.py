@@ -11,12 +11,13 @@ import contextlib
 import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 from zoneinfo import ZoneInfo
 
 import aiohttp
+import asyncpg
 import psycopg
 import pytest
 from aiohttp.test_utils import TestClient, TestServer
@@ -25,12 +26,14 @@ from redis.asyncio import Redis
 from app import keys
 from app.api.server import create_app as create_api
 from app.client import InstanceSpec, OAuthApp
-from app.db import create_pg_pool
+from app.db import create_pg_pool, libpq_url
+from app.domain.watermark import Watermark
 from app.security import SecretBox
-from app.services.polling import PollDeps, PollOutcome, run_polls
+from app.services.polling import PollDeps, PollOutcome, QuietCommits, run_polls
 from app.settings import Settings
 from app.simulator import SimulatorConfig
 from app.simulator import create_app as create_sim
+from app.store.watermarks import CheckpointWrite
 from tests.conftest import SECRET_KEY, ServiceUrls
 from tests.integration.conftest import api_clients, new_org_headers
 
@@ -379,6 +382,100 @@ async def test_quiet_poll_is_not_fatal(harness: Harness) -> None:
     assert not outcome.failed
     assert [r.resource for r in outcome.resources] == ["contacts"]
     assert harness.state("contacts")["last_error"] is None
+
+
+async def test_a_batch_of_polls_reads_its_snapshots_in_one_statement(harness: Harness) -> None:
+    """The snapshot read is once per batch, not once per poll (issue 13: work per poll)."""
+    ids = [await harness.create_instance(contacts_config()) for _ in range(5)]
+    statements: list[str] = []
+
+    async def log_statements(conn: asyncpg.Connection[asyncpg.Record]) -> None:
+        conn.add_query_logger(lambda record: statements.append(record.query))
+
+    pool = await asyncpg.create_pool(
+        libpq_url(harness.database_url), min_size=1, max_size=10, init=log_statements
+    )
+    assert pool is not None
+    d = harness.deps
+    try:
+        outcomes = await run_polls(
+            PollDeps(d.settings, pool, d.redis, d.http, d.box),
+            [(i, None) for i in ids],
+            asyncio.Semaphore(4),
+        )
+    finally:
+        await pool.close()
+    assert [(o.instance_id, o.skipped, o.failed) for o in outcomes] == [
+        (i, False, False) for i in ids
+    ]
+    assert len([q for q in statements if "LEFT JOIN poll_states" in q]) == 1
+
+
+async def test_a_batch_whose_shared_read_fails_fails_each_poll_and_holds_no_lease(
+    harness: Harness,
+) -> None:
+    ids = [await harness.create_instance(contacts_config()) for _ in range(3)]
+    closed = await create_pg_pool(harness.database_url, 1)
+    await closed.close()  # the batch's snapshot read fails: a shared fault, not an instance's
+    d = harness.deps
+    deps = PollDeps(d.settings, closed, d.redis, d.http, d.box)
+    outcomes = await run_polls(deps, [(i, None) for i in ids], asyncio.Semaphore(4))
+    assert all(o.skipped and o.crash and o.crash.startswith("InterfaceError") for o in outcomes)
+    assert deps.leases.held() == 0  # given back, and not renewed on
+    assert await d.redis.exists(*(keys.poll_lock(i) for i in ids)) == 0
+    again = await run_polls(d, [(i, None) for i in ids], asyncio.Semaphore(4))
+    assert [(o.skipped, o.busy) for o in again] == [(False, False)] * 3  # nothing left held
+    await deps.leases.close()
+
+
+async def test_quiet_polls_of_a_batch_write_their_checkpoints_in_one_statement(
+    harness: Harness,
+) -> None:
+    """Quiet polls arriving together share one checkpoint statement; one that the database
+    refuses sends each of the group back to write alone, so it fails only its own poll."""
+    ids = [await harness.create_instance(contacts_config()) for _ in range(3)]
+    statements: list[str] = []
+
+    async def log_statements(conn: asyncpg.Connection[asyncpg.Record]) -> None:
+        conn.add_query_logger(lambda record: statements.append(record.query))
+
+    pool = await asyncpg.create_pool(
+        libpq_url(harness.database_url), min_size=1, max_size=10, init=log_statements
+    )
+    assert pool is not None
+    quiet = QuietCommits(pool)
+    at = datetime(2026, 11, 27, 10, 0, tzinfo=UTC)
+
+    def writes(error: str | None = None) -> list[CheckpointWrite]:
+        return [CheckpointWrite("contacts", Watermark(at, frozenset()), error)]
+
+    def polled(instance_id: int) -> tuple[datetime | None, str | None]:
+        with psycopg.connect(harness.database_url) as conn:
+            row = conn.execute(
+                "SELECT last_polled_at, last_error FROM poll_states WHERE instance_id = %s",
+                (instance_id,),
+            ).fetchone()
+        assert row is not None
+        return row[0], row[1]
+
+    try:
+        written = await asyncio.gather(*(quiet.commit(i, at, writes()) for i in ids))
+        assert written == [True, True, True]
+        assert len([q for q in statements if "UPDATE poll_states" in q]) == 1
+        assert [polled(i) for i in ids] == [(at, None)] * 3
+
+        later = at + timedelta(minutes=1)
+        unstorable = "id \x00: no date"  # provider text PostgreSQL refuses
+        alone = list(
+            await asyncio.gather(
+                quiet.commit(ids[0], later, writes()),
+                quiet.commit(ids[1], later, writes(unstorable)),
+            )
+        )
+        assert alone == [False, False]  # each writes alone: the refusal stays its own
+        assert polled(ids[0]) == (at, None)
+    finally:
+        await pool.close()
 
 
 async def test_the_instance_time_zone_renders_date_templates_and_reads_zoneless_dates(

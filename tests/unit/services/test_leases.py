@@ -8,13 +8,14 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Iterator, Sequence
 
 import fakeredis
 import pytest
 from redis.asyncio import Redis
 
 from app.services.leases import Lease, Leases, SyncLease
+from app.services.polling import LeaseReturns
 from workers.beat import LeaderLock
 
 KEY = "pollinator:lock:test"
@@ -162,3 +163,53 @@ def test_one_beat_leads_and_a_standby_takes_over_when_its_lease_expires(
         assert not leader.ensure()
     assert caplog.text.count("leading: this beat schedules") == 2
     assert "standing by: lost the lead" in caplog.text
+
+
+async def test_a_batch_takes_its_leases_in_one_round_trip_and_skips_busy_ones(
+    redis: Redis,
+) -> None:
+    leases = Leases(redis, ttl_ms=60_000, renew_every_s=30)
+    busy = await leases.acquire("k:busy")
+    assert busy is not None
+    taken = await leases.acquire_many(["k:a", "k:busy", "k:b", "k:a"])
+    assert sorted(taken) == ["k:a", "k:b"]  # held elsewhere, or listed twice: taken once
+    assert leases.held() == 3
+    for key, token in taken.items():
+        assert await redis.get(key) == token.encode()
+        assert 50_000 < await redis.pttl(key) <= 60_000
+        await leases.release(key, token)
+    assert await redis.get("k:busy") == busy.encode()
+    assert await leases.acquire_many([]) == {}
+    await leases.release("k:busy", busy)
+    await leases.close()
+
+
+async def test_release_many_gives_back_ours_and_leaves_a_successors_key(redis: Redis) -> None:
+    leases = Leases(redis, ttl_ms=60_000, renew_every_s=30)
+    taken = await leases.acquire_many(["k:a", "k:b"])
+    await redis.set("k:b", "successor")
+    await leases.release_many(list(taken.items()))
+    assert leases.held() == 0
+    assert await redis.exists("k:a") == 0
+    assert await redis.get("k:b") == b"successor"
+    await leases.close()
+
+
+async def test_polls_ending_together_give_their_leases_back_in_one_round_trip(
+    redis: Redis,
+) -> None:
+    class Counting(Leases):
+        rounds = 0
+
+        async def release_many(self, leases: Sequence[tuple[str, str]]) -> None:
+            self.rounds += 1
+            await super().release_many(leases)
+
+    leases = Counting(redis, ttl_ms=60_000, renew_every_s=30)
+    taken = await leases.acquire_many([f"k:{i}" for i in range(5)])
+    returns = LeaseReturns(leases)
+    await asyncio.gather(*(returns.give_back(key, token) for key, token in taken.items()))
+    assert leases.rounds == 1
+    assert leases.held() == 0
+    assert await redis.exists(*taken) == 0
+    await leases.close()

@@ -139,3 +139,35 @@ async def test_forget_drops_only_the_named_copies(redis: FakeAsyncRedis) -> None
     await store.forget_all([(INSTANCE, "contacts"), (INSTANCE + 1, "contacts")])
     await store.forget(INSTANCE, set())
     assert await redis.keys("*") == []
+
+
+async def test_a_batch_reads_every_instances_starts_in_one_round_trip(
+    redis: FakeAsyncRedis,
+) -> None:
+    store = WatermarkStore(redis)
+    await store.mirror(INSTANCE, [("contacts", wm(9, "a"), Mirror.KEEP)])
+    await store.mirror(INSTANCE + 1, [("orders", wm(2), Mirror.KEEP)])
+    sent: list[tuple[object, ...]] = []
+    execute = redis.execute_command
+
+    async def counting(*args: object, **options: object) -> object:
+        sent.append(args)
+        return await execute(*args, **options)  # type: ignore[no-untyped-call]
+
+    redis.execute_command = counting  # type: ignore[method-assign]
+    starts = await store.starts_many(
+        [
+            (INSTANCE, [Row("contacts", wm(4)), Row("orders", wm(4))]),
+            (INSTANCE + 1, [Row("orders", wm(5))]),
+            (INSTANCE + 2, []),
+        ]
+    )
+    assert starts == {
+        INSTANCE: {
+            "contacts": Start(wm(9, "a"), Mirror.KEEP),
+            "orders": Start(wm(4), Mirror.REBUILD),
+        },
+        INSTANCE + 1: {"orders": Start(wm(5), Mirror.REBUILD)},
+        INSTANCE + 2: {},
+    }
+    assert [args[0] for args in sent] == ["MGET"]
