@@ -17,6 +17,7 @@ from app.db import create_engine, session_factory, transaction
 from app.services.orgs import create_organization
 from app.settings import Settings
 from tests.conftest import SECRET_KEY, ServiceUrls
+from tests.support.spec_example import SPEC_CONTACTS_POLLER
 
 
 class FakeTokenEndpoint:
@@ -122,19 +123,7 @@ SPEC_EXAMPLE = InstanceSpec(
     tags=["crm"],
     refresh_minutes=15,
     signature_key="sig-key-ABC",
-    poller={
-        "contacts": {
-            "url": "/contacts?since=${gmtDate:yyyy-MM-dd'T'HH:mm:ss.SSS'Z'}&order=id",
-            "idField": "id",
-            "datesConfiguration": {
-                "updatedDateField": "last_updated",
-                "updatedDateFormat": "yyyy-MM-dd'T'HH:mm:ss.SSSZ",
-                "createdDateField": "date_created",
-                "createdDateFormat": "yyyy-MM-dd'T'HH:mm:ss.SSSZ",
-                "createdDateTimezone": "GMT",
-            },
-        }
-    },
+    poller={"contacts": SPEC_CONTACTS_POLLER},
 )
 
 

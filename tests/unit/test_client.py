@@ -5,18 +5,8 @@ from __future__ import annotations
 import json
 
 from app.client import InstanceSpec, OAuthApp, authorization
+from tests.support.spec_example import SPEC_CONTACTS_POLLER as CONTACTS
 
-CONTACTS = {
-    "url": "/contacts?since=${gmtDate:yyyy-MM-dd'T'HH:mm:ss.SSS'Z'}&order=id",
-    "idField": "id",
-    "datesConfiguration": {
-        "updatedDateField": "last_updated",
-        "updatedDateFormat": "yyyy-MM-dd'T'HH:mm:ss.SSSZ",
-        "createdDateField": "date_created",
-        "createdDateFormat": "yyyy-MM-dd'T'HH:mm:ss.SSSZ",
-        "createdDateTimezone": "GMT",
-    },
-}
 # SPEC.md §3 "Create body", verbatim.
 SPEC_BODY = {
     "element": {"key": "infusionsoftrest"},

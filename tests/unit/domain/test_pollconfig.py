@@ -17,22 +17,11 @@ from app.domain.pollconfig import (
     parse_poller_configuration,
 )
 from tests.support.domain_helpers import template_variables
+from tests.support.spec_example import SPEC_CONTACTS_POLLER
 
 KEY = "event.poller.configuration"
 
-SPEC_EXAMPLE: dict[str, Any] = {
-    "contacts": {
-        "url": "/contacts?since=${gmtDate:yyyy-MM-dd'T'HH:mm:ss.SSS'Z'}&order=id",
-        "idField": "id",
-        "datesConfiguration": {
-            "updatedDateField": "last_updated",
-            "updatedDateFormat": "yyyy-MM-dd'T'HH:mm:ss.SSSZ",
-            "createdDateField": "date_created",
-            "createdDateFormat": "yyyy-MM-dd'T'HH:mm:ss.SSSZ",
-            "createdDateTimezone": "GMT",
-        },
-    }
-}
+SPEC_EXAMPLE: dict[str, Any] = {"contacts": SPEC_CONTACTS_POLLER}
 
 
 def with_contacts(**changes: Any) -> dict[str, Any]:
