@@ -17,6 +17,7 @@ from typing import Any
 import psycopg
 
 from app.db import libpq_url
+from app.domain.isodate import format_ms
 from app.domain.limits import MAX_INSTANCE_ID
 from app.store import operator
 
@@ -25,7 +26,7 @@ TAIL_POLL_S = 1.0
 
 def _json_default(value: object) -> str:
     if isinstance(value, datetime):
-        return value.isoformat()
+        return format_ms(value)
     return str(value)
 
 
@@ -49,8 +50,8 @@ def _print_instances(rows: list[dict[str, Any]]) -> None:
 
 def _print_event(e: operator.EventRow) -> None:
     print(
-        f"{e.created_at.isoformat(timespec='milliseconds')}  {e.event_type:<8}"
-        f" {e.object_type}/{e.object_id}  date={e.event_date.isoformat()}"
+        f"{format_ms(e.created_at)}  {e.event_type:<8}"
+        f" {e.object_type}/{e.object_id}  date={format_ms(e.event_date)}"
         f"  delivery={e.delivery_status or '-'}  {e.event_id}",
         flush=True,
     )

@@ -25,10 +25,13 @@ import sys
 import time
 from collections import deque
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import IO, Any
 
 from aiohttp import web
+
+from app.domain.isodate import format_ms
 
 __all__ = ["SINK", "Behaviour", "Sink", "create_sink_app", "main"]
 
@@ -195,8 +198,7 @@ class Sink:
 
 
 def _iso_ms_z(ts: float) -> str:
-    ms = int(ts * 1000)
-    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(ms // 1000)) + f".{ms % 1000:03d}Z"
+    return format_ms(datetime.fromtimestamp(ts, UTC))
 
 
 SINK: web.AppKey[Sink] = web.AppKey("sink", Sink)

@@ -10,6 +10,7 @@ import math
 from datetime import UTC, datetime
 from typing import Any
 
+from app.domain.isodate import format_ms
 from app.loadtest import analysis, report
 from app.loadtest.context import Context
 
@@ -173,4 +174,4 @@ def _r(value: float | None, digits: int = 3) -> float | None:
 
 
 def _iso(ts: float) -> str:
-    return datetime.fromtimestamp(ts, UTC).isoformat(timespec="milliseconds")
+    return format_ms(datetime.fromtimestamp(ts, UTC))
