@@ -70,12 +70,28 @@ def libpq_url(url: str) -> str:
 
 
 async def create_pg_pool(url: str, size: int) -> asyncpg.Pool:
-    """A raw asyncpg pool; statements are prepared and cached per connection."""
+    """A raw asyncpg pool; statements are prepared and cached per connection.
+
+    A connection goes back to the pool without asyncpg's session reset (``RESET ALL;
+    UNLISTEN *; CLOSE ALL; pg_advisory_unlock_all()``: one more round trip, and work for
+    the server, on every release of the hot path). Nothing we run leaves session state
+    behind: no ``SET``, ``LISTEN`` or cursors outside a transaction, and the one
+    session-level advisory lock closes its connection when its unlock did not complete
+    (:func:`app.store.lifecycle.advisory_unlock`). An open transaction is still rolled back.
+    """
     pool = await asyncpg.create_pool(
-        libpq_url(url), min_size=1, max_size=size, max_inactive_connection_lifetime=300
+        libpq_url(url),
+        min_size=1,
+        max_size=size,
+        max_inactive_connection_lifetime=300,
+        reset=_keep_session,
     )
     assert pool is not None
     return pool
+
+
+async def _keep_session(conn: asyncpg.Connection) -> None:
+    """The pool's reset: nothing beyond the rollback asyncpg always does."""
 
 
 def create_redis(url: str, max_connections: int = 64) -> Redis:

@@ -28,16 +28,17 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
+import hashlib
 import logging
 import secrets as pysecrets
 import time
 from collections.abc import Sequence
-from typing import Final
+from typing import Any, Final
 
 import redis
 from redis.asyncio import Redis
-from redis.asyncio.client import Pipeline
-from redis.exceptions import RedisError
+from redis.exceptions import NoScriptError, RedisError
 
 log = logging.getLogger(__name__)
 
@@ -54,6 +55,44 @@ RELEASE_SCRIPT: Final = """
 if redis.call('get', KEYS[1]) == ARGV[1] then return redis.call('del', KEYS[1]) end
 return 0
 """
+
+
+async def evalsha_many(
+    client: Redis, script: str, calls: Sequence[tuple[str, Sequence[str | int]]]
+) -> list[Any]:
+    """Run a one-key ``script`` once per (key, args) in one pipelined round trip.
+
+    Called by its SHA1: redis-py's own script objects make a pipeline ask
+    ``SCRIPT EXISTS`` first, one more round trip on every call of the hot path. Here the
+    script is loaded only when Redis answers NOSCRIPT (after a restart or a
+    ``SCRIPT FLUSH``), and only those calls run again — a NOSCRIPT call did not run.
+    """
+    sha = _sha1(script)
+    answers = await _evalsha_round(client, sha, calls)
+    missing = [i for i, answer in enumerate(answers) if isinstance(answer, NoScriptError)]
+    if missing:
+        await client.script_load(script)
+        again = await _evalsha_round(client, sha, [calls[i] for i in missing])
+        for i, answer in zip(missing, again, strict=True):
+            answers[i] = answer
+    for answer in answers:
+        if isinstance(answer, Exception):
+            raise answer
+    return answers
+
+
+@functools.cache
+def _sha1(script: str) -> str:
+    return hashlib.sha1(script.encode()).hexdigest()  # Redis names scripts by their SHA1
+
+
+async def _evalsha_round(
+    client: Redis, sha: str, calls: Sequence[tuple[str, Sequence[str | int]]]
+) -> list[Any]:
+    async with client.pipeline(transaction=False) as pipe:
+        for key, args in calls:
+            pipe.evalsha(sha, 1, key, *args)
+        return list(await pipe.execute(raise_on_error=False))
 
 
 def new_token() -> str:
@@ -97,26 +136,12 @@ class Lease(_LeaseKey):
             await asyncio.sleep(retry_every_s)
         return True
 
-    async def renew(self, pipe: Pipeline | None = None) -> bool:
-        """Push the TTL out again; ``False`` when the lease is no longer ours.
+    async def renew(self) -> bool:
+        """Push the TTL out again; ``False`` when the lease is no longer ours."""
+        return bool(await self._renew(keys=[self.key], args=[self.token, self.ttl_ms]))
 
-        With ``pipe`` the renewal is only queued on that pipeline (its answer is in the
-        pipeline's results) and this returns ``True``.
-        """
-        args: list[str | int] = [self.token, self.ttl_ms]
-        if pipe is not None:
-            await self._renew(keys=[self.key], args=args, client=pipe)
-            return True
-        return bool(await self._renew(keys=[self.key], args=args))
-
-    async def release(self, pipe: Pipeline | None = None) -> bool:
-        """Give the lease back, only if it is still ours; ``True`` when it was.
-
-        With ``pipe`` the release is only queued on that pipeline and this returns ``True``.
-        """
-        if pipe is not None:
-            await self._release(keys=[self.key], args=[self.token], client=pipe)
-            return True
+    async def release(self) -> bool:
+        """Give the lease back, only if it is still ours; ``True`` when it was."""
         return bool(await self._release(keys=[self.key], args=[self.token]))
 
 
@@ -140,7 +165,11 @@ class SyncLease(_LeaseKey):
 
 
 class Leases:
-    """Every lease one process holds on the poll locks, renewed together while any is held."""
+    """Every lease one process holds on the poll locks, renewed together while any is held.
+
+    A lease here is its key and its holder's token (no :class:`Lease` object per poll):
+    taking, renewing and giving back many is one pipelined round trip each.
+    """
 
     def __init__(
         self, redis: Redis, ttl_ms: int = LEASE_TTL_MS, renew_every_s: float = RENEW_EVERY_S
@@ -150,16 +179,12 @@ class Leases:
         self.redis = redis
         self.ttl_ms = ttl_ms
         self.renew_every_s = renew_every_s
-        self._held: dict[str, Lease] = {}
+        self._held: dict[str, str] = {}  # key -> our token
         self._renewer: asyncio.Task[None] | None = None
 
     async def acquire(self, key: str) -> str | None:
         """The lease's token, or ``None`` while someone else holds ``key``."""
-        lease = Lease(self.redis, key, self.ttl_ms)
-        if not await lease.acquire():
-            return None
-        self._hold([lease])
-        return lease.token
+        return (await self.acquire_many([key])).get(key)
 
     async def acquire_many(self, keys: Sequence[str]) -> dict[str, str]:
         """:meth:`acquire` for several keys in one pipelined round trip: the tokens of the
@@ -167,44 +192,37 @@ class Leases:
         of a key listed twice (only one holder, as with two :meth:`acquire` calls)."""
         if not keys:
             return {}
-        leases = [Lease(self.redis, key, self.ttl_ms) for key in keys]
+        tokens = [new_token() for _ in keys]
         async with self.redis.pipeline(transaction=False) as pipe:
-            for lease in leases:
-                pipe.set(lease.key, lease.token, nx=True, px=lease.ttl_ms)
+            for key, token in zip(keys, tokens, strict=True):
+                pipe.set(key, token, nx=True, px=self.ttl_ms)
             answers = await pipe.execute()
-        taken = [lease for lease, ok in zip(leases, answers, strict=True) if ok]
+        taken = {key: token for key, token, ok in zip(keys, tokens, answers, strict=True) if ok}
         self._hold(taken)
-        return {lease.key: lease.token for lease in taken}
+        return taken
 
-    def _hold(self, leases: Sequence[Lease]) -> None:
+    def _hold(self, taken: dict[str, str]) -> None:
         """Remember leases just taken, and renew them (with the others) while held."""
-        for lease in leases:
-            self._held[lease.key] = lease
+        self._held.update(taken)
         if self._held and (self._renewer is None or self._renewer.done()):
             self._renewer = asyncio.create_task(self._renew_while_held())
 
     async def release(self, key: str, token: str) -> None:
         """Give the lease back (only if it is still ours)."""
-        lease = self._held.get(key)
-        if lease is not None and lease.token == token:
-            del self._held[key]
-        else:  # forgotten as lost: the script still checks the token
-            lease = Lease(self.redis, key, self.ttl_ms, token)
-        await lease.release()
+        await self.release_many([(key, token)])
 
     async def release_many(self, leases: Sequence[tuple[str, str]]) -> None:
-        """:meth:`release` of several (key, token) pairs in one pipelined round trip."""
+        """:meth:`release` of several (key, token) pairs in one pipelined round trip.
+
+        Each is forgotten first (so never renewed again, even when this round trip
+        fails); the script still checks the token, so a lease forgotten as lost, or
+        taken over since, is left to its new holder."""
         if not leases:
             return
-        async with self.redis.pipeline(transaction=False) as pipe:
-            for key, token in leases:
-                lease = self._held.get(key)
-                if lease is not None and lease.token == token:
-                    del self._held[key]
-                else:
-                    lease = Lease(self.redis, key, self.ttl_ms, token)
-                await lease.release(pipe)
-            await pipe.execute()
+        for key, token in leases:
+            if self._held.get(key) == token:
+                del self._held[key]
+        await evalsha_many(self.redis, RELEASE_SCRIPT, [(key, [token]) for key, token in leases])
 
     def held(self) -> int:
         return len(self._held)
@@ -214,12 +232,11 @@ class Leases:
         held = list(self._held.items())
         if not held:
             return
-        async with self.redis.pipeline(transaction=False) as pipe:
-            for _, lease in held:
-                await lease.renew(pipe)
-            answers = await pipe.execute()
-        for (key, lease), renewed in zip(held, answers, strict=True):
-            if not renewed and self._held.get(key) is lease:
+        answers = await evalsha_many(
+            self.redis, RENEW_SCRIPT, [(key, [token, self.ttl_ms]) for key, token in held]
+        )
+        for (key, token), renewed in zip(held, answers, strict=True):
+            if not renewed and self._held.get(key) == token:
                 del self._held[key]
                 log.warning("lease %s was lost before its holder finished", key)
 

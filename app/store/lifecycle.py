@@ -523,7 +523,16 @@ async def try_advisory_lock(conn: Conn, key: int) -> bool:
 
 
 async def advisory_unlock(conn: Conn, key: int) -> None:
-    await conn.execute("SELECT pg_advisory_unlock($1)", key)
+    """Release ``key``. The pools do not reset sessions (:func:`app.db.create_pg_pool`), so
+    a connection whose unlock did not complete (cancelled, failed) is closed rather than
+    going back to the pool still holding the lock."""
+    unlocked = False
+    try:
+        await conn.execute("SELECT pg_advisory_unlock($1)", key)
+        unlocked = True
+    finally:
+        if not unlocked:
+            conn.terminate()
 
 
 async def database_now(conn: Conn) -> datetime:

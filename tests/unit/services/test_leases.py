@@ -213,3 +213,35 @@ async def test_polls_ending_together_give_their_leases_back_in_one_round_trip(
     assert leases.held() == 0
     assert await redis.exists(*taken) == 0
     await leases.close()
+
+
+async def test_many_leases_are_one_round_trip_without_asking_script_exists(
+    redis: Redis, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """redis-py's script objects make a pipeline ask SCRIPT EXISTS first (a second round
+    trip on the hot path); the poll leases call their scripts by SHA1 instead."""
+
+    async def no_script_exists(self: object) -> None:
+        raise AssertionError("the pipeline asked SCRIPT EXISTS")
+
+    monkeypatch.setattr("redis.asyncio.client.Pipeline.load_scripts", no_script_exists)
+    leases = Leases(redis, ttl_ms=60_000, renew_every_s=30)
+    taken = await leases.acquire_many(["k:a", "k:b"])
+    await leases.renew_all()
+    await leases.release_many(list(taken.items()))
+    assert await redis.exists("k:a", "k:b") == 0
+    await leases.close()
+
+
+async def test_leases_load_their_scripts_again_after_redis_forgot_them(redis: Redis) -> None:
+    leases = Leases(redis, ttl_ms=60_000, renew_every_s=30)
+    taken = await leases.acquire_many(["k:a", "k:b"])
+    await redis.script_flush()  # a restarted Redis: every EVALSHA answers NOSCRIPT
+    await redis.pexpire("k:a", 100)
+    await leases.renew_all()
+    assert leases.held() == 2
+    assert await redis.pttl("k:a") > 50_000
+    await redis.script_flush()
+    await leases.release_many(list(taken.items()))
+    assert await redis.exists("k:a", "k:b") == 0
+    await leases.close()
