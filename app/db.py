@@ -1,18 +1,20 @@
-"""Database engines and sessions. Factories take a URL; nothing connects at import."""
+"""Database engines and sessions. Factories take a URL; nothing connects at import.
+
+SQLAlchemy is imported by the engine factories only: the workers use the asyncpg pool
+(:func:`create_pg_pool`) and never load it (see :mod:`app.domain.rows`).
+"""
 
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from typing import TYPE_CHECKING
 
 import asyncpg
 from redis.asyncio import BlockingConnectionPool, Redis
-from sqlalchemy.ext.asyncio import (
-    AsyncEngine,
-    AsyncSession,
-    async_sessionmaker,
-    create_async_engine,
-)
+
+if TYPE_CHECKING:
+    from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
 _SCHEMES = ("postgresql+asyncpg://", "postgresql+psycopg://", "postgresql://", "postgres://")
 
@@ -40,6 +42,8 @@ def create_engine(url: str, *, pool_size: int = 10, max_overflow: int = 10) -> A
     ``hide_parameters``: SQLAlchemy's errors otherwise quote the statement's parameters
     (secrets, tenant data) into every traceback that reaches a log.
     """
+    from sqlalchemy.ext.asyncio import create_async_engine
+
     return create_async_engine(
         async_url(url),
         hide_parameters=True,
@@ -52,6 +56,8 @@ def create_engine(url: str, *, pool_size: int = 10, max_overflow: int = 10) -> A
 
 def session_factory(engine: AsyncEngine) -> async_sessionmaker[AsyncSession]:
     """Sessions that do not expire objects on commit (they are read after it)."""
+    from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+
     return async_sessionmaker(engine, class_=AsyncSession, expire_on_commit=False)
 
 

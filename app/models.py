@@ -9,9 +9,8 @@ provider tokens in ``Instance.tokens``, with ``POLLINATOR_SECRET_KEY``.
 
 from __future__ import annotations
 
-import enum
 import uuid
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Any
 
 from sqlalchemy import (
@@ -34,6 +33,10 @@ from sqlalchemy import (
 from sqlalchemy.dialects.postgresql import JSONB, UUID
 from sqlmodel import Field, SQLModel
 
+from app.domain.rows import DUE_PREDICATE as DUE_PREDICATE
+from app.domain.rows import DeliveryStatus as DeliveryStatus
+from app.domain.rows import utcnow as utcnow
+
 # Deterministic constraint names so autogenerate and `alembic check` are stable.
 SQLModel.metadata.naming_convention = {
     "ix": "ix_%(table_name)s_%(column_0_N_name)s",
@@ -43,11 +46,6 @@ SQLModel.metadata.naming_convention = {
     "pk": "pk_%(table_name)s",
 }
 metadata: MetaData = SQLModel.metadata
-
-
-def utcnow() -> datetime:
-    """Aware UTC now; every timestamp in the database is ``timestamptz``."""
-    return datetime.now(UTC)
 
 
 def _ts(*, nullable: bool = False, index: bool = False, default: bool = False) -> Any:
@@ -60,15 +58,6 @@ def _ts(*, nullable: bool = False, index: bool = False, default: bool = False) -
             server_default=text("now()") if default else None,
         ),
     )
-
-
-class DeliveryStatus(enum.StrEnum):
-    """Lifecycle of one callback POST."""
-
-    PENDING = "pending"
-    DELIVERED = "delivered"
-    FAILED = "failed"
-    CANCELLED = "cancelled"
 
 
 class Organization(SQLModel, table=True):
@@ -117,11 +106,6 @@ class User(SQLModel, table=True):
     name: str = Field(sa_column=Column(String(200), nullable=False))
     secret_hash: str = Field(sa_column=Column(String(64), nullable=False, unique=True))
     created_at: datetime = _ts(default=True)
-
-
-#: Instances beat schedules. Quarantined ones are left out so their stuck (overdue) rows
-#: neither sit at the head of the due index nor are claimed again every tick.
-DUE_PREDICATE = "events_enabled AND NOT disabled AND deleted_at IS NULL AND quarantined_at IS NULL"
 
 
 class Instance(SQLModel, table=True):

@@ -128,7 +128,9 @@ def main() -> int:
     parser.add_argument("--quick", action="store_true")
     parser.add_argument("--instances", type=int, default=None)
     parser.add_argument("--concurrency", type=int, default=64)
-    parser.add_argument("--profile", metavar="FILE", help="py-spy the worker's quiet polls into FILE (raw)")
+    parser.add_argument(
+        "--profile", metavar="FILE", help="py-spy the worker's quiet polls into FILE (raw)"
+    )
     args = parser.parse_args()
     n = args.instances or (300 if args.quick else 2000)
     data_dir = Path(".data/bench")

@@ -37,8 +37,8 @@ from sqlalchemy.exc import OperationalError
 
 from app import keys, liveness, metrics
 from app.db import sync_url
+from app.domain.rows import utcnow
 from app.domain.schedule import SLOT_MAX, SLOT_MIN, ScheduleError, next_poll_at
-from app.models import utcnow
 from app.services.leases import SyncLease
 from app.settings import get_settings
 from app.store import schedule

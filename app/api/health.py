@@ -11,8 +11,8 @@ from prometheus_client import CONTENT_TYPE_LATEST
 from app import keys
 from app.api.context import CTX
 from app.api.openapi import build_openapi
+from app.domain.rows import utcnow
 from app.metrics import exposition, gauge_family, shared_families
-from app.models import utcnow
 from app.services import lifecycle
 from app.store import health as store
 

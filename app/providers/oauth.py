@@ -11,7 +11,7 @@ from urllib.parse import urlencode
 
 import aiohttp
 
-from app.models import utcnow
+from app.domain.rows import utcnow
 
 
 class OAuthError(Exception):

@@ -35,10 +35,10 @@ from redis.asyncio import Redis
 
 from app import metrics
 from app.domain.backoff import next_attempt_delay, parse_retry_after
+from app.domain.rows import DeliveryStatus, utcnow
 from app.domain.signing import signed_headers
 from app.logging import log_context
 from app.metrics import MetricsBatch
-from app.models import DeliveryStatus, utcnow
 from app.security import SecretBox
 from app.services.breaker import (
     ORIGIN_WAIT_S,

@@ -32,8 +32,8 @@ from redis.asyncio import Redis
 
 from app import keys
 from app.domain.retention import Retention, check_rewind, cutoffs
+from app.domain.rows import utcnow
 from app.errors import BadInput, Conflict
-from app.models import utcnow
 from app.security import hash_secret
 from app.services.leases import Lease
 from app.settings import Settings

@@ -48,11 +48,11 @@ from app.domain.delta import DeltaResult, compute_delta
 from app.domain.fieldpath import compile_path
 from app.domain.limits import MAX_PAGE_SIZE
 from app.domain.pollconfig import ConfigError, ResourceConfig
+from app.domain.rows import utcnow
 from app.domain.schedule import ScheduleError
 from app.domain.watermark import Mirror, Start, Watermark, lower_bound
 from app.logging import bind_log_context, log_context
 from app.metrics import MetricsBatch
-from app.models import utcnow
 from app.providers.infusionsoft import InfusionsoftClient, ProviderError
 from app.security import DecryptionError, SecretBox
 from app.services.leases import Leases

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from app.models import DUE_PREDICATE
+from app.domain.rows import DUE_PREDICATE
 from app.store.lifecycle import TABLE_SIZES_SQL
 
 # Polling gauges use beat's due predicate: a quarantined instance stays overdue forever

@@ -14,7 +14,7 @@ from typing import Any
 import psycopg
 from psycopg.rows import dict_row
 
-from app.models import DUE_PREDICATE
+from app.domain.rows import DUE_PREDICATE
 from app.store.lifecycle import TABLE_SIZES_SQL
 
 # Beat's due predicate (the one its partial index states): a quarantined instance is not

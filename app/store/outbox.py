@@ -21,7 +21,7 @@ from collections.abc import Sequence
 from datetime import datetime
 
 from app.domain.events import EventRecord
-from app.models import DeliveryStatus
+from app.domain.rows import DeliveryStatus
 from app.store import Conn
 
 _INSERT_EVENTS = """

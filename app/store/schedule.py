@@ -20,8 +20,8 @@ from datetime import datetime
 
 from sqlalchemy import Connection, Row, text
 
+from app.domain.rows import DUE_PREDICATE
 from app.domain.schedule import SLOT_MAX, SLOT_MIN
-from app.models import DUE_PREDICATE
 
 CLAIM = text(f"""
     SELECT id,

@@ -1,0 +1,33 @@
+"""The workers' import graph: what every worker process carries in memory.
+
+The workers reach PostgreSQL through asyncpg only; SQLModel and SQLAlchemy (the API's
+ORM) would add about 40 MB of resident memory to each worker process, which the
+40,000-instance budget (all processes together within 600 MB) cannot spare.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+from app.settings import Settings
+from workers.celery_app import create_celery
+
+_PROBE = """
+import sys
+import app.cli, workers.worker, workers.runtime, workers.taskview
+for name in {modules!r}:
+    __import__(name)
+print(",".join(sorted(m for m in ("sqlalchemy", "sqlmodel", "app.models") if m in sys.modules)))
+"""
+
+
+def test_a_worker_process_never_loads_the_orm() -> None:
+    settings = Settings(broker_url="redis://127.0.0.1:1/0")  # never connects
+    modules = create_celery(settings).conf.imports  # every task module a worker imports
+    assert "workers.tasks.poll" in modules
+    probe = _PROBE.format(modules=list(modules))
+    loaded = subprocess.run(
+        [sys.executable, "-c", probe], capture_output=True, text=True, check=True
+    ).stdout.strip()
+    assert loaded == ""
