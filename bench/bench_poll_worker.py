@@ -38,6 +38,7 @@ from app.security import SecretBox
 from app.services.instances import create_instance
 from app.services.orgs import create_organization
 from app.settings import Settings
+from workers.queues import TASK_BATCH
 
 SECRET = "bench-secret-key-0123456789abcdef0123456789"
 
@@ -129,6 +130,9 @@ def main() -> int:
     parser.add_argument("--instances", type=int, default=None)
     parser.add_argument("--concurrency", type=int, default=64)
     parser.add_argument(
+        "--batch", type=int, default=TASK_BATCH, help="polls per Celery message (beat's)"
+    )
+    parser.add_argument(
         "--profile", metavar="FILE", help="py-spy the worker's quiet polls into FILE (raw)"
     )
     args = parser.parse_args()
@@ -218,7 +222,7 @@ def main() -> int:
 
         proc = psutil.Process(worker.pid)
         cpu_before = sum(proc.cpu_times()[:2])
-        result = _run_polls(env, r, [i for i, _ in created[half:]])
+        result = _run_polls(env, r, [i for i, _ in created[half:]], args.batch)
         cpu_ms = (sum(proc.cpu_times()[:2]) - cpu_before) * 1000 / (len(created) - half)
         # Steady state: the same instances again, nothing changed at the provider.
         if args.profile:  # the quiet polls only: the hot path the target is about
@@ -245,11 +249,11 @@ def main() -> int:
             )
             time.sleep(1)
         cpu_before = sum(proc.cpu_times()[:2])
-        quiet = _run_polls(env, r, [i for i, _ in created])
+        quiet = _run_polls(env, r, [i for i, _ in created], args.batch)
         quiet_cpu_ms = (sum(proc.cpu_times()[:2]) - cpu_before) * 1000 / len(created)
         print(
             f"poll worker: {n} polls of 1 resource at {LATENCY_MS} ms provider latency, "
-            f"{args.concurrency} in flight"
+            f"{args.concurrency} in flight, {args.batch} per message"
         )
         print(f"{'':24} {'per second':>10} {'vs ceiling':>10}")
         print(f"{'bare aiohttp (ceiling)':24} {ceiling:>10.1f} {1.0:>10.2f}")
@@ -292,7 +296,7 @@ async def _in_process(settings: Settings, ids: list[int], concurrency: int) -> f
     return len(ids) / elapsed
 
 
-def _run_polls(env: dict[str, Any], r: redis.Redis, ids: list[int]) -> float:
+def _run_polls(env: dict[str, Any], r: redis.Redis, ids: list[int], batch: int) -> float:
     os.environ.update(env)
     from app.settings import get_settings
     from workers.celery_app import create_celery
@@ -302,9 +306,9 @@ def _run_polls(env: dict[str, Any], r: redis.Redis, ids: list[int]) -> float:
     before = r.xlen(POLL_JOURNAL)
     started = time.monotonic()
     with app.producer_or_acquire() as producer:
-        for start in range(0, len(ids), 20):  # as beat sends them: batches of 20
-            batch = encode_polls(PollOrder(i, None) for i in ids[start : start + 20])
-            app.send_task("poll.instances", args=[batch], queue="poll", producer=producer)
+        for start in range(0, len(ids), batch):  # as beat sends them
+            body = encode_polls(PollOrder(i, None) for i in ids[start : start + batch])
+            app.send_task("poll.instances", args=[body], queue="poll", producer=producer)
     while r.xlen(POLL_JOURNAL) - before < len(ids):
         if time.monotonic() - started > 600:
             raise RuntimeError("polls did not finish in 10 minutes")

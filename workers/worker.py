@@ -92,7 +92,7 @@ def main(argv: list[str]) -> int:
         settings.poll_concurrency if Queue.POLL.value in queues else 0,
         settings.delivery_concurrency if Queue.DELIVERY.value in queues else 0,
     )
-    # Each Celery thread carries one batch (of up to 20) whose items share the slots;
+    # Each Celery thread carries one batch (of up to TASK_BATCH) whose items share the slots;
     # twice as many batches as it takes to fill the slots keeps them busy.
     threads = max(4, 2 * math.ceil(in_flight / TASK_BATCH))
     setup_logging(args.loglevel, settings.log_format)

@@ -48,7 +48,8 @@ class RecordingApp:
 
 
 def test_beats_messages_decode_to_the_polls_it_claimed() -> None:
-    claimed = [Claimed(i, 60.0 + i, DUE + timedelta(seconds=i)) for i in range(1, 46)]
+    count = 2 * TASK_BATCH + 5
+    claimed = [Claimed(i, 60.0 + i, DUE + timedelta(seconds=i)) for i in range(1, count + 1)]
     app = RecordingApp()
     send_polls(app, claimed)  # type: ignore[arg-type]
     assert [name for name, _, _ in app.sent] == [POLL_INSTANCES] * 3
@@ -60,7 +61,7 @@ def test_beats_messages_decode_to_the_polls_it_claimed() -> None:
 
 
 def test_enqueued_deliveries_decode_to_their_tickets() -> None:
-    tickets = [(uuid.uuid4(), DUE + timedelta(seconds=i)) for i in range(25)]
+    tickets = [(uuid.uuid4(), DUE + timedelta(seconds=i)) for i in range(TASK_BATCH + 5)]
     app = RecordingApp()
     enqueue_deliveries(app, tickets)  # type: ignore[arg-type]
     assert [name for name, _, _ in app.sent] == [DELIVERY_BATCH] * 2
