@@ -14,6 +14,7 @@ from __future__ import annotations
 import json
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
+from functools import lru_cache
 from typing import Any
 
 from prometheus_client import CollectorRegistry, generate_latest
@@ -94,7 +95,14 @@ ALL_METRICS = (
 
 
 def _labels(labels: Mapping[str, str] | None) -> str:
-    return json.dumps(dict(sorted((labels or {}).items())), separators=(",", ":"))
+    """The field a label set is counted under (one per label set, so cached: a poll counts
+    several metrics, each with one of a handful of label sets)."""
+    return _label_field(tuple(sorted(labels.items()))) if labels else "{}"
+
+
+@lru_cache(maxsize=4096)
+def _label_field(items: tuple[tuple[str, str], ...]) -> str:
+    return json.dumps(dict(items), separators=(",", ":"))
 
 
 class MetricsBatch:
