@@ -11,6 +11,9 @@ A count *passes* when nothing was missed or duplicated, the schedule lag p99 is 
 ``--lag-target`` and the summed RSS within ``--rss-target``; the table says which is the
 largest passing count.
 
+Runs made separately (a longer one at the largest count) are tabulated together with
+``--tabulate run-*/results.json --out DIR``.
+
 Usage: .venv/bin/python bench/bench_scaling.py [--quick] [--counts 1000,5000,10000,20000,40000]
        [--duration 180] [--out bench/results/scaling] [--poll-workers 1] [-- extra loadtest args]
 (uses POLLINATOR_DATABASE_URL / POLLINATOR_REDIS_URL when set, else embedded servers).
@@ -104,6 +107,14 @@ def plot(path: Path, results: list[dict[str, Any]], lag_target: float, rss_targe
     plt.close(fig)
 
 
+def write(out: Path, results: list[dict[str, Any]], lag_target: float, rss_target: float) -> None:
+    """The table (Markdown), the collected results (JSON) and the plot, into ``out``."""
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "scaling.json").write_text(json.dumps(results, indent=2))
+    (out / "scaling.md").write_text(table(results, lag_target, rss_target) + "\n")
+    plot(out / "scaling.png", results, lag_target, rss_target)
+
+
 def main() -> int:
     parser = argparse.ArgumentParser()
     parser.add_argument("--quick", action="store_true", help="300 and 600 instances, 40 s each")
@@ -117,8 +128,21 @@ def main() -> int:
     parser.add_argument("--lag-target", type=float, default=2.0)
     parser.add_argument("--rss-target", type=float, default=600.0)
     parser.add_argument("--out", type=Path, default=Path("bench/results/scaling"))
+    parser.add_argument(
+        "--tabulate",
+        nargs="+",
+        type=Path,
+        metavar="RESULTS_JSON",
+        help="run nothing: tabulate and plot these load tests' results.json into --out",
+    )
     parser.add_argument("extra", nargs="*", help="more loadtest arguments (after --)")
     args = parser.parse_args()
+    if args.tabulate:
+        runs = [json.loads(f.read_text()) for f in args.tabulate]
+        runs.sort(key=lambda r: int(r["instances"]))
+        write(args.out, runs, args.lag_target, args.rss_target)
+        print(table(runs, args.lag_target, args.rss_target))
+        return 0
     if args.quick:
         args.counts, args.duration = "300,600", 40
         args.out = Path(".data/bench/scaling-quick")
@@ -153,11 +177,7 @@ def main() -> int:
         result: dict[str, Any] = json.loads(result_file.read_text())
         result["wall_s"] = round(time.monotonic() - started, 1)
         collected.append(result)
-        (args.out / "scaling.json").write_text(json.dumps(collected, indent=2))
-        (args.out / "scaling.md").write_text(
-            table(collected, args.lag_target, args.rss_target) + "\n"
-        )
-        plot(args.out / "scaling.png", collected, args.lag_target, args.rss_target)
+        write(args.out, collected, args.lag_target, args.rss_target)
     print(table(collected, args.lag_target, args.rss_target))
     return 0
 
