@@ -187,7 +187,7 @@ def main() -> int:
         ceiling = asyncio.run(_ceiling(sim, [t for _, t in created], args.concurrency, 10))
         half = len(created) // 2
         inproc = asyncio.run(
-            _in_process(settings, [i for i, _ in created[:half]], args.concurrency)
+            _in_process(settings, [i for i, _ in created[:half]], args.concurrency, args.batch)
         )
         env = {
             **os.environ,
@@ -277,7 +277,7 @@ def main() -> int:
     return 0
 
 
-async def _in_process(settings: Settings, ids: list[int], concurrency: int) -> float:
+async def _in_process(settings: Settings, ids: list[int], concurrency: int, size: int) -> float:
     """The poll service itself, on one loop in this process, without Celery."""
     from app.services.polling import PollDeps, run_polls
 
@@ -286,7 +286,7 @@ async def _in_process(settings: Settings, ids: list[int], concurrency: int) -> f
         pg = await create_pg_pool(settings.require("database_url"), 20)
         deps = PollDeps(settings, pg, redis_client, http, SecretBox(SECRET))
         slots = asyncio.Semaphore(concurrency)
-        batches = [[(i, None) for i in ids[k : k + 20]] for k in range(0, len(ids), 20)]
+        batches = [[(i, None) for i in ids[k : k + size]] for k in range(0, len(ids), size)]
 
         started = time.monotonic()
         await asyncio.gather(*(run_polls(deps, batch, slots) for batch in batches))
