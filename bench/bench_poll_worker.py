@@ -220,10 +220,10 @@ def main() -> int:
         time.sleep(4)  # worker boot
         import psutil
 
-        proc = psutil.Process(worker.pid)
-        cpu_before = sum(proc.cpu_times()[:2])
+        worker_cpu = psutil.Process(worker.pid)
+        cpu_before = sum(worker_cpu.cpu_times()[:2])
         result = _run_polls(env, r, [i for i, _ in created[half:]], args.batch)
-        cpu_ms = (sum(proc.cpu_times()[:2]) - cpu_before) * 1000 / (len(created) - half)
+        cpu_ms = (sum(worker_cpu.cpu_times()[:2]) - cpu_before) * 1000 / (len(created) - half)
         # Steady state: the same instances again, nothing changed at the provider.
         if args.profile:  # the quiet polls only: the hot path the target is about
             procs.append(
@@ -248,9 +248,9 @@ def main() -> int:
                 )
             )
             time.sleep(1)
-        cpu_before = sum(proc.cpu_times()[:2])
+        cpu_before = sum(worker_cpu.cpu_times()[:2])
         quiet = _run_polls(env, r, [i for i, _ in created], args.batch)
-        quiet_cpu_ms = (sum(proc.cpu_times()[:2]) - cpu_before) * 1000 / len(created)
+        quiet_cpu_ms = (sum(worker_cpu.cpu_times()[:2]) - cpu_before) * 1000 / len(created)
         print(
             f"poll worker: {n} polls of 1 resource at {LATENCY_MS} ms provider latency, "
             f"{args.concurrency} in flight, {args.batch} per message"

@@ -272,7 +272,7 @@ async def sample_locks(url: str, stop: asyncio.Event) -> dict[str, float]:
 
 
 def _settings(url: str, redis_url: str) -> Settings:
-    return Settings(  # type: ignore[call-arg]
+    return Settings(
         database_url=url,
         redis_url=redis_url,
         secret_key=SECRET_KEY,
