@@ -1,8 +1,9 @@
 """Row vocabulary shared by the ORM models (:mod:`app.models`) and the raw-SQL stores.
 
 It lives apart from the models so that the workers, which talk to PostgreSQL through
-asyncpg only, never load SQLModel and SQLAlchemy: about 40 MB of resident memory per
-worker process (a test keeps the workers' imports free of them).
+asyncpg only, never load SQLModel and SQLAlchemy: about 25 MB of resident memory per
+worker process (128–133 → 104–108 MB at 2,000 instances; a test keeps the workers'
+imports free of them).
 """
 
 from __future__ import annotations
