@@ -1,7 +1,8 @@
 """Database engines and sessions. Factories take a URL; nothing connects at import.
 
 SQLAlchemy is imported by the engine factories only: the workers use the asyncpg pool
-(:func:`create_pg_pool`) and never load it (see :mod:`app.domain.rows`).
+(:func:`create_pg_pool`) and never load it (see :mod:`app.domain.rows`); asyncpg by the
+pool factory only: beat reaches PostgreSQL through SQLAlchemy and psycopg.
 """
 
 from __future__ import annotations
@@ -10,10 +11,10 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import TYPE_CHECKING
 
-import asyncpg
 from redis.asyncio import BlockingConnectionPool, Redis
 
 if TYPE_CHECKING:
+    import asyncpg
     from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
 _SCHEMES = ("postgresql+asyncpg://", "postgresql+psycopg://", "postgresql://", "postgres://")
@@ -85,6 +86,8 @@ async def create_pg_pool(url: str, size: int) -> asyncpg.Pool:
     session-level advisory lock closes its connection when its unlock did not complete
     (:func:`app.store.lifecycle.advisory_unlock`). An open transaction is still rolled back.
     """
+    import asyncpg
+
     pool = await asyncpg.create_pool(
         libpq_url(url),
         min_size=1,

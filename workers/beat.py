@@ -1,11 +1,12 @@
 """``pollinator beat``: Celery beat with a scheduler that reads due instances from PostgreSQL.
 
 Beat keeps no per-instance entries in memory. Each tick claims the instances
-whose ``next_poll_at`` has passed (a partial index makes that cost grow with the
-number of *due* instances, not the total), moves each one's ``next_poll_at`` to
-its next drift-free slot and sends them as ``poll.instances`` messages of up to
-``TASK_BATCH`` instances each (:mod:`workers.messages`; a worker runs a message's
-polls concurrently and Flower lists each as a ``poll.instance`` task). ``FOR UPDATE
+whose ``next_poll_at`` comes within :data:`~app.domain.schedule.POLL_LOOKAHEAD_S`
+(a partial index makes that cost grow with the number of *due* instances, not the
+total), moves each one's ``next_poll_at`` to its next drift-free slot and sends them
+as ``poll.instances`` messages of up to ``TASK_BATCH`` instances each
+(:mod:`workers.messages`; a worker runs a message's polls concurrently, each from its
+slot's wave on, and Flower lists each as a ``poll.instance`` task). ``FOR UPDATE
 SKIP LOCKED`` plus a Redis leader lease mean two beats never double-schedule: only
 the leader ticks, and even a split-brain moment cannot claim the same row twice.
 The statements are in :mod:`app.store.schedule`; this module owns the transaction.
@@ -26,7 +27,7 @@ import random
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 
 import redis
@@ -38,7 +39,13 @@ from sqlalchemy.exc import OperationalError
 from app import keys, liveness, metrics
 from app.db import sync_url
 from app.domain.rows import utcnow
-from app.domain.schedule import SLOT_MAX, SLOT_MIN, ScheduleError, next_poll_at
+from app.domain.schedule import (
+    POLL_LOOKAHEAD_S,
+    SLOT_MAX,
+    SLOT_MIN,
+    ScheduleError,
+    next_poll_at,
+)
 from app.services.leases import SyncLease
 from app.settings import get_settings
 from app.store import schedule
@@ -166,9 +173,11 @@ def _one_by_one(
     claim.quarantined = stored
 
 
-def _claim(engine: Engine, now: datetime, batch: int, *, one_by_one: bool) -> Claim:
+def _claim(
+    engine: Engine, now: datetime, batch: int, lookahead_s: float, *, one_by_one: bool
+) -> Claim:
     with engine.begin() as conn:
-        rows = schedule.claim_rows(conn, now, batch)
+        rows = schedule.claim_rows(conn, now + timedelta(seconds=lookahead_s), batch)
         scheduled, claim = plan_claim(rows, now)
         claim.rows = len(rows)
         if one_by_one:
@@ -182,8 +191,11 @@ def _claim(engine: Engine, now: datetime, batch: int, *, one_by_one: bool) -> Cl
     return claim
 
 
-def claim_due(engine: Engine, now: datetime, batch: int = CLAIM_BATCH) -> Claim:
-    """Claim up to ``batch`` due instances: move each to its next slot or quarantine it.
+def claim_due(
+    engine: Engine, now: datetime, batch: int = CLAIM_BATCH, lookahead_s: float = 0.0
+) -> Claim:
+    """Claim up to ``batch`` instances due by ``now + lookahead_s``: move each to its next
+    slot or quarantine it. A slot still ahead moves one interval on (its poll waits for it).
 
     Both happen in one transaction, so a quarantined row is never claimed again and the
     rest of its batch is scheduled in the same tick. The batch is moved with one
@@ -193,12 +205,12 @@ def claim_due(engine: Engine, now: datetime, batch: int = CLAIM_BATCH) -> Claim:
     (``OperationalError``) is no row's fault: it propagates, and every row stays due.
     """
     try:
-        return _claim(engine, now, batch, one_by_one=False)
+        return _claim(engine, now, batch, lookahead_s, one_by_one=False)
     except OperationalError:
         raise
     except Exception:
         log.exception("claiming due instances failed; claiming them again row by row")
-        return _claim(engine, now, batch, one_by_one=True)
+        return _claim(engine, now, batch, lookahead_s, one_by_one=True)
 
 
 SendPolls = Callable[[Sequence[Claimed]], None]
@@ -218,7 +230,7 @@ def dispatch_due(engine: Engine, send: SendPolls, metrics_client: redis.Redis | 
     started = time.monotonic()
     try:
         while claimed < MAX_CLAIM_PER_TICK:
-            claim = claim_due(engine, utcnow())
+            claim = claim_due(engine, utcnow(), lookahead_s=POLL_LOOKAHEAD_S)
             claimed += claim.rows
             for q in claim.quarantined:
                 log.warning("instance %s quarantined: %s", q.instance_id, q.reason)
@@ -345,14 +357,14 @@ def main(argv: list[str]) -> int:
     """``pollinator beat``."""
     from app.logging import setup_logging
     from app.settings import load_settings_or_exit
-    from workers.celery_app import get_celery
+    from workers.celery_app import create_celery
 
     settings = load_settings_or_exit()
     parser = argparse.ArgumentParser(prog="pollinator beat")
     parser.add_argument("--loglevel", default=settings.log_level)
     args = parser.parse_args(argv)
     setup_logging(args.loglevel, settings.log_format)
-    get_celery().start(
+    create_celery(settings, tasks=False).start(
         [
             "beat",
             "-S",

@@ -3,10 +3,11 @@
 The caller (a request handler, a task, a command) owns the transaction.
 """
 
-from typing import TypeAlias
+from typing import TYPE_CHECKING, TypeAlias
 
-import asyncpg
-from asyncpg.pool import PoolConnectionProxy
+if TYPE_CHECKING:  # beat imports its statements from here and never loads asyncpg
+    import asyncpg
+    from asyncpg.pool import PoolConnectionProxy
 
 # What asyncpg-based stores take: a pooled connection or a plain one (both run the same
 # prepared statements).

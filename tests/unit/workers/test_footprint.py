@@ -1,7 +1,8 @@
 """The workers' import graph: what every worker process carries in memory.
 
+Beat claims rows and sends messages: it loads none of the polling and delivery code.
 The workers reach PostgreSQL through asyncpg only; SQLModel and SQLAlchemy (the API's
-ORM) would add about 40 MB of resident memory to each worker process, which the
+ORM) would add about 25 MB of resident memory to each worker process, which the
 40,000-instance budget (all processes together within 600 MB) cannot spare.
 """
 
@@ -29,5 +30,23 @@ def test_a_worker_process_never_loads_the_orm() -> None:
     probe = _PROBE.format(modules=list(modules))
     loaded = subprocess.run(
         [sys.executable, "-c", probe], capture_output=True, text=True, check=True
+    ).stdout.strip()
+    assert loaded == ""
+
+
+_BEAT_PROBE = """
+import sys
+from app.settings import Settings
+import workers.beat
+from workers.celery_app import create_celery
+app = create_celery(Settings(broker_url="redis://127.0.0.1:1/0"), tasks=False)
+app.loader.init_worker()  # what `celery beat` does at start
+print(",".join(sorted(m for m in ("aiohttp", "asyncpg", "workers.tasks.poll") if m in sys.modules)))
+"""
+
+
+def test_beat_never_loads_the_task_modules() -> None:
+    loaded = subprocess.run(
+        [sys.executable, "-c", _BEAT_PROBE], capture_output=True, text=True, check=True
     ).stdout.strip()
     assert loaded == ""
