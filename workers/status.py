@@ -1,7 +1,8 @@
 """``pollinator status``: is the stack healthy, and what is failing?
 
 Reads only: the liveness registry and the beat leader lock (Redis), the broker's
-queue depths, and the schedule and delivery backlog (PostgreSQL). Run beside
+queue depths, and the schedule and delivery backlog and whether autovacuum runs
+(PostgreSQL). Run beside
 ``pollinator up`` it finds the embedded servers as ``org create`` does; in a
 cluster it reads the URLs from the settings like every role. Exit 0 when the
 state could be read (whatever it says), 2 when it could not.
@@ -60,6 +61,7 @@ def read_state(settings: Settings) -> dict[str, Any]:
         backlog = operator.backlog(conn)
         failing = operator.failing_resources(conn)
         sizes = operator.table_sizes(conn)
+        vacuum = operator.vacuum_state(conn)
     return {
         "roles": roles,
         "beatLeader": leader is not None,
@@ -73,6 +75,11 @@ def read_state(settings: Settings) -> dict[str, Any]:
             "pending": backlog.pending_deliveries,
             "failed": backlog.failed_deliveries,
             "oldestPendingAgeSeconds": round(backlog.oldest_pending_age_s, 3),
+        },
+        "database": {
+            "autovacuum": vacuum.autovacuum,
+            "instanceLiveRows": vacuum.live_rows,
+            "instanceDeadRows": vacuum.dead_rows,
         },
         "failing": [asdict(f) for f in failing],
         "retention": {
@@ -106,6 +113,15 @@ def render(state: dict[str, Any]) -> str:
         f"deliveries {d['pending']} pending (oldest {d['oldestPendingAgeSeconds']:.0f} s),"
         f" {d['failed']} failed"
     )
+    db = state["database"]
+    rows = f"instances ~{db['instanceLiveRows']} live rows, ~{db['instanceDeadRows']} dead"
+    if db["autovacuum"]:
+        lines.append(f"database   autovacuum on; {rows}")
+    else:
+        lines.append(
+            f"database   AUTOVACUUM OFF ({rows}): beat rewrites every instance row each"
+            " interval and nothing cleans up; turn it on (deploy/README.md, operating notes)"
+        )
     failing = state["failing"]
     lines.append(f"failing    {len(failing)} resource(s)")
     for f in failing:

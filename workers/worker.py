@@ -93,11 +93,8 @@ def main(argv: list[str]) -> int:
         settings.delivery_concurrency if Queue.DELIVERY.value in queues else 0,
     )
     # Each Celery thread carries one batch (of up to TASK_BATCH) whose items share the slots;
-    # twice as many batches as it takes to fill the slots keeps them busy. A poll batch
-    # arrives up to POLL_LOOKAHEAD_S before its slots and holds its thread while it waits
-    # (holding no slot), so a poll worker has as many threads again for batches waiting.
-    batches = max(2, math.ceil(in_flight / TASK_BATCH))
-    threads = 2 * batches + (2 * batches if Queue.POLL.value in queues else 0)
+    # twice as many batches as it takes to fill the slots keeps them busy.
+    threads = max(4, 2 * math.ceil(in_flight / TASK_BATCH))
     setup_logging(args.loglevel, settings.log_format)
     from workers.runtime import announce_as
 

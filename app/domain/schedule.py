@@ -22,8 +22,6 @@ __all__ = [
     "FAILURE_BACKOFF_BASE_S",
     "FAILURE_BACKOFF_CAP_S",
     "MIN_FIRST_POLL_DELAY_S",
-    "POLL_LOOKAHEAD_S",
-    "POLL_WAVE_S",
     "SLOT_MAX",
     "SLOT_MIN",
     "ScheduleError",
@@ -32,7 +30,6 @@ __all__ = [
     "latest_tick_at_or_before",
     "next_poll_at",
     "retry_at",
-    "seconds_until_slot",
 ]
 
 # The range of times the scheduler computes and stores: ``datetime``'s own range less a
@@ -41,18 +38,6 @@ __all__ = [
 # (294276 AD, ±infinity); the claim query maps anything outside this range to NULL.
 SLOT_MIN = datetime(1, 1, 2, tzinfo=UTC)
 SLOT_MAX = datetime(9999, 12, 30, tzinfo=UTC)
-
-# Beat ticks once a second and claims the instances due up to this many seconds ahead; a
-# worker starts each poll at its slot (:func:`seconds_until_slot`). Without it a poll
-# waited for the first tick after its slot: half a second of lag on average, a second at
-# worst, before any queueing. A tick plus half a second covers claiming, sending and
-# the broker's hand-off, so a poll normally arrives before its slot.
-POLL_LOOKAHEAD_S = 1.5
-# Polls sent ahead start in waves this far apart (on the epoch's grid): those of one
-# message whose slots fall in the same wave start together and share the round trips a
-# batch shares (quiet polls' checkpoints, lease returns). Started one by one, each of them
-# paid its own: poll-worker CPU per poll rose by two thirds at 5,000 instances.
-POLL_WAVE_S = 0.25
 _MICROSECOND = timedelta(microseconds=1)
 # No grid step may be longer than the whole range, so k * step stays a small integer.
 _MAX_INTERVAL_US = (SLOT_MAX - SLOT_MIN) // _MICROSECOND
@@ -143,18 +128,6 @@ def next_poll_at(scheduled_at: datetime, interval_s: float, now: datetime) -> da
         k * step_us,
         f"the next poll ({interval_s:g} s after {scheduled_at.isoformat()})",
     )
-
-
-def seconds_until_slot(slot: datetime | None, now: datetime) -> float:
-    """How long a worker holds a poll that beat sent ahead of its slot: until the first
-    wave (:data:`POLL_WAVE_S`) at or after the slot; ``0`` when that has come (or there is
-    no slot), and never more than :data:`POLL_LOOKAHEAD_S`, so a worker whose clock runs
-    behind beat's starts the poll late rather than hold it for the skew.
-    """
-    if slot is None:
-        return 0.0
-    wave = math.ceil(slot.timestamp() / POLL_WAVE_S) * POLL_WAVE_S
-    return min(max(wave - now.timestamp(), 0.0), POLL_LOOKAHEAD_S)
 
 
 def latest_tick_at_or_before(scheduled_at: datetime, interval_s: float, now: datetime) -> datetime:

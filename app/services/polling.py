@@ -49,7 +49,7 @@ from app.domain.fieldpath import compile_path
 from app.domain.limits import MAX_PAGE_SIZE
 from app.domain.pollconfig import ConfigError, ResourceConfig
 from app.domain.rows import utcnow
-from app.domain.schedule import ScheduleError, seconds_until_slot
+from app.domain.schedule import ScheduleError
 from app.domain.watermark import Mirror, Start, Watermark, lower_bound
 from app.logging import bind_log_context, log_context
 from app.metrics import MetricsBatch
@@ -622,11 +622,7 @@ async def run_polls(
     (:func:`_claim`: one round trip each, not one per poll); then each poll fetches,
     commits (a poll that stores events in its own transaction; quiet polls that arrive
     together in one statement, :class:`QuietCommits`), mirrors its watermarks and gives
-    its lease back (with the polls that end with it, :class:`LeaseReturns`). A poll whose
-    slot is still ahead starts at it: beat sends polls up to
-    :data:`~app.domain.schedule.POLL_LOOKAHEAD_S` early. Its snapshot is read with the
-    batch, so a PATCH in that second or so applies from the next poll, as it would for
-    one made while the poll runs.
+    its lease back (with the polls that end with it, :class:`LeaseReturns`).
     Metrics of the whole batch go out in one round trip at the end (each poll has
     already written its watermarks, before giving its lease back).
     One poll's unexpected crash is logged and does not take the batch down: its
@@ -654,10 +650,6 @@ async def run_polls(
 
     async def one(instance_id: int, scheduled_at: datetime | None) -> PollOutcome:
         with log_context(instance_id=instance_id):
-            # Beat sends polls ahead of their slots; each waits for its own (its lease held,
-            # no poll slot taken), so it starts on time instead of at beat's next tick.
-            if (early := seconds_until_slot(scheduled_at, utcnow())) > 0:
-                await asyncio.sleep(early)
             async with slots:
                 try:
                     outcome = await poll(instance_id)

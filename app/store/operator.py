@@ -74,6 +74,34 @@ def table_sizes(conn: psycopg.Connection[Any]) -> list[tuple[str, int, int, int]
 
 
 @dataclass(frozen=True)
+class Vacuum:
+    """Whether PostgreSQL cleans up after beat: it rewrites each instance row every interval."""
+
+    autovacuum: bool  # the server's setting and the instances table's own option
+    live_rows: int
+    dead_rows: int
+
+
+def vacuum_state(conn: psycopg.Connection[Any]) -> Vacuum:
+    """Autovacuum for ``instances`` (server-wide and per table) and its live/dead rows.
+
+    Each poll moves its instance's ``next_poll_at``: a new row version per instance per
+    interval. Without autovacuum the dead versions pile up (532k of them in six minutes at
+    40,000 instances) and PostgreSQL's CPU follows the table's size.
+    """
+    row = conn.execute("""
+        SELECT current_setting('autovacuum') = 'on' AND NOT EXISTS (
+                 SELECT 1 FROM unnest(c.reloptions) AS o
+                 WHERE o ~* '^autovacuum_enabled=(false|off|no|n|f|0)$'),
+               coalesce(s.n_live_tup, 0), coalesce(s.n_dead_tup, 0)
+        FROM pg_class c LEFT JOIN pg_stat_user_tables s ON s.relid = c.oid
+        WHERE c.oid = 'instances'::regclass
+    """).fetchone()
+    assert row is not None
+    return Vacuum(autovacuum=bool(row[0]), live_rows=int(row[1]), dead_rows=int(row[2]))
+
+
+@dataclass(frozen=True)
 class FailingResource:
     instance_id: int
     organization_id: int

@@ -106,34 +106,6 @@ async def test_two_claimers_racing_on_the_same_due_rows_claim_each_row_once(
     assert not set(ids) & {c.instance_id for c in claim_due(first, _db_now(first)).polls}
 
 
-async def test_beat_claims_ahead_by_its_lookahead_and_keeps_each_row_on_its_grid(
-    harness: Harness, engines: tuple[Engine, Engine]
-) -> None:
-    """A row due within the lookahead is claimed now, with its own slot (the worker waits
-    for it) and its next slot one interval on; a row due later stays for a later tick."""
-    soon, later = [await harness.create_instance(contacts_config()) for _ in range(2)]
-    engine = engines[0]
-    now = _db_now(engine)
-    with psycopg.connect(harness.database_url, autocommit=True) as conn:
-        conn.execute(
-            "UPDATE instances SET next_poll_at = %s::timestamptz + CASE id WHEN %s"
-            " THEN interval '1 second' ELSE interval '3 seconds' END WHERE id = ANY(%s)",
-            (now, soon, [soon, later]),
-        )
-    claim = claim_due(engine, now, lookahead_s=1.5)
-    mine = [c for c in claim.polls if c.instance_id in (soon, later)]
-    assert [c.instance_id for c in mine] == [soon]
-    slot = mine[0].due
-    assert (slot - now).total_seconds() == pytest.approx(1.0)
-    with psycopg.connect(harness.database_url) as conn:
-        stored = conn.execute("SELECT next_poll_at FROM instances WHERE id = %s", (soon,))
-        (next_at,) = stored.fetchone() or (None,)
-    assert next_at is not None
-    assert (next_at - slot).total_seconds() == pytest.approx(mine[0].interval_s)
-    # Without a lookahead (the default), nothing ahead of its slot is claimed.
-    assert not {soon, later} & {c.instance_id for c in claim_due(engine, now).polls}
-
-
 def test_a_standby_takes_the_lead_when_the_leader_stops(service_urls: ServiceUrls) -> None:
     key = "pollinator:lock:beat:test-failover"
     ttl_ms = 2000  # renewals every 0.2 s: a stall of 1.8 s would be needed to lose it

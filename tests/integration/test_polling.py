@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import math
 import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -28,7 +27,6 @@ from app import keys
 from app.api.server import create_app as create_api
 from app.client import InstanceSpec, OAuthApp
 from app.db import create_pg_pool, libpq_url
-from app.domain.schedule import POLL_WAVE_S
 from app.domain.watermark import Watermark
 from app.security import SecretBox
 from app.services.polling import PollDeps, PollOutcome, QuietCommits, run_polls
@@ -411,31 +409,6 @@ async def test_a_batch_of_polls_reads_its_snapshots_in_one_statement(harness: Ha
         (i, False, False) for i in ids
     ]
     assert len([q for q in statements if "LEFT JOIN poll_states" in q]) == 1
-
-
-async def test_polls_sent_ahead_start_at_their_slots_wave_by_wave(harness: Harness) -> None:
-    """Beat sends polls up to POLL_LOOKAHEAD_S early: each starts at its slot's wave, not
-    before its slot, and those sharing a wave start together (and share one checkpoint
-    statement); a poll whose slot has passed starts at once."""
-    ids = [await harness.create_instance(contacts_config()) for _ in range(3)]
-    now = datetime.now(UTC)
-    wave = math.ceil(now.timestamp() / POLL_WAVE_S) * POLL_WAVE_S + 2 * POLL_WAVE_S
-    slot = datetime.fromtimestamp(wave, UTC)
-    items = [
-        (ids[0], slot - timedelta(seconds=POLL_WAVE_S / 2)),  # same wave as ids[1]
-        (ids[1], slot),
-        (ids[2], now - timedelta(seconds=5)),  # late: at once
-    ]
-    outcomes = await run_polls(harness.deps, items, asyncio.Semaphore(4))
-    started = {o.instance_id: o.started_at for o in outcomes}
-    assert all(not o.skipped and not o.failed for o in outcomes)
-    for instance_id, due in items[:2]:
-        at = started[instance_id]
-        assert at is not None
-        assert due <= at < slot + timedelta(seconds=POLL_WAVE_S)
-    first, second, late = (started[i] or now for i in ids)
-    assert abs((first - second).total_seconds()) < POLL_WAVE_S / 2  # one wave
-    assert late < slot - timedelta(seconds=POLL_WAVE_S)
 
 
 async def test_a_batch_whose_shared_read_fails_fails_each_poll_and_holds_no_lease(

@@ -11,11 +11,12 @@ from datetime import timedelta
 from typing import Any
 
 import asyncpg
+import psycopg
 import pytest
 from aiohttp.test_utils import TestClient
 from redis.asyncio import Redis
 
-from app.db import create_pg_pool
+from app.db import create_pg_pool, libpq_url
 from app.models import utcnow
 from app.services import lifecycle
 from app.settings import Settings
@@ -276,6 +277,26 @@ async def test_metrics_and_status_show_sizes_oldest_payload_and_progress(
     assert set(state["retention"]["tables"]) == {"events", "deliveries", "delivery_attempts"}
     assert state["retention"]["lastPurge"]["oldest_payload"] == report.oldest_payload
     assert "oldest payload kept:" in render(state)
+
+
+def test_status_says_when_autovacuum_cannot_clean_up_after_beat(
+    make_settings: Callable[..., Settings], service_urls: ServiceUrls
+) -> None:
+    from workers.status import read_state, render
+
+    settings = make_settings()
+    with psycopg.connect(libpq_url(service_urls.database_url), autocommit=True) as conn:
+        server_on = conn.execute("SHOW autovacuum").fetchone() == ("on",)
+        conn.execute("ALTER TABLE instances SET (autovacuum_enabled = false)")
+        try:
+            state = read_state(settings)
+        finally:
+            conn.execute("ALTER TABLE instances RESET (autovacuum_enabled)")
+    assert state["database"]["autovacuum"] is False
+    assert "AUTOVACUUM OFF" in render(state)
+    state = read_state(settings)
+    assert state["database"]["autovacuum"] is server_on  # the server's own setting decides
+    assert ("AUTOVACUUM OFF" in render(state)) is not server_on
 
 
 async def test_operator_sets_and_clears_organization_overrides(

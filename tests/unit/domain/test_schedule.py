@@ -10,12 +10,9 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from app.domain.schedule import (
-    POLL_LOOKAHEAD_S,
-    POLL_WAVE_S,
     failure_backoff_s,
     first_poll_at,
     next_poll_at,
-    seconds_until_slot,
 )
 
 T = datetime(2026, 11, 27, 10, 0, 0, tzinfo=UTC)
@@ -65,38 +62,6 @@ def test_next_poll_is_drift_free() -> None:
     for _ in range(1000):
         ticks.append(next_poll_at(ticks[-1], 0.7, ticks[-1] + timedelta(seconds=0.3)))
     assert ticks[-1] == T + timedelta(seconds=700)
-
-
-def test_a_poll_claimed_early_waits_for_the_first_wave_at_or_after_its_slot() -> None:
-    assert POLL_WAVE_S == 0.25  # T is on the waves' grid (a whole second)
-    assert seconds_until_slot(T + timedelta(seconds=0.75), T) == pytest.approx(0.75)
-    assert seconds_until_slot(T + timedelta(seconds=0.6), T) == pytest.approx(0.75)
-    assert seconds_until_slot(T + timedelta(seconds=0.51), T) == pytest.approx(0.75)
-    assert seconds_until_slot(T, T) == 0.0
-    # Mid-wave: the rest of the wave.
-    assert seconds_until_slot(T, T - timedelta(seconds=0.1)) == pytest.approx(0.1)
-    assert seconds_until_slot(T + timedelta(seconds=0.1), T + timedelta(seconds=0.2)) == (
-        pytest.approx(0.05)
-    )
-    assert seconds_until_slot(T - timedelta(seconds=3), T) == 0.0  # late: at once
-    assert seconds_until_slot(None, T) == 0.0  # "poll now", tests: no slot
-
-
-def test_the_wait_never_exceeds_the_lookahead() -> None:
-    # A worker whose clock runs behind beat's would otherwise hold a batch for the skew.
-    assert seconds_until_slot(T + timedelta(minutes=5), T) == POLL_LOOKAHEAD_S
-
-
-@given(st.floats(min_value=-5, max_value=5), st.floats(min_value=-5, max_value=5))
-def test_a_poll_never_starts_before_its_slot_nor_a_wave_after_it(ahead: float, late: float) -> None:
-    slot = T + timedelta(seconds=ahead)
-    now = T + timedelta(seconds=late)
-    wait = seconds_until_slot(slot, now)
-    assert 0.0 <= wait <= POLL_LOOKAHEAD_S
-    start = now + timedelta(seconds=wait)
-    if wait < POLL_LOOKAHEAD_S:
-        assert start >= slot - timedelta(microseconds=1)
-        assert start < max(slot, now) + timedelta(seconds=POLL_WAVE_S)
 
 
 def test_after_downtime_an_overdue_instance_polls_once_then_resumes_its_grid() -> None:
