@@ -102,6 +102,7 @@ def results(
             "faults": ctx.opts.faults,
             "fault_rate": ctx.opts.fault_rate if ctx.opts.faults else 0.0,
             "create_s": ctx.extra.get("create_s"),
+            "settle_s": ctx.extra.get("settle_s"),
             "cpu_note": "cpu_percent: mean over the run of API+beat+workers (100 = one "
             "core); rss_mb: their summed RSS at the end of the run; peak_rss_mb: the "
             "largest summed RSS sampled",

@@ -5,7 +5,9 @@
 2. **create** — N instances through the public API, each with its own simulator account
    and a real OAuth code (one OAuth app per ``--instances-per-app`` instances, because
    the poller enforces a per-app request budget as Keap does).
-3. **run** — the simulator's mutator makes ``--changes-per-second`` random changes across
+3. **settle** — wait until the polls of the last ten seconds started on time (creating
+   many instances at full speed leaves the schedule behind); reported as ``settle_s``.
+   **run** — the simulator's mutator makes ``--changes-per-second`` random changes across
    the accounts for ``--duration`` seconds (optionally with injected faults).
 4. **drain** — changes stop; wait until every change is covered by a delivered event, or
    the drain timeout.
@@ -59,6 +61,7 @@ class LoadTest:
             progress.start(self.progress_line)
             try:
                 await setup.create_instances(ctx)
+                await drive.settle(ctx)
                 await drive.run_changes(ctx)
                 delivery = await drive.drain(ctx)
                 burst, burst_rate = await capacity.burst(ctx)
