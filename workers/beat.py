@@ -6,10 +6,10 @@ grow with the number of *due* instances, not the total), moves each one's
 ``next_poll_at`` to its next drift-free slot and sends them as ``poll.instances``
 messages of up to ``TASK_BATCH`` instances each (:mod:`workers.messages`; a worker
 runs a message's polls concurrently and Flower lists each as a ``poll.instance``
-task). ``FOR UPDATE
-SKIP LOCKED`` plus a Redis leader lease mean two beats never double-schedule: only
-the leader ticks, and even a split-brain moment cannot claim the same row twice.
-The statements are in :mod:`app.store.schedule`; this module owns the transaction.
+task). ``FOR UPDATE SKIP LOCKED`` plus a Redis leader lease mean two beats never
+double-schedule: only the leader ticks, and even a split-brain moment cannot claim
+the same row twice. The statements are in :mod:`app.store.schedule`; this module
+owns the transaction.
 
 One row never fails its neighbours. A claimed instance whose next slot cannot be
 computed or stored (an interval past validation, a slot at the end of the

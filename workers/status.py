@@ -1,11 +1,10 @@
 """``pollinator status``: is the stack healthy, and what is failing?
 
 Reads only: the liveness registry and the beat leader lock (Redis), the broker's
-queue depths, and the schedule and delivery backlog and whether autovacuum runs
-(PostgreSQL). Run beside
-``pollinator up`` it finds the embedded servers as ``org create`` does; in a
-cluster it reads the URLs from the settings like every role. Exit 0 when the
-state could be read (whatever it says), 2 when it could not.
+queue depths, the schedule and delivery backlog and whether autovacuum runs
+(PostgreSQL). Run beside ``pollinator up`` it finds the embedded servers as
+``org create`` does; in a cluster it reads the URLs from the settings like every role.
+Exit 0 when the state could be read (whatever it says), 2 when it could not.
 """
 
 from __future__ import annotations
