@@ -6,13 +6,14 @@ that dies frees it, renewed (``PEXPIRE``) and released (``DEL``) only by a Lua s
 that first checks the token, so a holder whose lease expired and was taken can neither
 extend nor delete its successor's. :class:`Lease` (asyncio) and :class:`SyncLease`
 (beat's synchronous client) are the same lease: one token rule, one TTL rule and the
-same two scripts (:data:`RENEW_SCRIPT`, :data:`RELEASE_SCRIPT`). Where they are used:
+same two scripts (:data:`RENEW_SCRIPT`, :data:`RELEASE_SCRIPT`), each for any number of
+leases. Where they are used:
 
 * the poll lock (:func:`app.keys.poll_lock`), through :class:`Leases`: one poll of an
   instance at a time, and a SIGKILLed worker's instances are free again within
   :data:`LEASE_TTL_MS` (a lock with a long TTL released in ``finally`` kept them
   locked for its whole TTL). One renewer per process renews every lease it holds in
-  one pipelined round trip every :data:`RENEW_EVERY_S`, so a thousand polls in flight
+  one script call every :data:`RENEW_EVERY_S`, so a thousand polls in flight
   cost one Redis call per period, not a timer each;
 * a rewind (:mod:`app.services.lifecycle`) takes the same poll lock, waiting a little;
 * the single-flight OAuth refresh (:mod:`app.services.tokens`, :func:`app.keys.refresh_lock`);
@@ -28,71 +29,51 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import functools
-import hashlib
 import logging
 import secrets as pysecrets
 import time
 from collections.abc import Sequence
-from typing import Any, Final
+from typing import Final
 
 import redis
 from redis.asyncio import Redis
-from redis.exceptions import NoScriptError, RedisError
+from redis.exceptions import RedisError
 
 log = logging.getLogger(__name__)
 
 LEASE_TTL_MS: Final = 30_000
 RENEW_EVERY_S: Final = 10.0
 
-#: KEYS[1] = lease, ARGV[1] = token, ARGV[2] = TTL (ms): 1 when renewed, 0 when not ours.
+# Each script takes any number of leases in one call (one command, one round trip: a
+# pipeline of one command per lease costs the client several times more CPU per lease).
+#: KEYS = leases, ARGV[1] = TTL (ms), ARGV[1 + i] = the token for KEYS[i]: per lease, 1 when
+#: taken, 0 when another holder has it (or the key came earlier in KEYS).
+ACQUIRE_SCRIPT: Final = """
+local taken = {}
+for i, key in ipairs(KEYS) do
+  taken[i] = redis.call('set', key, ARGV[i + 1], 'NX', 'PX', ARGV[1]) and 1 or 0
+end
+return taken
+"""
+#: KEYS = leases, ARGV[1] = TTL (ms), ARGV[1 + i] = the token for KEYS[i]: per lease, 1 when
+#: renewed, 0 when not ours (expired, or taken).
 RENEW_SCRIPT: Final = """
-if redis.call('get', KEYS[1]) == ARGV[1] then return redis.call('pexpire', KEYS[1], ARGV[2]) end
-return 0
+local renewed = {}
+for i, key in ipairs(KEYS) do
+  renewed[i] = 0
+  if redis.call('get', key) == ARGV[i + 1] then renewed[i] = redis.call('pexpire', key, ARGV[1]) end
+end
+return renewed
 """
-#: KEYS[1] = lease, ARGV[1] = token: 1 when deleted, 0 when not ours (expired, or taken).
+#: KEYS = leases, ARGV[i] = the token for KEYS[i]: per lease, 1 when deleted, 0 when not ours.
 RELEASE_SCRIPT: Final = """
-if redis.call('get', KEYS[1]) == ARGV[1] then return redis.call('del', KEYS[1]) end
-return 0
+local released = {}
+for i, key in ipairs(KEYS) do
+  released[i] = 0
+  if redis.call('get', key) == ARGV[i] then released[i] = redis.call('del', key) end
+end
+return released
 """
-
-
-async def evalsha_many(
-    client: Redis, script: str, calls: Sequence[tuple[str, Sequence[str | int]]]
-) -> list[Any]:
-    """Run a one-key ``script`` once per (key, args) in one pipelined round trip.
-
-    Called by its SHA1: redis-py's own script objects make a pipeline ask
-    ``SCRIPT EXISTS`` first, one more round trip on every call of the hot path. Here the
-    script is loaded only when Redis answers NOSCRIPT (after a restart or a
-    ``SCRIPT FLUSH``), and only those calls run again — a NOSCRIPT call did not run.
-    """
-    sha = _sha1(script)
-    answers = await _evalsha_round(client, sha, calls)
-    missing = [i for i, answer in enumerate(answers) if isinstance(answer, NoScriptError)]
-    if missing:
-        await client.script_load(script)
-        again = await _evalsha_round(client, sha, [calls[i] for i in missing])
-        for i, answer in zip(missing, again, strict=True):
-            answers[i] = answer
-    for answer in answers:
-        if isinstance(answer, Exception):
-            raise answer
-    return answers
-
-
-@functools.cache
-def _sha1(script: str) -> str:
-    return hashlib.sha1(script.encode()).hexdigest()  # Redis names scripts by their SHA1
-
-
-async def _evalsha_round(
-    client: Redis, sha: str, calls: Sequence[tuple[str, Sequence[str | int]]]
-) -> list[Any]:
-    async with client.pipeline(transaction=False) as pipe:
-        for key, args in calls:
-            pipe.evalsha(sha, 1, key, *args)
-        return list(await pipe.execute(raise_on_error=False))
 
 
 def new_token() -> str:
@@ -138,11 +119,11 @@ class Lease(_LeaseKey):
 
     async def renew(self) -> bool:
         """Push the TTL out again; ``False`` when the lease is no longer ours."""
-        return bool(await self._renew(keys=[self.key], args=[self.token, self.ttl_ms]))
+        return bool((await self._renew(keys=[self.key], args=[self.ttl_ms, self.token]))[0])
 
     async def release(self) -> bool:
         """Give the lease back, only if it is still ours; ``True`` when it was."""
-        return bool(await self._release(keys=[self.key], args=[self.token]))
+        return bool((await self._release(keys=[self.key], args=[self.token]))[0])
 
 
 class SyncLease(_LeaseKey):
@@ -158,17 +139,19 @@ class SyncLease(_LeaseKey):
         return bool(self.client.set(self.key, self.token, nx=True, px=self.ttl_ms))
 
     def renew(self) -> bool:
-        return bool(self._renew(keys=[self.key], args=[self.token, self.ttl_ms]))
+        return bool(self._renew(keys=[self.key], args=[self.ttl_ms, self.token])[0])
 
     def release(self) -> bool:
-        return bool(self._release(keys=[self.key], args=[self.token]))
+        return bool(self._release(keys=[self.key], args=[self.token])[0])
 
 
 class Leases:
     """Every lease one process holds on the poll locks, renewed together while any is held.
 
     A lease here is its key and its holder's token (no :class:`Lease` object per poll):
-    taking, renewing and giving back many is one pipelined round trip each.
+    taking, renewing and giving back many is one script call each. The scripts are called
+    by their SHA1 and loaded only when Redis answers NOSCRIPT (after a restart or a
+    ``SCRIPT FLUSH``): one round trip on the hot path.
     """
 
     def __init__(
@@ -181,22 +164,22 @@ class Leases:
         self.renew_every_s = renew_every_s
         self._held: dict[str, str] = {}  # key -> our token
         self._renewer: asyncio.Task[None] | None = None
+        self._acquire = redis.register_script(ACQUIRE_SCRIPT)
+        self._renew = redis.register_script(RENEW_SCRIPT)
+        self._release = redis.register_script(RELEASE_SCRIPT)
 
     async def acquire(self, key: str) -> str | None:
         """The lease's token, or ``None`` while someone else holds ``key``."""
         return (await self.acquire_many([key])).get(key)
 
     async def acquire_many(self, keys: Sequence[str]) -> dict[str, str]:
-        """:meth:`acquire` for several keys in one pipelined round trip: the tokens of the
+        """:meth:`acquire` for several keys in one round trip: the tokens of the
         leases taken, by key. A key someone else holds is left out, and so is the second
         of a key listed twice (only one holder, as with two :meth:`acquire` calls)."""
         if not keys:
             return {}
         tokens = [new_token() for _ in keys]
-        async with self.redis.pipeline(transaction=False) as pipe:
-            for key, token in zip(keys, tokens, strict=True):
-                pipe.set(key, token, nx=True, px=self.ttl_ms)
-            answers = await pipe.execute()
+        answers = await self._acquire(keys=list(keys), args=[self.ttl_ms, *tokens])
         taken = {key: token for key, token, ok in zip(keys, tokens, answers, strict=True) if ok}
         self._hold(taken)
         return taken
@@ -212,7 +195,7 @@ class Leases:
         await self.release_many([(key, token)])
 
     async def release_many(self, leases: Sequence[tuple[str, str]]) -> None:
-        """:meth:`release` of several (key, token) pairs in one pipelined round trip.
+        """:meth:`release` of several (key, token) pairs in one round trip.
 
         Each is forgotten first (so never renewed again, even when this round trip
         fails); the script still checks the token, so a lease forgotten as lost, or
@@ -222,18 +205,18 @@ class Leases:
         for key, token in leases:
             if self._held.get(key) == token:
                 del self._held[key]
-        await evalsha_many(self.redis, RELEASE_SCRIPT, [(key, [token]) for key, token in leases])
+        await self._release(keys=[key for key, _ in leases], args=[token for _, token in leases])
 
     def held(self) -> int:
         return len(self._held)
 
     async def renew_all(self) -> None:
-        """One pipelined round trip; a lease that was lost is forgotten (and logged)."""
+        """One round trip; a lease that was lost is forgotten (and logged)."""
         held = list(self._held.items())
         if not held:
             return
-        answers = await evalsha_many(
-            self.redis, RENEW_SCRIPT, [(key, [token, self.ttl_ms]) for key, token in held]
+        answers = await self._renew(
+            keys=[key for key, _ in held], args=[self.ttl_ms, *(token for _, token in held)]
         )
         for (key, token), renewed in zip(held, answers, strict=True):
             if not renewed and self._held.get(key) == token:

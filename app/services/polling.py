@@ -55,6 +55,7 @@ from app.logging import bind_log_context, log_context
 from app.metrics import MetricsBatch
 from app.providers.infusionsoft import InfusionsoftClient, ProviderError
 from app.security import DecryptionError, SecretBox
+from app.services.coalesce import WINDOW_S, Coalescer
 from app.services.leases import Leases
 from app.services.outbox import ResourceResult, record_failures, store_poll
 from app.services.tokens import InstanceTokens, RedisBudget, RefreshConfig
@@ -258,114 +259,64 @@ def provider_client(
 
 
 class QuietCommits:
-    """The checkpoints of a batch's quiet polls, written together (group commit).
+    """The checkpoints of a batch's quiet polls, written together (group commit,
+    :class:`app.services.coalesce.Coalescer`).
 
     A quiet poll (nothing changed, nothing failed: its commit would be the checkpoint
-    statement alone) queues its checkpoints here and waits for them to be written. The
-    first to arrive writes everything queued by then, and again what queued meanwhile,
-    in one statement each time; it never waits for polls still fetching, so no poll
-    holds its slot for another. Each poll still moves its Redis watermarks only after
-    the statement carrying its checkpoints returned, and stores no events, so
-    at-least-once is as for a single poll.
+    statement alone) queues its checkpoints here and waits for them to be written with
+    those of the polls that end within the window, in one statement. Each poll still
+    moves its Redis watermarks only after the statement carrying its checkpoints
+    returned, and stores no events, so at-least-once is as for a single poll.
 
     A statement that fails for a reason that could be one instance's data is not
     allowed to fail the whole group: each of its polls then writes alone
     (:meth:`commit` answers ``False``), so a crash stays counted on its own instance.
     """
 
-    def __init__(self, pg: asyncpg.Pool) -> None:
+    def __init__(self, pg: asyncpg.Pool, window_s: float = WINDOW_S) -> None:
         self.pg = pg
-        self._queued: list[tuple[int, datetime, list[CheckpointWrite], asyncio.Future[bool]]] = []
-        self._writing = False
+        self._group: Coalescer[tuple[int, datetime, list[CheckpointWrite]]] = Coalescer(
+            self._write, window_s
+        )
 
     async def commit(
         self, instance_id: int, started: datetime, writes: list[CheckpointWrite]
     ) -> bool:
         """``True`` once this poll's checkpoints are written; ``False``: write them alone."""
-        done: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
-        self._queued.append((instance_id, started, writes, done))
-        if not self._writing:
-            self._writing = True
-            try:
-                await asyncio.sleep(0)  # the polls whose fetch ended with this one join it
-                while self._queued:
-                    group, self._queued = self._queued, []
-                    await self._write(group)
-            finally:
-                self._writing = False
-                for *_, left in self._queued:  # cancelled mid-write: the rest write alone
-                    if not left.done():
-                        left.set_result(False)
-                self._queued = []
-        return await done
+        return await self._group.join((instance_id, started, writes))
 
-    async def _write(
-        self, group: list[tuple[int, datetime, list[CheckpointWrite], asyncio.Future[bool]]]
-    ) -> None:
+    async def _write(self, group: list[tuple[int, datetime, list[CheckpointWrite]]]) -> bool:
         try:
             async with self.pg.acquire() as conn:
-                await write_checkpoints_many(conn, [(i, at, w) for i, at, w, _ in group])
-        except _NOT_THE_INSTANCES_FAULT as exc:
-            for *_, done in group:
-                done.set_exception(exc)
+                await write_checkpoints_many(conn, group)
+        except _NOT_THE_INSTANCES_FAULT:
+            raise
         except Exception:
             log.warning(
                 "a batch's checkpoints failed together; its polls write alone", exc_info=True
             )
-            for *_, done in group:
-                done.set_result(False)
-        else:
-            for *_, done in group:
-                done.set_result(True)
-        finally:  # cancelled mid-statement: whether it committed is unknown, write again
-            for *_, done in group:
-                if not done.done():
-                    done.set_result(False)
+            return False
+        return True
 
 
 class LeaseReturns:
-    """The poll leases of a batch, given back together: polls that end at once share one
-    pipelined round trip (the first to end yields once, then gives back everything queued
-    by then, and again what queued meanwhile). Each poll still returns only after its own
-    lease was given back, so its watermarks were mirrored under it.
+    """The poll leases of a batch, given back together: polls that end within the window
+    share one round trip (:class:`app.services.coalesce.Coalescer`). Each poll still
+    returns only after its own lease was given back, so its watermarks were mirrored
+    under it.
     """
 
-    def __init__(self, leases: Leases) -> None:
+    def __init__(self, leases: Leases, window_s: float = WINDOW_S) -> None:
         self.leases = leases
-        self._queued: list[tuple[str, str, asyncio.Future[bool]]] = []
-        self._returning = False
+        self._group: Coalescer[tuple[str, str]] = Coalescer(self._give_back, window_s)
 
     async def give_back(self, key: str, token: str) -> None:
-        done: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
-        self._queued.append((key, token, done))
-        if not self._returning:
-            self._returning = True
-            try:
-                await asyncio.sleep(0)  # the polls that end with this one join it
-                while self._queued:
-                    group, self._queued = self._queued, []
-                    await self._give_back(group)
-            finally:
-                self._returning = False
-                for *_, left in self._queued:  # cancelled: the rest give theirs back alone
-                    left.set_result(False)
-                self._queued = []
-        if not await done:
+        if not await self._group.join((key, token)):  # cancelled mid-call: give it back alone
             await self.leases.release(key, token)
 
-    async def _give_back(self, group: list[tuple[str, str, asyncio.Future[bool]]]) -> None:
-        try:
-            await self.leases.release_many([(key, token) for key, token, _ in group])
-        except Exception as exc:  # as a poll's own release failing: it fails the poll
-            for *_, done in group:
-                done.set_exception(exc)
-        else:
-            for *_, done in group:
-                done.set_result(True)
-        finally:  # cancelled mid-round-trip: each gives its own back (the script checks)
-            for *_, done in group:
-                if not done.done():
-                    done.set_result(False)
+    async def _give_back(self, group: list[tuple[str, str]]) -> bool:
+        await self.leases.release_many(group)  # failing, it fails each poll of the group
+        return True
 
 
 @dataclass
@@ -414,15 +365,6 @@ async def _release_unstarted(deps: PollDeps, claims: dict[int, _Claim]) -> None:
         await deps.leases.release_many([(keys.poll_lock(i), c.holder) for i, c in claims.items()])
 
 
-async def _release(
-    deps: PollDeps, instance_id: int, claim: _Claim, returns: LeaseReturns | None = None
-) -> None:
-    if returns is None:
-        await deps.leases.release(keys.poll_lock(instance_id), claim.holder)
-    else:
-        await returns.give_back(keys.poll_lock(instance_id), claim.holder)
-
-
 async def poll_instance(
     deps: PollDeps, instance_id: int, slots: asyncio.Semaphore | None = None
 ) -> PollOutcome:
@@ -434,7 +376,10 @@ async def poll_instance(
     claim = (await _claim(deps, [instance_id])).get(instance_id)
     if claim is None:
         return PollOutcome(instance_id, skipped=True, busy=True)
-    return await _poll_claimed(deps, instance_id, claim, slots)
+    try:
+        return await _poll_claimed(deps, instance_id, claim, slots)
+    finally:
+        await deps.leases.release(keys.poll_lock(instance_id), claim.holder)
 
 
 async def _poll_claimed(
@@ -443,40 +388,37 @@ async def _poll_claimed(
     claim: _Claim,
     slots: asyncio.Semaphore | None,
     quiet: QuietCommits | None = None,
-    returns: LeaseReturns | None = None,
 ) -> PollOutcome:
-    """The rest of a claimed poll: fetch, delta, commit, mirror; then give the lease back."""
-    try:
-        if claim.error is not None:
-            raise claim.error
-        snap = claim.snap
-        if snap is None:
-            return PollOutcome(instance_id, skipped=True)
-        outcome = PollOutcome(instance_id)
-        starts = claim.starts
-        client = _client_for(deps, snap, slots)
-        started = outcome.started_at = utcnow()
-        outcome.resources = list(
-            await asyncio.gather(
-                *(
-                    _poll_resource(
-                        client,
-                        snap.resources[s.resource],
-                        s,
-                        starts[s.resource].watermark,
-                        started,
-                        snap.timezone,
-                    )
-                    for s in snap.states
+    """The rest of a claimed poll: fetch, delta, commit, mirror (the caller gives the lease
+    back after it, even when it raises)."""
+    if claim.error is not None:
+        raise claim.error
+    snap = claim.snap
+    if snap is None:
+        return PollOutcome(instance_id, skipped=True)
+    outcome = PollOutcome(instance_id)
+    starts = claim.starts
+    client = _client_for(deps, snap, slots)
+    started = outcome.started_at = utcnow()
+    outcome.resources = list(
+        await asyncio.gather(
+            *(
+                _poll_resource(
+                    client,
+                    snap.resources[s.resource],
+                    s,
+                    starts[s.resource].watermark,
+                    started,
+                    snap.timezone,
                 )
+                for s in snap.states
             )
         )
-        await _commit(deps, snap, outcome, started, quiet)
-        await _mirror(deps, instance_id, starts, outcome.resources)
-        outcome.finished_at = utcnow()
-        return outcome
-    finally:
-        await _release(deps, instance_id, claim, returns)
+    )
+    await _commit(deps, snap, outcome, started, quiet)
+    await _mirror(deps, instance_id, starts, outcome.resources)
+    outcome.finished_at = utcnow()
+    return outcome
 
 
 async def _commit(
@@ -646,18 +588,21 @@ async def run_polls(
         claim = claims.pop(instance_id, None)
         if claim is None:
             return PollOutcome(instance_id, skipped=True, busy=True)
-        return await _poll_claimed(deps, instance_id, claim, slots, quiet, returns)
+        try:
+            async with slots:
+                return await _poll_claimed(deps, instance_id, claim, slots, quiet)
+        finally:  # out of the slot: the next poll need not wait for this one's lease return
+            await returns.give_back(keys.poll_lock(instance_id), claim.holder)
 
     async def one(instance_id: int, scheduled_at: datetime | None) -> PollOutcome:
         with log_context(instance_id=instance_id):
-            async with slots:
-                try:
-                    outcome = await poll(instance_id)
-                except Exception as exc:
-                    log.exception("instance %s: poll crashed", instance_id)
-                    await count_crash(deps, batch, instance_id, exc)
-                    crash = f"{type(exc).__name__}: {exc}"[:MAX_ERROR_LENGTH]
-                    return PollOutcome(instance_id, skipped=True, crash=crash)
+            try:
+                outcome = await poll(instance_id)
+            except Exception as exc:
+                log.exception("instance %s: poll crashed", instance_id)
+                await count_crash(deps, batch, instance_id, exc)
+                crash = f"{type(exc).__name__}: {exc}"[:MAX_ERROR_LENGTH]
+                return PollOutcome(instance_id, skipped=True, crash=crash)
         batch.merge(poll_metrics(outcome, scheduled_at))
         return outcome
 
