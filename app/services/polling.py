@@ -18,7 +18,8 @@ enqueues pending deliveries whose lease ran out).
 This is the hot path of the whole system (every instance, every interval), so a batch
 of polls reads with one query and one Redis round trip for all of them (:func:`run_polls`),
 each poll writes with one transaction of a few statements (quiet polls: one statement
-shared by those that end together), and talks to Redis in as few round trips as it can.
+shared by those that end within 10 ms, :mod:`app.services.coalesce`), and talks to Redis
+in as few round trips as it can (the leases of many polls in one script call).
 
 A poll that *crashes* (an unexpected exception — not provider weather, which
 fails the poll cleanly and backs off) is counted on the instance; after
@@ -562,9 +563,10 @@ async def run_polls(
 
     The batch takes its leases and reads its snapshots and Redis watermarks together
     (:func:`_claim`: one round trip each, not one per poll); then each poll fetches,
-    commits (a poll that stores events in its own transaction; quiet polls that arrive
-    together in one statement, :class:`QuietCommits`), mirrors its watermarks and gives
-    its lease back (with the polls that end with it, :class:`LeaseReturns`).
+    commits (a poll that stores events in its own transaction; quiet polls that end
+    within the window in one statement, :class:`QuietCommits`), mirrors its watermarks,
+    leaves its slot and gives its lease back (with the polls that end within the window,
+    :class:`LeaseReturns`).
     Metrics of the whole batch go out in one round trip at the end (each poll has
     already written its watermarks, before giving its lease back).
     One poll's unexpected crash is logged and does not take the batch down: its

@@ -1,0 +1,142 @@
+"""CPU per quiet poll in one process, beside the CPU of the bare GET it has to make.
+
+Setup as :mod:`bench_poll_worker` (a simulator at 100 ms latency, N instances created
+through the service layer, each polling ``contacts``). Then, on uvloop in this process:
+one round of polls that each store 3 events, and ``--rounds`` rounds of quiet polls (the
+provider has nothing new), each followed by a bare aiohttp loop fetching one empty page
+per instance with the same number in flight. Both are measured with this process's CPU
+time (``time.process_time``): no Celery, no Flower events, no other process. The machine's
+speed varies from minute to minute, so compare the ratio in the last column, or runs made
+in one sitting.
+
+Usage: .venv/bin/python bench/bench_quiet_poll.py [--quick] [--instances N] [--rounds R]
+(uses POLLINATOR_DATABASE_URL / POLLINATOR_REDIS_URL when set, else embedded servers).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import signal
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import aiohttp
+import uvloop
+from bench_poll_worker import LATENCY_MS, SECRET, _setup, _up
+
+from app.db import create_pg_pool, create_redis
+from app.embedded import drop_database, ensure_services, free_port, scratch_database
+from app.migrate import upgrade
+from app.security import SecretBox
+from app.services.polling import PollDeps, run_polls
+from app.settings import Settings
+from workers.queues import TASK_BATCH
+
+IN_FLIGHT = 64
+
+
+async def _rounds(
+    settings: Settings, created: list[tuple[int, str]], sim: str, rounds: int
+) -> list[tuple[float, float]]:
+    """(quiet poll CPU ms, bare GET CPU ms) per round."""
+    ids = [i for i, _ in created]
+    tokens = [t for _, t in created]
+    redis_client = create_redis(settings.require("redis_url"))
+    out: list[tuple[float, float]] = []
+    async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0)) as http:
+        pg = await create_pg_pool(settings.require("database_url"), 20)
+        deps = PollDeps(settings, pg, redis_client, http, SecretBox(SECRET))
+        slots = asyncio.Semaphore(IN_FLIGHT)
+        batches = [
+            [(i, None) for i in ids[k : k + TASK_BATCH]] for k in range(0, len(ids), TASK_BATCH)
+        ]
+        # Nothing changes after this far-future bound: the same empty page a quiet poll gets.
+        query = "since=2099-01-01T00:00:00.000Z&order=id&limit=1000&offset=0"
+        url = f"{sim}/crm/rest/v1/contacts?{query}"
+
+        async def polls() -> float:
+            cpu = time.process_time()
+            await asyncio.gather(*(run_polls(deps, batch, slots) for batch in batches))
+            return (time.process_time() - cpu) * 1000 / len(ids)
+
+        async def bare() -> float:
+            cpu = time.process_time()
+
+            async def loop(k: int) -> None:
+                for i in range(k, len(tokens), IN_FLIGHT):
+                    headers = {"Authorization": f"Bearer {tokens[i]}"}
+                    async with http.get(url, headers=headers) as resp:
+                        await resp.read()
+
+            await asyncio.gather(*(loop(k) for k in range(IN_FLIGHT)))
+            return (time.process_time() - cpu) * 1000 / len(tokens)
+
+        print(f"first round (3 new records each): {await polls():.3f} ms CPU per poll")
+        for _ in range(rounds):
+            out.append((await polls(), await bare()))
+        await pg.close()
+    await redis_client.aclose()
+    return out
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--quick", action="store_true")
+    parser.add_argument("--instances", type=int, default=None)
+    parser.add_argument("--rounds", type=int, default=None)
+    args = parser.parse_args()
+    n = args.instances or (300 if args.quick else 2000)
+    rounds = args.rounds or (2 if args.quick else 5)
+    services = ensure_services(
+        os.environ.get("POLLINATOR_DATABASE_URL"),
+        os.environ.get("POLLINATOR_REDIS_URL"),
+        Path(".data/bench"),
+    )
+    db_url, name = scratch_database(services.database_url, "pollinator_bench")
+    port = free_port()
+    sim = f"http://127.0.0.1:{port}"
+    simulator = subprocess.Popen(
+        [sys.executable, "-m", "app.cli", "simulate", "--port", str(port),
+         "--latency-ms", str(LATENCY_MS), "--throttle-per-second", "0",
+         "--throttle-per-minute", "0"],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )  # fmt: skip
+    try:
+        upgrade(db_url)
+        _up(f"{sim}/_sim/stats")
+        settings = Settings(
+            database_url=db_url,
+            redis_url=services.redis_url,
+            secret_key=SECRET,
+            allow_private_callbacks=True,
+            min_refresh_minutes=1,
+            infusionsoft_api_url=f"{sim}/crm/rest/v1",
+            infusionsoft_token_url=f"{sim}/token",
+            provider_app_rate_per_second=0,
+        )
+        created = asyncio.run(_setup(settings, sim, n))
+        results = uvloop.run(_rounds(settings, created, sim, rounds))
+    finally:
+        os.killpg(simulator.pid, signal.SIGTERM)
+        simulator.wait(15)
+        drop_database(services.database_url, name)
+        services.stop()
+    print(f"{n} instances, 1 resource, {LATENCY_MS} ms latency, {IN_FLIGHT} in flight, in process")
+    print(f"{'round':>5} {'quiet poll ms':>14} {'bare GET ms':>12} {'ratio':>6}")
+    for k, (poll, get) in enumerate(results):
+        print(f"{k:>5} {poll:>14.3f} {get:>12.3f} {poll / get:>6.2f}")
+    polls = statistics.median(p for p, _ in results)
+    gets = statistics.median(g for _, g in results)
+    print(f"{'median':>5} {polls:>14.3f} {gets:>12.3f} {polls / gets:>6.2f}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
