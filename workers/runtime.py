@@ -27,6 +27,7 @@ from app.db import create_pg_pool, create_redis
 from app.security import SecretBox
 from app.services.breaker import OriginSlots
 from app.services.guarded_http import callback_session
+from app.services.polling import PollDeps
 from app.settings import Settings, get_settings
 from workers.heartbeat import Heartbeat
 
@@ -47,24 +48,33 @@ class Clients:
     slots: OriginSlots
     poll_slots: asyncio.Semaphore
     delivery_slots: asyncio.Semaphore
+    #: What every poll batch of the process shares, its poll leases included: one renewer
+    #: for all of them (a batch of its own would leave a renewer sleeping per batch).
+    poll: PollDeps
 
     @classmethod
     async def create(cls, settings: Settings, pool_size: int = 20) -> Clients:
         """``pool_size`` asyncpg connections: the snapshot, the outbox and the token refresh."""
         connector = aiohttp.TCPConnector(limit=0, limit_per_host=0, ttl_dns_cache=300)
+        pg = await create_pg_pool(settings.require("database_url"), pool_size)
+        redis = create_redis(settings.require("redis_url"), max_connections=128)
+        http = aiohttp.ClientSession(connector=connector)
+        box = SecretBox(settings.require("secret_key"))
         return cls(
             settings=settings,
-            pg=await create_pg_pool(settings.require("database_url"), pool_size),
-            redis=create_redis(settings.require("redis_url"), max_connections=128),
-            http=aiohttp.ClientSession(connector=connector),
+            pg=pg,
+            redis=redis,
+            http=http,
             callback_http=callback_session(settings.allow_private_callbacks),
-            box=SecretBox(settings.require("secret_key")),
+            box=box,
             slots=OriginSlots(),
             poll_slots=asyncio.Semaphore(settings.poll_concurrency),
             delivery_slots=asyncio.Semaphore(settings.delivery_concurrency),
+            poll=PollDeps(settings, pg, redis, http, box),
         )
 
     async def close(self) -> None:
+        await self.poll.leases.close()  # its renewer: a task left pending at exit
         await self.http.close()
         await self.callback_http.close()
         await self.redis.aclose()

@@ -203,9 +203,13 @@ class Leases:
         if not leases:
             return
         for key, token in leases:
-            if self._held.get(key) == token:
-                del self._held[key]
+            self.forget(key, token)
         await self._release(keys=[key for key, _ in leases], args=[token for _, token in leases])
+
+    def forget(self, key: str, token: str) -> None:
+        """Stop renewing a lease (it expires within its TTL unless given back)."""
+        if self._held.get(key) == token:
+            del self._held[key]
 
     def held(self) -> int:
         return len(self._held)

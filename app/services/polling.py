@@ -312,7 +312,12 @@ class LeaseReturns:
         self._group: Coalescer[tuple[str, str]] = Coalescer(self._give_back, window_s)
 
     async def give_back(self, key: str, token: str) -> None:
-        if not await self._group.join((key, token)):  # cancelled mid-call: give it back alone
+        try:
+            sent = await self._group.join((key, token))
+        except asyncio.CancelledError:  # never renewed again: it expires within its TTL
+            self.leases.forget(key, token)
+            raise
+        if not sent:  # the group's call was cancelled: give it back alone
             await self.leases.release(key, token)
 
     async def _give_back(self, group: list[tuple[str, str]]) -> bool:

@@ -9,7 +9,7 @@ import logging
 
 from celery import shared_task
 
-from app.services.polling import PollDeps, run_polls
+from app.services.polling import run_polls
 from workers.messages import decode_polls
 from workers.queues import POLL_INSTANCES
 from workers.runtime import get_runtime
@@ -32,8 +32,7 @@ def poll_instances_task(body: object) -> None:
     batch = [(order.instance_id, order.due) for order in decode_polls(body)]
     runtime = get_runtime()
     c = runtime.clients
-    deps = PollDeps(c.settings, c.pg, c.redis, c.http, c.box)
-    outcomes = runtime.submit(run_polls(deps, batch, c.poll_slots), timeout=BATCH_TIMEOUT_S)
+    outcomes = runtime.submit(run_polls(c.poll, batch, c.poll_slots), timeout=BATCH_TIMEOUT_S)
     scheduled = {i: at.isoformat() if at else None for i, at in batch}
     task_view(poll_instances_task.app, poll_instances_task.request.hostname).polls(
         outcomes, scheduled

@@ -245,3 +245,19 @@ async def test_leases_load_their_scripts_again_after_redis_forgot_them(redis: Re
     await leases.release_many(list(taken.items()))
     assert await redis.exists("k:a", "k:b") == 0
     await leases.close()
+
+
+async def test_a_poll_cancelled_while_giving_its_lease_back_stops_renewing_it(
+    redis: Redis,
+) -> None:
+    leases = Leases(redis, ttl_ms=60_000, renew_every_s=30)
+    taken = await leases.acquire_many(["k:a"])
+    returns = LeaseReturns(leases, window_s=1.0)
+    giving_back = asyncio.create_task(returns.give_back("k:a", taken["k:a"]))
+    await asyncio.sleep(0.01)  # waiting for company in the window
+    giving_back.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await giving_back
+    assert leases.held() == 0  # not renewed: it expires within its TTL
+    assert await redis.get("k:a") == taken["k:a"].encode()
+    await leases.close()
