@@ -62,6 +62,20 @@ POLLER = {
 }
 
 
+def bench_settings(database_url: str, redis_url: str, sim: str) -> Settings:
+    """Settings for polling the simulator at ``sim`` (no per-app budget: the engine alone)."""
+    return Settings(
+        database_url=database_url,
+        redis_url=redis_url,
+        secret_key=SECRET,
+        allow_private_callbacks=True,
+        min_refresh_minutes=1,
+        infusionsoft_api_url=f"{sim}/crm/rest/v1",
+        infusionsoft_token_url=f"{sim}/token",
+        provider_app_rate_per_second=0,
+    )
+
+
 async def _setup(settings: Settings, sim: str, n: int) -> list[tuple[int, str]]:
     """N instances via the service layer; returns (instance id, access token) pairs."""
     engine = create_engine(settings.require("database_url"))
@@ -171,16 +185,7 @@ def main() -> int:
             )
         )
         _up(f"{sim}/_sim/stats")
-        settings = Settings(
-            database_url=db_url,
-            redis_url=services.redis_url,
-            secret_key=SECRET,
-            allow_private_callbacks=True,
-            min_refresh_minutes=1,
-            infusionsoft_api_url=f"{sim}/crm/rest/v1",
-            infusionsoft_token_url=f"{sim}/token",
-            provider_app_rate_per_second=0,
-        )
+        settings = bench_settings(db_url, services.redis_url, sim)
         t0 = time.monotonic()
         created = asyncio.run(_setup(settings, sim, n))
         print(f"set up {n} instances in {time.monotonic() - t0:.1f}s")

@@ -27,7 +27,7 @@ from pathlib import Path
 
 import aiohttp
 import uvloop
-from bench_poll_worker import LATENCY_MS, SECRET, _setup, _up
+from bench_poll_worker import LATENCY_MS, SECRET, _setup, _up, bench_settings
 
 from app.db import create_pg_pool, create_redis
 from app.embedded import drop_database, ensure_services, free_port, scratch_database
@@ -111,16 +111,7 @@ def main() -> int:
     try:
         upgrade(db_url)
         _up(f"{sim}/_sim/stats")
-        settings = Settings(
-            database_url=db_url,
-            redis_url=services.redis_url,
-            secret_key=SECRET,
-            allow_private_callbacks=True,
-            min_refresh_minutes=1,
-            infusionsoft_api_url=f"{sim}/crm/rest/v1",
-            infusionsoft_token_url=f"{sim}/token",
-            provider_app_rate_per_second=0,
-        )
+        settings = bench_settings(db_url, services.redis_url, sim)
         created = asyncio.run(_setup(settings, sim, n))
         results = uvloop.run(_rounds(settings, created, sim, rounds))
     finally:
