@@ -2,11 +2,11 @@
 
 Poll and delivery workers are separate processes (often on separate hosts), so
 in-process Prometheus counters would each need scraping. Instead workers add
-to counters and histogram buckets in Redis (one pipelined round trip per poll
-or delivery) and the API renders them, plus gauges read from PostgreSQL at
-scrape time (backlog, overdue polls). Workers also append one line per poll to
-a bounded Redis stream, the *poll journal*, that load tests and operators read
-for exact schedule lag.
+to counters and histogram buckets in Redis (one script call per batch of polls
+or deliveries, :meth:`MetricsBatch.flush`) and the API renders them, plus gauges
+read from PostgreSQL at scrape time (backlog, overdue polls). Workers also append
+one line per poll to a bounded Redis stream, the *poll journal*, that load tests
+and operators read for exact schedule lag.
 """
 
 from __future__ import annotations
