@@ -33,6 +33,7 @@ from typing import Any
 import redis
 from celery import Celery
 from celery.beat import Scheduler
+from celery.signals import beat_init
 from sqlalchemy import Connection, Engine, create_engine
 from sqlalchemy.exc import OperationalError
 
@@ -40,6 +41,7 @@ from app import keys, liveness, metrics
 from app.db import sync_url
 from app.domain.rows import utcnow
 from app.domain.schedule import SLOT_MAX, SLOT_MIN, ScheduleError, next_poll_at
+from app.gctune import tune_gc
 from app.services.leases import SyncLease
 from app.settings import get_settings
 from app.store import schedule
@@ -357,6 +359,8 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--loglevel", default=settings.log_level)
     args = parser.parse_args(argv)
     setup_logging(args.loglevel, settings.log_format)
+    # Once beat has started, what exists lives as long as the process.
+    beat_init.connect(lambda **_: tune_gc(), weak=False)
     create_celery(settings, tasks=False).start(
         [
             "beat",

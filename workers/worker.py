@@ -41,10 +41,13 @@ def _open_runtime(**_: object) -> None:
 
 @worker_ready.connect
 def _start_beating(**_: object) -> None:
-    """Heartbeat and liveness once the worker consumes: an idle worker is alive too."""
+    """Heartbeat and liveness once the worker consumes: an idle worker is alive too.
+    The process has finished starting here, so its collector is tuned (:mod:`app.gctune`)."""
+    from app.gctune import tune_gc
     from workers.runtime import get_runtime
 
     get_runtime().start_beating()
+    tune_gc()
 
 
 @worker_shutdown.connect

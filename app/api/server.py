@@ -18,6 +18,7 @@ from app.api.errors import error_middleware
 from app.api.ui import add_ui_routes
 from app.db import create_engine, create_pg_pool, create_redis, session_factory
 from app.domain.limits import MAX_BODY_BYTES
+from app.gctune import tune_gc
 from app.logging import MaskingAccessLogger, setup_logging
 from app.security import SecretBox
 from app.settings import Settings
@@ -78,8 +79,14 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--port", type=int, default=settings.api_port)
     args = parser.parse_args(argv)
     setup_logging(settings.log_level, settings.log_format)
+    app = create_app(settings)
+
+    async def started(_: web.Application) -> None:  # after the lifecycle's setup
+        tune_gc()  # what exists now lives as long as the process
+
+    app.on_startup.append(started)
     web.run_app(
-        create_app(settings),
+        app,
         host=args.host,
         port=args.port,
         access_log=logging.getLogger("pollinator.access"),

@@ -11,6 +11,7 @@ import time
 
 from aiohttp import web
 
+from app.gctune import tune_gc
 from app.simulator.config import SimulatorConfig
 from app.simulator.resources import RESOURCE_NAMES
 from app.simulator.server import SIMULATOR, create_app
@@ -109,6 +110,7 @@ async def serve(config: SimulatorConfig) -> None:
     await runner.setup()
     site = web.TCPSite(runner, config.host, config.port)
     await site.start()
+    tune_gc()  # what is seeded lives as long as the process
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
