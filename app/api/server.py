@@ -18,7 +18,7 @@ from app.api.errors import error_middleware
 from app.api.ui import add_ui_routes
 from app.db import create_engine, create_pg_pool, create_redis, session_factory
 from app.domain.limits import MAX_BODY_BYTES
-from app.gctune import tune_gc
+from app.gctune import freeze_startup
 from app.logging import MaskingAccessLogger, setup_logging
 from app.security import SecretBox
 from app.settings import Settings
@@ -82,7 +82,7 @@ def main(argv: list[str]) -> int:
     app = create_app(settings)
 
     async def started(_: web.Application) -> None:  # after the lifecycle's setup
-        tune_gc()  # what exists now lives as long as the process
+        freeze_startup()  # what exists now lives as long as the process (app.gctune)
 
     app.on_startup.append(started)
     web.run_app(

@@ -8,7 +8,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from app.gctune import YOUNG_THRESHOLD, tune_gc
+from app.gctune import YOUNG_THRESHOLD, freeze_startup, tune_gc
 
 
 @pytest.fixture(autouse=True)
@@ -24,6 +24,13 @@ def test_tune_gc_freezes_what_exists_and_raises_the_young_threshold() -> None:
     tune_gc()
     assert gc.get_freeze_count() > 0
     assert gc.get_threshold() == (YOUNG_THRESHOLD, *older)
+
+
+def test_freeze_startup_leaves_the_thresholds_alone() -> None:
+    threshold = gc.get_threshold()
+    freeze_startup()
+    assert gc.get_freeze_count() > 0
+    assert gc.get_threshold() == threshold
 
 
 def test_cycles_made_after_tuning_are_still_collected() -> None:
