@@ -11,7 +11,7 @@ took 17 % of the CPU (1.26 of 7.30 s). With the startup objects frozen and the y
 threshold at 10,000: 24 young passes, 2 middle, no full one, 1 % of the CPU.
 
 What this costs: cyclic garbage may live until 10,000 more containers were allocated. In a
-worker that is a few MB at most (2-3 MB more RSS per worker at 1,000 instances, 3-4 MB less
+worker that is a few MB at most (2-3 MB more RSS per worker at 1,000 instances, 3-9 MB less
 at 30,000-40,000, in ``bench_scaling.py`` runs); in the API, whose requests build SQLAlchemy
 sessions full of cycles, it was 9-10 MB for no CPU that matters (the API is not on the poll
 path), so the API only freezes (:func:`freeze_startup`). Frozen objects are never collected,

@@ -11,7 +11,9 @@ in one sitting.
 
 Each round polls twice: with the garbage collector tuned as Pollinator's processes run it
 (:func:`app.gctune.tune_gc`) and with CPython's defaults (the baseline), and reports the
-collector's own share of each (timed with ``gc.callbacks``).
+collector's own share of each (timed with ``gc.callbacks``). The bare loop runs at
+CPython's defaults, as it did before the services were tuned, so its column compares with
+earlier runs of this bench.
 
 Usage: .venv/bin/python bench/bench_quiet_poll.py [--quick] [--instances N] [--rounds R]
 (uses POLLINATOR_DATABASE_URL / POLLINATOR_REDIS_URL when set, else embedded servers).
