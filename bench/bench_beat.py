@@ -9,8 +9,9 @@ phases, timing only the database part of the tick (sending a task costs the same
 due instance at any size):
 
 1. **steady state** — a simulated clock starts at the fixture's epoch and advances 1 s
-   per tick; beat claims whatever the spread made due in that second (batches of
-   ``CLAIM_BATCH`` until one comes back short, as ``dispatch_due`` does): the real tick
+   per tick; beat claims whatever the spread made due in that second (batches from
+   ``FIRST_CLAIM`` doubling up to ``CLAIM_BATCH`` until one comes back short, as
+   ``dispatch_due`` does): the real tick
    at that size. Its rows grow with the table; the cost *per claimed row* must not;
 2. **fixed due** — before each tick ~100 random pollable instances are made due (at the
    real clock, before the epoch, so nothing else is due), and one ``claim_due`` claims
@@ -50,7 +51,7 @@ from app.embedded import drop_database, ensure_services, scratch_database
 from app.migrate import upgrade
 from app.models import DUE_PREDICATE, utcnow
 from app.store.schedule import CLAIM
-from workers.beat import CLAIM_BATCH, claim_due
+from workers.beat import CLAIM_BATCH, FIRST_CLAIM, claim_due, next_claim
 
 DUE = 100
 TICKS = 20
@@ -83,11 +84,11 @@ def child(url: str, epoch: datetime, ticks: int) -> dict[str, Any]:
     for _ in range(ticks):
         clock += timedelta(seconds=1)
         started = time.perf_counter()
-        while True:
-            rows = claim_due(engine, clock).rows
+        batch: int | None = FIRST_CLAIM
+        while batch is not None:
+            rows = claim_due(engine, clock, batch).rows
             steady_rows += rows
-            if rows < CLAIM_BATCH:
-                break
+            batch = next_claim(batch, rows)
         steady.append((time.perf_counter() - started) * 1000)
     fixed: list[float] = []
     fixed_rows = 0

@@ -58,6 +58,11 @@ log = logging.getLogger(__name__)
 POLL_TICK_S = 0.25
 LEADER_TTL_MS = 10_000
 CLAIM_BATCH = 2000
+# A tick's first claim is small and each next one doubles up to CLAIM_BATCH: when many
+# instances come due at once (a burst, beat's restart), the first polls are on the broker
+# after claiming 250 rows, not 2,000 (135 ms before the first message at 2,000). Steady
+# ticks claim fewer rows than this anyway.
+FIRST_CLAIM = 250
 MAX_CLAIM_PER_TICK = 50_000
 MIN_TASK_EXPIRY_S = 60.0
 
@@ -211,6 +216,12 @@ def claim_due(engine: Engine, now: datetime, batch: int = CLAIM_BATCH) -> Claim:
 SendPolls = Callable[[Sequence[Claimed]], None]
 
 
+def next_claim(batch: int, rows: int) -> int | None:
+    """The size of a tick's next claim after one of ``batch`` returned ``rows``; ``None``
+    when it came back short (nothing more is due): twice as many, up to ``CLAIM_BATCH``."""
+    return None if rows < batch else min(2 * batch, CLAIM_BATCH)
+
+
 def dispatch_due(engine: Engine, send: SendPolls, metrics_client: redis.Redis | None = None) -> int:
     """Claim due instances batch by batch and ``send`` each batch's polls; returns how many.
 
@@ -222,10 +233,11 @@ def dispatch_due(engine: Engine, send: SendPolls, metrics_client: redis.Redis | 
     (its instances were moved and poll at their next slot).
     """
     claimed = sent = quarantined = 0
+    batch = FIRST_CLAIM
     started = time.monotonic()
     try:
         while claimed < MAX_CLAIM_PER_TICK:
-            claim = claim_due(engine, utcnow())
+            claim = claim_due(engine, utcnow(), batch)
             claimed += claim.rows
             for q in claim.quarantined:
                 log.warning("instance %s quarantined: %s", q.instance_id, q.reason)
@@ -237,8 +249,10 @@ def dispatch_due(engine: Engine, send: SendPolls, metrics_client: redis.Redis | 
                     log.exception("sending %d polls failed", len(claim.polls))
                     break
                 sent += len(claim.polls)
-            if claim.rows < CLAIM_BATCH:
+            following = next_claim(batch, claim.rows)
+            if following is None:
                 break
+            batch = following
     finally:
         if quarantined and metrics_client is not None:
             _count_quarantines(metrics_client, quarantined)

@@ -161,6 +161,7 @@ class BurstResult:
     duration_p50: float | None = None  # wall time of one burst poll
     duration_p99: float | None = None
     mean_in_flight: float | None = None  # summed poll time / burst seconds
+    first_started_s: float | None = None  # start -> the first burst poll started (the ramp)
 
 
 def burst_capacity(
@@ -191,6 +192,7 @@ def burst_capacity(
         duration_p50=percentile(durations, 50),
         duration_p99=percentile(durations, 99),
         mean_in_flight=sum(durations) / seconds,
+        first_started_s=max(min(e.started for e in first.values()) - start, 0.0),
     )
 
 

@@ -18,7 +18,8 @@ from app.db import sync_url
 from tests.conftest import ServiceUrls
 from tests.integration import test_polling
 from tests.integration.test_polling import Harness, contacts_config
-from workers.beat import Claim, LeaderLock, claim_due
+from workers import beat
+from workers.beat import Claim, Claimed, LeaderLock, claim_due, dispatch_due
 
 harness = test_polling.harness
 WAIT_S = 20.0  # generous: how long one claimer waits for the other on a loaded machine
@@ -104,6 +105,28 @@ async def test_two_claimers_racing_on_the_same_due_rows_claim_each_row_once(
     assert b_waited_s[0] < WAIT_S / 2
     # Nothing is claimed again until its next slot.
     assert not set(ids) & {c.instance_id for c in claim_due(first, _db_now(first)).polls}
+
+
+async def test_a_tick_claims_a_small_batch_first_then_doubles_until_one_comes_back_short(
+    harness: Harness, engines: tuple[Engine, Engine], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Many instances due at once: the first polls go out after a small claim, and the
+    tick still claims every due row once, in batches growing up to the cap."""
+    monkeypatch.setattr(beat, "FIRST_CLAIM", 2)
+    monkeypatch.setattr(beat, "CLAIM_BATCH", 8)
+    ids = [await harness.create_instance(contacts_config()) for _ in range(17)]
+    _make_due(harness.database_url, ids)
+    sends: list[list[Claimed]] = []
+
+    sent = dispatch_due(engines[0], lambda polls: sends.append(list(polls)))
+
+    sizes = [len(polls) for polls in sends]
+    assert sizes[:3] == [2, 4, 8]  # then 8s (the cap) until one comes back short
+    assert all(size == 8 for size in sizes[2:-1])
+    assert sizes[-1] < 8
+    claimed = [c.instance_id for polls in sends for c in polls]
+    assert sent == len(claimed) == len(set(claimed))
+    assert set(ids) <= set(claimed)
 
 
 def test_a_standby_takes_the_lead_when_the_leader_stops(service_urls: ServiceUrls) -> None:

@@ -138,6 +138,7 @@ def test_burst_capacity_takes_each_instances_first_poll_after_the_start() -> Non
     assert result.requests == 4
     assert result.duration_p50 == pytest.approx(0.75)
     assert result.mean_in_flight == pytest.approx(0.75)
+    assert result.first_started_s == pytest.approx(0.5)  # the ramp: instance 1 at 100.5
     empty = burst_capacity([], {1}, 0.0)
     assert empty.completed == 0
     assert empty.capacity_polls_per_s is None
