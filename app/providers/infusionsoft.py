@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import re
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -80,10 +81,31 @@ def throttle_wait_s(headers: Mapping[str, str], attempt: int) -> float:
     return float(min(DEFAULT_THROTTLE_WAIT_S * 2.0**attempt, 30.0))
 
 
+# Query characters yarl's ``update_query`` writes back exactly as they came (it decodes and
+# re-encodes the query): a query of only these, in ``key=value`` pairs, keeps its text.
+_KEPT = r"[A-Za-z0-9!$'()*+,\-./:?@_~]"
+_PLAIN_QUERY_RE = re.compile(rf"{_KEPT}+={_KEPT}*(?:&{_KEPT}+={_KEPT}*)*")
+_PAGING_KEYS = frozenset(("limit", "offset"))
+
+
 def page_url(base_url: str, path: str, limit: int, offset: int) -> URL:
-    """``path`` (with its query) under the REST base, with ``limit``/``offset`` set."""
-    url = URL(base_url.rstrip("/") + "/" + path.lstrip("/"), encoded=True)
-    return url.update_query(limit=str(limit), offset=str(offset))
+    """``path`` (with its query) under the REST base, with ``limit``/``offset`` set.
+
+    The URL is yarl's ``update_query`` of the path. A plain query without ``limit`` or
+    ``offset`` (every default resource's) comes out of it as itself followed by the two, so
+    that string is built directly: it was 5 % of a quiet poll's CPU through yarl.
+    """
+    full = base_url.rstrip("/") + "/" + path.lstrip("/")
+    head, question, query = full.partition("?")
+    paging = f"limit={limit}&offset={offset}"
+    if "#" not in full:
+        if not question:
+            return URL(f"{head}?{paging}", encoded=True)
+        if _PLAIN_QUERY_RE.fullmatch(query) and _PAGING_KEYS.isdisjoint(
+            pair.partition("=")[0] for pair in query.split("&")
+        ):
+            return URL(f"{full}&{paging}", encoded=True)
+    return URL(full, encoded=True).update_query(limit=str(limit), offset=str(offset))
 
 
 def items_of(body: Any, item_key: str) -> list[dict[str, Any]]:
