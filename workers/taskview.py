@@ -9,9 +9,9 @@ then SUCCESS (with what it did) or FAILURE (with the error class and message). T
 messages themselves send no task events (workers run without ``-E``), so Flower lists the
 units, and beat's two-second ``delivery.sweep`` is not a row at all.
 
-Events are buffered and published as Celery's ``task.multi`` batches (one broker message
-per :data:`BUFFER_LIMIT` events), flushed at the end of every batch. A broker that cannot
-take them costs the events, never the poll.
+Events are published as Celery's ``task.multi`` batches (one broker message per
+:data:`BUFFER_LIMIT` events) at the end of every batch. A broker that cannot take them
+costs the events, never the poll.
 """
 
 from __future__ import annotations
@@ -26,6 +26,7 @@ import uuid
 from typing import Any, Final
 
 from celery import Celery
+from celery.utils.time import utcoffset
 
 from app.services.delivery import DeliveryOutcome, Outcome
 from app.services.polling import PollOutcome
@@ -93,18 +94,18 @@ class TaskView:
         self._dispatcher: Any = None
         self._lock = threading.Lock()
         self._warned = False
+        self._pid = os.getpid()
+        self._clock = app.clock  # type: ignore[attr-defined]  # Celery's Lamport clock (celery-types lacks it)
+        self._utcoffset = utcoffset()
+        self._id_prefix = str(uuid.uuid4())[:24]  # "xxxxxxxx-xxxx-4xxx-yxxx-"
+        self._count = 0
 
     def _events(self) -> Any:
         with self._lock:
             if self._dispatcher is None:
+                # Only its connection, exchange and producer are used (see _publish).
                 self._dispatcher = self.app.events.Dispatcher(
-                    self.app.connection_for_write(),
-                    hostname=self.hostname,
-                    buffer_group=["task"],
-                    buffer_limit=BUFFER_LIMIT,
-                    # Raise instead of queueing in memory: a broken connection is replaced
-                    # (see _reset), never left to buffer events without bound.
-                    buffer_while_offline=False,
+                    self.app.connection_for_write(), hostname=self.hostname
                 )
             return self._dispatcher
 
@@ -120,6 +121,7 @@ class TaskView:
 
     def _unit(
         self,
+        out: list[dict[str, Any]],
         name: str,
         queue: str,
         args: list[object],
@@ -128,40 +130,82 @@ class TaskView:
         finished: float,
         result: tuple[bool, str],
     ) -> None:
-        events = self._events()
-        task_id = str(uuid.uuid4())
-        events.send(
-            "task-received",
-            uuid=task_id,
-            name=name,
-            args=_shown(args),
-            kwargs=_shown(kwargs),
-            root_id=task_id,
-            parent_id=None,
-            retries=0,
-            eta=None,
-            expires=None,
-            routing_key=queue,
-            timestamp=started,
-        )
-        events.send("task-started", uuid=task_id, timestamp=started)  # pid: the dispatcher
+        """Append one unit's three events (received, started, then succeeded or failed)."""
+        task_id = self._next_id()
         ok, text = result
-        if ok:
-            events.send(
+        out += (
+            self._event(
+                "task-received",
+                started,
+                uuid=task_id,
+                name=name,
+                args=_shown(args),
+                kwargs=_shown(kwargs),
+                root_id=task_id,
+                parent_id=None,
+                retries=0,
+                eta=None,
+                expires=None,
+                routing_key=queue,
+            ),
+            self._event("task-started", started, uuid=task_id),  # pid: the dispatcher's
+            self._event(
                 "task-succeeded",
+                finished,
                 uuid=task_id,
                 result=text,
                 runtime=max(finished - started, 0.0),
-                timestamp=finished,
             )
-        else:
-            events.send(
-                "task-failed", uuid=task_id, exception=text, traceback="", timestamp=finished
-            )
+            if ok
+            else self._event("task-failed", finished, uuid=task_id, exception=text, traceback=""),
+        )
+
+    def _event(self, kind: str, timestamp: float, **fields: object) -> dict[str, Any]:
+        """An event as Celery's dispatcher writes it (``celery.events.Event`` plus its
+        hostname, pid, UTC offset and Lamport clock)."""
+        return {
+            "hostname": self.hostname,
+            "utcoffset": self._utcoffset,
+            "pid": self._pid,
+            "clock": self._clock.forward(),
+            "timestamp": timestamp,
+            "type": kind,
+            **fields,
+        }
+
+    def _next_id(self) -> str:
+        """A task id unique to this process's run: a random UUID-shaped prefix drawn once and a
+        counter (``uuid4`` per unit was a system call and a tenth of this module's CPU)."""
+        with self._lock:
+            self._count += 1
+            return f"{self._id_prefix}{self._count:012x}"
+
+    def _publish(self, events: list[dict[str, Any]]) -> None:
+        """Publish as Celery's buffered dispatcher does: ``task.multi`` messages of up to
+        :data:`BUFFER_LIMIT` events each, which Celery's receiver (Flower) unpacks.
+
+        Building the events here instead of through ``EventDispatcher.send`` per event
+        costs a third of the CPU: send re-reads the UTC offset and takes locks per event."""
+        if not events:
+            return
+        dispatcher = self._events()
+        with dispatcher.mutex:
+            for start in range(0, len(events), BUFFER_LIMIT):
+                dispatcher.producer.publish(
+                    events[start : start + BUFFER_LIMIT],
+                    routing_key="task.multi",
+                    exchange=dispatcher.exchange.name,
+                    declare=[dispatcher.exchange],
+                    serializer=dispatcher.serializer,
+                    headers=dispatcher.headers,
+                    delivery_mode=dispatcher.delivery_mode,
+                )
 
     def polls(self, outcomes: list[PollOutcome], scheduled: dict[int, str | None]) -> None:
         """One ``poll.instance`` task per poll of the batch."""
         try:
+            self._utcoffset = utcoffset()  # it changes with daylight saving time
+            events: list[dict[str, Any]] = []
             for outcome in outcomes:
                 started = outcome.started_at.timestamp() if outcome.started_at else None
                 finished = outcome.finished_at.timestamp() if outcome.finished_at else None
@@ -170,6 +214,7 @@ class TaskView:
                 if outcome.resources:
                     kwargs["resources"] = ",".join(r.resource for r in outcome.resources)
                 self._unit(
+                    events,
                     POLL_UNIT,
                     Queue.POLL.value,
                     [outcome.instance_id],
@@ -178,18 +223,21 @@ class TaskView:
                     finished or now,
                     _poll_result(outcome),
                 )
-            self._events().flush()
+            self._publish(events)
         except Exception as exc:  # visibility must never cost a poll
             self._warn(exc)
 
     def deliveries(self, outcomes: list[DeliveryOutcome]) -> None:
         """One ``delivery.send`` task per delivery attempted (or cancelled, or crashed)."""
         try:
+            self._utcoffset = utcoffset()  # it changes with daylight saving time
+            events: list[dict[str, Any]] = []
             for outcome in outcomes:
                 result = _delivery_result(outcome)
                 if result is None:
                     continue
                 self._unit(
+                    events,
                     DELIVERY_UNIT,
                     Queue.DELIVERY.value,
                     [str(outcome.delivery_id)],
@@ -198,7 +246,7 @@ class TaskView:
                     outcome.finished,
                     result,
                 )
-            self._events().flush()
+            self._publish(events)
         except Exception as exc:
             self._warn(exc)
 
