@@ -11,6 +11,7 @@ and operators read for exact schedule lag.
 
 from __future__ import annotations
 
+import functools
 import json
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
@@ -42,6 +43,11 @@ class Metric:
     @property
     def key(self) -> str:
         return keys.metric(self.name)
+
+    @functools.cached_property
+    def bucket_bounds(self) -> tuple[tuple[float, str], ...]:
+        """Each bucket's bound and its name in the hash field (``observe`` per poll)."""
+        return tuple((bound, str(bound)) for bound in self.buckets)
 
 
 POLLS = Metric("pollinator_polls_total", "counter", "Polls by outcome (ok, failed, skipped)")
@@ -94,10 +100,14 @@ ALL_METRICS = (
 )
 
 
-def _labels(labels: Mapping[str, str] | None) -> str:
+#: The field of a metric without labels.
+NO_LABELS: Final = "{}"
+
+
+def label_field(labels: Mapping[str, str] | None) -> str:
     """The field a label set is counted under (one per label set, so cached: a poll counts
     several metrics, each with one of a handful of label sets)."""
-    return _label_field(tuple(sorted(labels.items()))) if labels else "{}"
+    return _label_field(tuple(sorted(labels.items()))) if labels else NO_LABELS
 
 
 @lru_cache(maxsize=4096)
@@ -114,7 +124,7 @@ class MetricsBatch:
 
     def __init__(self) -> None:
         self._ops: dict[tuple[str, str], float] = {}
-        self._journal: list[dict[Any, Any]] = []
+        self._journal: list[tuple[str, ...]] = []
 
     def _add(self, key: str, field: str, amount: float) -> None:
         self._ops[(key, field)] = self._ops.get((key, field), 0.0) + amount
@@ -122,24 +132,24 @@ class MetricsBatch:
     def inc(
         self, metric: Metric, labels: Mapping[str, str] | None = None, amount: float = 1.0
     ) -> None:
-        self._add(metric.key, _labels(labels), amount)
+        self._add(metric.key, label_field(labels), amount)
+
+    def add(self, metric: Metric, field: str, amount: float = 1.0) -> None:
+        """:meth:`inc` with the label set's field already made (:func:`label_field`)."""
+        self._add(metric.key, field, amount)
 
     def observe(
         self, metric: Metric, value: float, labels: Mapping[str, str] | None = None
     ) -> None:
         """Count ``value`` in its own bucket only; rendering makes the buckets cumulative."""
-        base = _labels(labels)
-        bucket = next((str(b) for b in metric.buckets if value <= b), "+Inf")
+        base = label_field(labels)
+        bucket = next((name for bound, name in metric.bucket_bounds if value <= bound), "+Inf")
         self._add(metric.key, f"{base}|{bucket}", 1)
         self._add(metric.key, f"{base}|sum", value)
 
-    def journal(self, entry: Mapping[str, Any]) -> None:
-        self._journal.append({str(k): str(v) for k, v in entry.items()})
-
-    def merge(self, other: MetricsBatch) -> None:
-        for (key, field), amount in other._ops.items():
-            self._add(key, field, amount)
-        self._journal += other._journal
+    def journal_line(self, pairs: tuple[str, ...]) -> None:
+        """A journal line as its (name, value) pairs flattened, all strings."""
+        self._journal.append(pairs)
 
     async def flush(self, redis: Redis) -> None:
         """One script call: a pipeline of one command per increment and journal line costs
@@ -149,10 +159,9 @@ class MetricsBatch:
         args: list[str | float | int] = [len(self._ops), JOURNAL_MAXLEN]
         for (_, field), amount in self._ops.items():
             args += [field, amount]
-        for entry in self._journal:
-            args.append(len(entry))
-            for name, value in entry.items():
-                args += [name, value]
+        for pairs in self._journal:
+            args.append(len(pairs) // 2)
+            args += pairs
         # By SHA1, loaded on NOSCRIPT (registering only hashes the text).
         await redis.register_script(_FLUSH)(
             keys=[*(key for key, _ in self._ops), POLL_JOURNAL], args=args
@@ -185,7 +194,7 @@ def inc_sync(
     client: SyncRedis, metric: Metric, labels: Mapping[str, str] | None = None, amount: float = 1.0
 ) -> None:
     """One counter increment from a synchronous process (beat has no event loop)."""
-    client.hincrbyfloat(metric.key, _labels(labels), amount)
+    client.hincrbyfloat(metric.key, label_field(labels), amount)
 
 
 def metric_family(metric: Metric, raw: Mapping[bytes | str, bytes | str]) -> Family:

@@ -38,6 +38,7 @@ import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, tzinfo
+from typing import Final
 
 import aiohttp
 import asyncpg
@@ -492,16 +493,20 @@ def _single_statement(results: Sequence[ResourceResult], poll_failures: int) -> 
     return quiet and poll_failures == 0
 
 
-def poll_metrics(outcome: PollOutcome, scheduled_at: datetime | None) -> MetricsBatch:
-    """Counters, histograms and the journal line for one poll."""
-    batch = MetricsBatch()
+def poll_metrics(
+    outcome: PollOutcome, scheduled_at: datetime | None, batch: MetricsBatch | None = None
+) -> MetricsBatch:
+    """Counters, histograms and the journal line for one poll, added to ``batch`` (a new
+    one when not given): a batch of polls adds to one, not one each merged in."""
+    batch = MetricsBatch() if batch is None else batch
     state = "skipped" if outcome.skipped else "failed" if outcome.failed else "ok"
-    batch.inc(metrics.POLLS, {"outcome": state})
-    if outcome.skipped or outcome.started_at is None or outcome.finished_at is None:
+    batch.add(metrics.POLLS, _OUTCOME_LABELS[state])
+    started, finished = outcome.started_at, outcome.finished_at
+    if outcome.skipped or started is None or finished is None:
         return batch
     if scheduled_at is not None:
-        batch.observe(metrics.POLL_LAG, max((outcome.started_at - scheduled_at).total_seconds(), 0))
-    batch.observe(metrics.POLL_DURATION, (outcome.finished_at - outcome.started_at).total_seconds())
+        batch.observe(metrics.POLL_LAG, max((started - scheduled_at).total_seconds(), 0))
+    batch.observe(metrics.POLL_DURATION, (finished - started).total_seconds())
     requests = 0
     for res in outcome.resources:
         requests += res.requests
@@ -512,20 +517,33 @@ def poll_metrics(outcome: PollOutcome, scheduled_at: datetime | None) -> Metrics
         if res.delta is not None and res.delta.skipped_unparseable:
             # No resource label: resource names are tenant input (unbounded cardinality).
             batch.inc(metrics.RECORDS_SKIPPED, None, len(res.delta.skipped_unparseable))
-    batch.inc(metrics.POLL_REQUESTS, None, requests)
-    batch.journal(
-        {
-            "instance": outcome.instance_id,
-            "scheduled": scheduled_at.isoformat() if scheduled_at else "",
-            "started": outcome.started_at.isoformat(),
-            "finished": outcome.finished_at.isoformat(),
-            "events": outcome.events,
-            "deliveries": len(outcome.deliveries),
-            "requests": requests,
-            "failed": int(outcome.failed),
-        }
+    batch.add(metrics.POLL_REQUESTS, metrics.NO_LABELS, requests)
+    batch.journal_line(
+        (
+            "instance",
+            str(outcome.instance_id),
+            "scheduled",
+            scheduled_at.isoformat() if scheduled_at else "",
+            "started",
+            started.isoformat(),
+            "finished",
+            finished.isoformat(),
+            "events",
+            str(outcome.events),
+            "deliveries",
+            str(len(outcome.deliveries)),
+            "requests",
+            str(requests),
+            "failed",
+            "1" if outcome.failed else "0",
+        )
     )
     return batch
+
+
+_OUTCOME_LABELS: Final = {
+    state: metrics.label_field({"outcome": state}) for state in ("ok", "failed", "skipped")
+}
 
 
 def crash_reason(exc: Exception) -> str:
@@ -610,7 +628,7 @@ async def run_polls(
                 await count_crash(deps, batch, instance_id, exc)
                 crash = f"{type(exc).__name__}: {exc}"[:MAX_ERROR_LENGTH]
                 return PollOutcome(instance_id, skipped=True, crash=crash)
-        batch.merge(poll_metrics(outcome, scheduled_at))
+        poll_metrics(outcome, scheduled_at, batch)
         return outcome
 
     try:
