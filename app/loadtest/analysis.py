@@ -161,7 +161,9 @@ class BurstResult:
     duration_p50: float | None = None  # wall time of one burst poll
     duration_p99: float | None = None
     mean_in_flight: float | None = None  # summed poll time / burst seconds
-    first_started_s: float | None = None  # start -> the first burst poll started (the ramp)
+    # start -> 1 % of the burst polls had started (the ramp); not the first one, which can
+    # be a poll that was due anyway and started just after the trigger
+    ramp_s: float | None = None
 
 
 def burst_capacity(
@@ -192,7 +194,7 @@ def burst_capacity(
         duration_p50=percentile(durations, 50),
         duration_p99=percentile(durations, 99),
         mean_in_flight=sum(durations) / seconds,
-        first_started_s=max(min(e.started for e in first.values()) - start, 0.0),
+        ramp_s=max((percentile([e.started for e in first.values()], 1) or start) - start, 0.0),
     )
 
 

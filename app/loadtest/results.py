@@ -86,7 +86,7 @@ def results(
             "poll_duration_p50_s": _r(burst.duration_p50),
             "poll_duration_p99_s": _r(burst.duration_p99),
             "mean_polls_in_flight": _r(burst.mean_in_flight),
-            "first_poll_started_s": _r(burst.first_started_s),
+            "ramp_s": _r(burst.ramp_s),
             "retriggered": ctx.extra.get("burst_retriggered"),
             "app_budget_per_s": budget,
             "bound_by_app_budget": bool(budget and burst_rate and burst_rate >= 0.9 * budget),

@@ -138,7 +138,12 @@ def test_burst_capacity_takes_each_instances_first_poll_after_the_start() -> Non
     assert result.requests == 4
     assert result.duration_p50 == pytest.approx(0.75)
     assert result.mean_in_flight == pytest.approx(0.75)
-    assert result.first_started_s == pytest.approx(0.5)  # the ramp: instance 1 at 100.5
+    assert result.ramp_s == pytest.approx(0.505)  # 1 % of the way from 100.5 to 101.0
+    # A poll that was due anyway and started just after the trigger is not the ramp.
+    many = [entry(1000, 100.0, 100.01, 100.1)]
+    many += [entry(i, 100.0, 100.3 + i / 1000, 100.5 + i / 1000) for i in range(1, 200)]
+    ramp = burst_capacity(many, set(range(1, 200)) | {1000}, 100.0).ramp_s
+    assert ramp == pytest.approx(0.3, abs=0.01)
     empty = burst_capacity([], {1}, 0.0)
     assert empty.completed == 0
     assert empty.capacity_polls_per_s is None
