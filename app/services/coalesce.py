@@ -2,15 +2,21 @@
 
 A round trip costs the client about as much CPU whether it carries one lease or twenty
 (redis-py and asyncpg spend ~0.1 ms of a worker's CPU on the call itself), and a worker
-finishes a poll every few milliseconds. So the first poll to arrive waits ``window_s``,
-then sends everything queued by then in one call, and again what queued meanwhile; the
-others just wait for the call carrying their item. Nobody waits for a poll that is still
-fetching, and nobody waits longer than the window plus the round trips before its own.
+finishes a poll every few milliseconds. So the first item to arrive starts a sender task,
+which waits ``window_s``, then sends everything queued by then in one call, and again what
+queued meanwhile; every poll just waits for the call carrying its item. Nobody waits for a
+poll that is still fetching, and nobody waits longer than the window plus the round trips
+before its own.
+
+The sender is a task of its own, not the first poll: one :class:`Coalescer` serves a
+whole worker process, where items keep arriving, and a poll that sent for the others
+would be held (in its slot) for as long as they did.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextvars
 from collections.abc import Awaitable, Callable
 from typing import Generic, TypeVar
 
@@ -32,37 +38,46 @@ class Coalescer(Generic[T]):
         self._send = send
         self._window_s = window_s
         self._queued: list[tuple[T, asyncio.Future[bool]]] = []
-        self._sending = False
+        self._sender: asyncio.Task[None] | None = None
 
     async def join(self, item: T) -> bool:
-        """``True`` once ``item`` was sent with a group; ``False``: send it alone."""
-        done: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
+        """``True`` once ``item`` was sent with a group; ``False``: send it alone.
+
+        A caller cancelled while it waits leaves its item queued: it may still be sent."""
+        loop = asyncio.get_running_loop()
+        done: asyncio.Future[bool] = loop.create_future()
         self._queued.append((item, done))
-        if not self._sending:
-            self._sending = True
-            try:
-                await asyncio.sleep(self._window_s)
-                while self._queued:
-                    group, self._queued = self._queued, []
-                    await self._send_group(group)
-            finally:
-                self._sending = False
-                for _, left in self._queued:  # cancelled: the rest are sent alone
-                    if not left.done():
-                        left.set_result(False)
-                self._queued = []
+        if self._sender is None:
+            # An empty context: the sender's log lines are nobody's poll in particular.
+            self._sender = loop.create_task(self._run(), context=contextvars.Context())
         return await done
+
+    async def _run(self) -> None:
+        try:
+            await asyncio.sleep(self._window_s)
+            while self._queued:
+                group, self._queued = self._queued, []
+                await self._send_group(group)
+        finally:  # also when cancelled (the loop shutting down): the rest are sent alone
+            self._sender = None
+            left, self._queued = self._queued, []
+            _answer(left, False)
 
     async def _send_group(self, group: list[tuple[T, asyncio.Future[bool]]]) -> None:
         try:
             ok = await self._send([item for item, _ in group])
         except Exception as exc:
             for _, done in group:
-                done.set_exception(exc)
-        else:
-            for _, done in group:
-                done.set_result(ok)
-        finally:  # cancelled mid-call: whether it took effect is unknown, send each again
-            for _, done in group:
                 if not done.done():
-                    done.set_result(False)
+                    done.set_exception(exc)
+        else:
+            _answer(group, ok)
+        finally:  # cancelled mid-call: whether it took effect is unknown, send each again
+            _answer(group, False)
+
+
+def _answer(group: list[tuple[T, asyncio.Future[bool]]], ok: bool) -> None:
+    """Answer every item of ``group`` still waiting (a waiter may have been cancelled)."""
+    for _, done in group:
+        if not done.done():
+            done.set_result(ok)

@@ -135,7 +135,12 @@ class PollOutcome:
 
 @dataclass
 class PollDeps:
-    """What a poll needs; the worker runtime builds it once per process."""
+    """What a poll needs; the worker runtime builds it once per process.
+
+    Its group commits (quiet polls' checkpoints, lease returns) serve every batch the
+    process runs: polls of different batches that end within the window share a round
+    trip (per batch, a burst's six or so batches in flight made groups of two or three).
+    """
 
     settings: Settings
     pg: asyncpg.Pool  # the worker's one database client (snapshot, outbox, token refresh)
@@ -144,10 +149,14 @@ class PollDeps:
     box: SecretBox
     leases: Leases = field(init=False)
     watermarks: WatermarkStore = field(init=False)
+    quiet: QuietCommits = field(init=False)
+    returns: LeaseReturns = field(init=False)
 
     def __post_init__(self) -> None:
         self.leases = Leases(self.redis)
         self.watermarks = WatermarkStore(self.redis)
+        self.quiet = QuietCommits(self.pg)
+        self.returns = LeaseReturns(self.leases)
 
 
 def item_key(rendered_path: str) -> str:
@@ -261,7 +270,7 @@ def provider_client(
 
 
 class QuietCommits:
-    """The checkpoints of a batch's quiet polls, written together (group commit,
+    """The checkpoints of quiet polls, written together (group commit,
     :class:`app.services.coalesce.Coalescer`).
 
     A quiet poll (nothing changed, nothing failed: its commit would be the checkpoint
@@ -295,14 +304,14 @@ class QuietCommits:
             raise
         except Exception:
             log.warning(
-                "a batch's checkpoints failed together; its polls write alone", exc_info=True
+                "quiet polls' checkpoints failed together; each poll writes its own", exc_info=True
             )
             return False
         return True
 
 
 class LeaseReturns:
-    """The poll leases of a batch, given back together: polls that end within the window
+    """Poll leases given back together: polls that end within the window
     share one round trip (:class:`app.services.coalesce.Coalescer`). Each poll still
     returns only after its own lease was given back, so its watermarks were mirrored
     under it.
@@ -597,8 +606,7 @@ async def run_polls(
     counts towards quarantining that instance (:func:`count_crash`).
     """
     batch = MetricsBatch()
-    quiet = QuietCommits(deps.pg)
-    returns = LeaseReturns(deps.leases)
+    quiet, returns = deps.quiet, deps.returns
     claims: dict[int, _Claim] = {}
     shared_failure: Exception | None = None
     try:

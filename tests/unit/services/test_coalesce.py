@@ -59,7 +59,7 @@ async def test_a_failed_call_fails_every_item_of_its_group() -> None:
     assert [type(a) for a in answers] == [ConnectionError, ConnectionError]
 
 
-async def test_when_the_first_is_cancelled_the_others_are_told_to_send_alone() -> None:
+async def test_a_cancelled_waiter_does_not_stop_its_group() -> None:
     sent = Recorder()
     group = Coalescer(sent.send, window_s=0.05)
     first = asyncio.create_task(group.join(1))
@@ -69,5 +69,42 @@ async def test_when_the_first_is_cancelled_the_others_are_told_to_send_alone() -
     first.cancel()
     with pytest.raises(asyncio.CancelledError):
         await first
-    assert await second is False
+    assert await second is True
+    assert sent.calls == [[1, 2]]  # a cancelled poll's item may still be sent
+
+
+async def test_items_still_waiting_when_the_sender_is_cancelled_are_sent_alone() -> None:
+    sent = Recorder()
+    group = Coalescer(sent.send, window_s=0.05)
+    waiting = [asyncio.create_task(group.join(i)) for i in (1, 2)]
+    await asyncio.sleep(0.01)
+    assert group._sender is not None
+    group._sender.cancel()  # the loop shutting down
+    assert await asyncio.gather(*waiting) == [False, False]
     assert sent.calls == []
+    assert await group.join(3)  # a new sender for the next item
+
+
+async def test_the_first_item_is_answered_with_its_group_while_more_keep_arriving() -> None:
+    """One coalescer serves a whole process: whoever came first must not be kept sending
+    for everyone after it."""
+    sent = Recorder()
+    group = Coalescer(sent.send, window_s=0.005)
+    stop = asyncio.Event()
+
+    async def stream() -> None:
+        item = 100
+        while not stop.is_set():
+            item += 1
+            asyncio.create_task(group.join(item))
+            await asyncio.sleep(0.002)
+
+    feeder = asyncio.create_task(stream())
+    loop = asyncio.get_running_loop()
+    started = loop.time()
+    assert await group.join(1)
+    assert loop.time() - started < 0.2
+    assert len(sent.calls) <= 2  # answered by the first call or the one after it
+    stop.set()
+    await feeder
+    await asyncio.sleep(0.1)
