@@ -60,8 +60,8 @@ LEADER_TTL_MS = 10_000
 CLAIM_BATCH = 2000
 # A tick's first claim is small and each next one doubles up to CLAIM_BATCH: when many
 # instances come due at once (a burst, beat's restart), the first polls are on the broker
-# after claiming 250 rows, not 2,000 (135 ms before the first message at 2,000). Steady
-# ticks claim fewer rows than this anyway.
+# after claiming 250 rows (at 2,000 the first message waited for the whole claim; that
+# tick took 135 ms). Steady ticks claim fewer rows than this anyway.
 FIRST_CLAIM = 250
 MAX_CLAIM_PER_TICK = 50_000
 MIN_TASK_EXPIRY_S = 60.0

@@ -184,8 +184,10 @@ class TaskView:
         """Publish as Celery's buffered dispatcher does: ``task.multi`` messages of up to
         :data:`BUFFER_LIMIT` events each, which Celery's receiver (Flower) unpacks.
 
-        Building the events here instead of through ``EventDispatcher.send`` per event
-        costs a third of the CPU: send re-reads the UTC offset and takes locks per event."""
+        Building the events here saves a third of the CPU of ``EventDispatcher.send`` per
+        event, which re-reads the UTC offset and takes locks each time. Like its dispatcher
+        made with ``buffer_while_offline=False``, a failed publish raises (the caller drops the
+        connection) rather than queueing events in memory."""
         if not events:
             return
         dispatcher = self._events()

@@ -502,17 +502,14 @@ def _single_statement(results: Sequence[ResourceResult], poll_failures: int) -> 
     return quiet and poll_failures == 0
 
 
-def poll_metrics(
-    outcome: PollOutcome, scheduled_at: datetime | None, batch: MetricsBatch | None = None
-) -> MetricsBatch:
-    """Counters, histograms and the journal line for one poll, added to ``batch`` (a new
-    one when not given): a batch of polls adds to one, not one each merged in."""
-    batch = MetricsBatch() if batch is None else batch
+def poll_metrics(batch: MetricsBatch, outcome: PollOutcome, scheduled_at: datetime | None) -> None:
+    """Add one poll's counters, histograms and journal line to ``batch`` (its batch's, flushed
+    once for all of them)."""
     state = "skipped" if outcome.skipped else "failed" if outcome.failed else "ok"
     batch.add(metrics.POLLS, _OUTCOME_LABELS[state])
     started, finished = outcome.started_at, outcome.finished_at
     if outcome.skipped or started is None or finished is None:
-        return batch
+        return
     if scheduled_at is not None:
         batch.observe(metrics.POLL_LAG, max((started - scheduled_at).total_seconds(), 0))
     batch.observe(metrics.POLL_DURATION, (finished - started).total_seconds())
@@ -547,7 +544,6 @@ def poll_metrics(
             "1" if outcome.failed else "0",
         )
     )
-    return batch
 
 
 _OUTCOME_LABELS: Final = {
@@ -636,7 +632,7 @@ async def run_polls(
                 await count_crash(deps, batch, instance_id, exc)
                 crash = f"{type(exc).__name__}: {exc}"[:MAX_ERROR_LENGTH]
                 return PollOutcome(instance_id, skipped=True, crash=crash)
-        poll_metrics(outcome, scheduled_at, batch)
+        poll_metrics(batch, outcome, scheduled_at)
         return outcome
 
     try:

@@ -25,7 +25,9 @@ async def test_failed_resources_are_counted_by_kind_not_by_their_message() -> No
         finished_at=T0 + timedelta(seconds=1),
     )
     redis = fakeredis.FakeAsyncRedis()
-    await poll_metrics(outcome, T0).flush(redis)
+    batch = metrics.MetricsBatch()
+    poll_metrics(batch, outcome, T0)
+    await batch.flush(redis)
     family = metrics.metric_family(
         metrics.POLL_ERRORS, await redis.hgetall(metrics.POLL_ERRORS.key)
     )
