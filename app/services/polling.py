@@ -138,8 +138,8 @@ class PollDeps:
     """What a poll needs; the worker runtime builds it once per process.
 
     Its group commits (quiet polls' checkpoints, lease returns) serve every batch the
-    process runs: polls of different batches that end within the window share a round
-    trip (per batch, a burst's six or so batches in flight made groups of two or three).
+    process runs, so polls of different batches that end within the window share a round
+    trip. They belong to the process's one event loop (their sender is a task on it).
     """
 
     settings: Settings
