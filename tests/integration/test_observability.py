@@ -103,9 +103,12 @@ async def test_metrics_expose_what_workers_recorded(
     batch.inc(metrics.DELIVERY_ATTEMPTS, {"outcome": "retry_timeout"})
     batch.observe(metrics.DELIVERY_LATENCY, 0.3)
     batch.observe(metrics.DELIVERY_LATENCY, 7.0)
-    redis = Redis.from_url(service_urls.redis_url)
+    line = ("instance", "9", "scheduled", "", "started", "2026-12-01T12:00:00+00:00")
+    batch.journal_line(line)
+    redis = Redis.from_url(service_urls.redis_url, decode_responses=True)
     try:
         await batch.flush(redis)
+        [(_, journaled)] = await redis.xrevrange(metrics.POLL_JOURNAL, count=1)
         origin = f"https://metrics-test-{uuid.uuid4().hex[:8]}.example:443"
         await redis.zadd(keys.breakers_open(), {origin: time.time() + 600})
         with SyncRedis.from_url(service_urls.redis_url) as sync:
@@ -117,6 +120,7 @@ async def test_metrics_expose_what_workers_recorded(
     finally:
         await redis.aclose()
 
+    assert journaled == dict(zip(line[::2], line[1::2], strict=True))
     attempts = "pollinator_delivery_attempts_total"
     assert delta(attempts, outcome="delivered") == 2
     assert delta(attempts, outcome="retry_timeout") == 1

@@ -1,4 +1,4 @@
-"""Poll metrics label a failed resource by its provider fault's kind, carried as a field."""
+"""Poll metrics: a failed resource counts by its fault's kind; journal lines reach the stream."""
 
 from __future__ import annotations
 
@@ -7,6 +7,7 @@ from datetime import UTC, datetime, timedelta
 import fakeredis
 
 from app import metrics
+from app.loadtest.analysis import parse_journal_entry
 from app.services.polling import PollOutcome, ResourceOutcome, poll_metrics
 
 T0 = datetime(2026, 12, 1, 12, 0, tzinfo=UTC)
@@ -33,4 +34,30 @@ async def test_failed_resources_are_counted_by_kind_not_by_their_message() -> No
     )
     counted = {s.labels["kind"]: s.value for s in family.samples}
     assert counted == {"http_5xx": 1.0, "timeout": 1.0}
+    await redis.aclose()
+
+
+async def test_journal_lines_reach_the_stream_as_the_load_test_reads_them() -> None:
+    redis = fakeredis.FakeAsyncRedis(decode_responses=True)
+    batch = metrics.MetricsBatch()
+    for instance in (3, 4):
+        outcome = PollOutcome(
+            instance,
+            resources=[ResourceOutcome("contacts", requests=2)],
+            started_at=T0 + timedelta(seconds=instance),
+            finished_at=T0 + timedelta(seconds=instance + 0.5),
+        )
+        poll_metrics(batch, outcome, T0 if instance == 3 else None)
+    await batch.flush(redis)
+    lines = [parse_journal_entry(f) for _, f in await redis.xrange(metrics.POLL_JOURNAL)]
+    start = T0.timestamp()
+    assert [(e.instance, e.scheduled, e.started, e.finished) for e in lines] == [
+        (3, start, start + 3, start + 3.5),
+        (4, None, start + 4, start + 4.5),
+    ]
+    assert [(e.requests, e.failed) for e in lines] == [(2, False), (2, False)]
+    polls = metrics.metric_family(metrics.POLLS, await redis.hgetall(metrics.POLLS.key))
+    assert [(s.labels, s.value) for s in polls.samples] == [({"outcome": "ok"}, 2.0)]
+    await batch.flush(redis)  # flushed: nothing is written twice
+    assert await redis.xlen(metrics.POLL_JOURNAL) == 2
     await redis.aclose()
