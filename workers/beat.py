@@ -38,7 +38,7 @@ from sqlalchemy import Connection, Engine, create_engine
 from sqlalchemy.exc import OperationalError
 
 from app import keys, liveness, metrics
-from app.db import sync_url
+from app.db import libpq_url, sync_url
 from app.domain.rows import utcnow
 from app.domain.schedule import SLOT_MAX, SLOT_MIN, ScheduleError, next_poll_at
 from app.gctune import tune_gc
@@ -54,7 +54,8 @@ log = logging.getLogger(__name__)
 # A poll starts after the first tick at or after its slot: a quarter second of lag at
 # worst, an eighth on average (at 1 s, half a second was most of the median lag). Ticks
 # cost a leader-lease renewal and one claim statement each; the claim's cost follows
-# the rows due, so four smaller claims cost about what one larger did.
+# the rows due, so four smaller claims cost about what one larger did. A poll-now does
+# not wait for the tick: it wakes the leader (app.store.schedule.DueWakeups).
 POLL_TICK_S = 0.25
 LEADER_TTL_MS = 10_000
 CLAIM_BATCH = 2000
@@ -329,6 +330,7 @@ class DueInstanceScheduler(Scheduler):
         )
         client = redis.Redis.from_url(settings.require("redis_url"))
         self.leader = LeaderLock(client, keys.beat_leader())
+        self.wakeups = schedule.DueWakeups(libpq_url(settings.require("database_url")))
         self.announcer = liveness.SyncAnnouncer(client, "beat", liveness.member())
         self.polls_sent = 0
         # Standbys beat too: they are alive, and take over when the leader's lock expires.
@@ -340,13 +342,17 @@ class DueInstanceScheduler(Scheduler):
         if self.heartbeat is not None:
             self.heartbeat.beat()
         if not self.leader.ensure():
+            self.wakeups.close()  # a standby holds no listening connection
             return POLL_TICK_S
         delay = float(super().tick(*args, **kwargs))
         try:
             self.dispatch_due()
         except Exception:  # a DB blip must not kill beat; the next tick retries
             log.exception("dispatching due polls failed")
-        return min(delay, POLL_TICK_S)
+        # The pause between ticks is spent here rather than in Celery's loop, listening: a
+        # poll-now ends it, and the next tick claims that instance at once.
+        self.wakeups.wait(min(delay, POLL_TICK_S))
+        return 0.0
 
     def dispatch_due(self) -> int:
         """Claim every due instance and send its poll (in batched messages); how many."""
@@ -359,6 +365,7 @@ class DueInstanceScheduler(Scheduler):
 
     def close(self) -> None:
         super().close()
+        self.wakeups.close()
         self.engine.dispose()
 
 

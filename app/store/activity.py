@@ -17,15 +17,18 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from sqlmodel import col
 
 from app.models import Delivery, DeliveryAttempt, DeliveryStatus, Event, Instance
+from app.store.schedule import NOTIFY_DUE
 
 
 async def make_due_by(session: AsyncSession, instance_id: int, due: datetime) -> None:
-    """Move the instance's next poll to ``due`` unless it is already earlier."""
+    """Move the instance's next poll to ``due`` unless it is already earlier, and wake beat
+    (the notification is delivered when the transaction commits)."""
     await session.execute(
         update(Instance)
         .where(col(Instance.id) == instance_id)
         .values(next_poll_at=func.least(col(Instance.next_poll_at), due))
     )
+    await session.execute(NOTIFY_DUE)
 
 
 async def list_events(

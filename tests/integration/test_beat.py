@@ -1,9 +1,11 @@
 """Beat's claim and leader lock against real PostgreSQL and Redis: two schedulers racing
-on the same due rows claim each row once, and a standby takes over when the leader stops.
+on the same due rows claim each row once, a standby takes over when the leader stops, and
+a poll-now wakes the leader between ticks.
 """
 
 from __future__ import annotations
 
+import logging
 import threading
 import time
 from collections.abc import Iterator
@@ -14,7 +16,9 @@ import pytest
 import redis
 from sqlalchemy import Engine, create_engine, event
 
-from app.db import sync_url
+from app.db import libpq_url, sync_url
+from app.store import schedule
+from app.store.schedule import DueWakeups
 from tests.conftest import ServiceUrls
 from tests.integration import test_polling
 from tests.integration.test_polling import Harness, contacts_config
@@ -22,6 +26,7 @@ from workers import beat
 from workers.beat import Claim, Claimed, LeaderLock, claim_due, dispatch_due
 
 harness = test_polling.harness
+BASE = test_polling.BASE
 WAIT_S = 20.0  # generous: how long one claimer waits for the other on a loaded machine
 
 
@@ -157,3 +162,51 @@ def test_a_standby_takes_the_lead_when_the_leader_stops(service_urls: ServiceUrl
         clients[0].delete(key)
         for client in clients:
             client.close()
+
+
+async def test_poll_now_wakes_the_listening_leader(harness: Harness) -> None:
+    """The API's poll-now notifies beat's channel when it commits; a beat waiting for its
+    next tick wakes, and one wake answers every notification that came with it."""
+    instance_id = await harness.create_instance(contacts_config())
+    wakeups = DueWakeups(libpq_url(harness.database_url))
+    try:
+        assert not wakeups.wait(0.01)  # listening from here on; nothing happened yet
+        for _ in range(3):
+            resp = await harness.api.post(
+                f"{BASE}/instances/{instance_id}/polling/run", headers=harness.headers
+            )
+            assert resp.status == 202, await resp.text()
+        started = time.monotonic()
+        assert wakeups.wait(WAIT_S)
+        assert time.monotonic() - started < WAIT_S
+        assert not wakeups.wait(0.05)  # the other two were answered by the same wake
+    finally:
+        wakeups.close()
+
+
+def test_beat_ticks_without_the_listener_when_it_cannot_listen(
+    service_urls: ServiceUrls, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A listening connection that fails or cannot be made costs the early wake only: the
+    wait still lasts until the tick, and the listener comes back once PostgreSQL does."""
+    monkeypatch.setattr(schedule, "RELISTEN_AFTER_S", 0.0)
+    caplog.set_level(logging.WARNING, logger=schedule.__name__)
+    unreachable = DueWakeups("postgresql://postgres@127.0.0.1:1/none")
+    assert not unreachable.wait(0.05)
+    assert "cannot listen for poll-now" in caplog.text
+    wakeups = DueWakeups(libpq_url(service_urls.database_url))
+    try:
+        assert not wakeups.wait(0.01)
+        assert wakeups._conn is not None
+        pid = wakeups._conn.info.backend_pid
+        with psycopg.connect(libpq_url(service_urls.database_url), autocommit=True) as admin:
+            admin.execute("SELECT pg_terminate_backend(%s)", (pid,))
+            started = time.monotonic()
+            assert not wakeups.wait(0.5)  # the connection died: no wake, but a full wait
+            assert time.monotonic() - started >= 0.45
+            assert "listening for poll-now failed" in caplog.text
+            assert not wakeups.wait(0.01)  # listening again on a new connection
+            admin.execute(f"NOTIFY {schedule.DUE_CHANNEL}")
+            assert wakeups.wait(WAIT_S)
+    finally:
+        wakeups.close()
