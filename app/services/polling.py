@@ -88,6 +88,12 @@ _NOT_THE_INSTANCES_FAULT: tuple[type[Exception], ...] = (
     asyncpg.TransactionRollbackError,
     DecryptionError,
 )
+#: A poll that finds its instance being polled tries its lease again after each of these
+#: pauses before it is deferred (to when that lease would expire, :func:`store.rearm_busy`).
+#: The other poll usually ends within a second: a poll-now, or every instance made due at
+#: once, catches scheduled polls in flight, and those would otherwise wait out the TTL.
+BUSY_RETRY_S: Final = (0.1, 0.2, 0.4, 0.8)
+
 # Domain errors whose message is written for the tenant; any other crash is reported by
 # its type only (the traceback, which may show internals, is in the worker's log).
 _EXPLAINED = (ConfigError, ScheduleError)
@@ -374,6 +380,57 @@ async def _claim(deps: PollDeps, instance_ids: Sequence[int]) -> dict[int, _Clai
     return claims
 
 
+async def _claim_when_free(deps: PollDeps, instance_ids: Sequence[int]) -> dict[int, _Claim]:
+    """Claim polls whose instance another poll held, once that one ends: their leases are
+    tried again after each pause of :data:`BUSY_RETRY_S`. What is still held after the
+    last is left out (the caller defers it)."""
+    claims: dict[int, _Claim] = {}
+    waiting = list(instance_ids)
+    try:
+        for pause in BUSY_RETRY_S:
+            await asyncio.sleep(pause)
+            claims.update(await _claim(deps, waiting))
+            waiting = [i for i in waiting if i not in claims]
+            if not waiting:
+                break
+    except BaseException:
+        await _release_unstarted(deps, claims)
+        raise
+    return claims
+
+
+class _LateClaims:
+    """A batch's polls whose instance another poll held, claimed once that one ends
+    (:func:`_claim_when_free`: one task for all of them)."""
+
+    def __init__(self, deps: PollDeps, held: Sequence[int]) -> None:
+        self._waiting = set(held)
+        self._task = asyncio.ensure_future(_claim_when_free(deps, held)) if held else None
+
+    async def claim(self, instance_id: int) -> _Claim | None:
+        """The instance's claim once its lease was free, else ``None`` (still busy). Once per
+        instance: a second listing of it in the batch is busy, as before."""
+        if self._task is None or instance_id not in self._waiting:
+            return None
+        self._waiting.discard(instance_id)
+        # shielded: a poll cancelled while it waits must not cancel the others' claims
+        return (await asyncio.shield(self._task)).pop(instance_id, None)
+
+    async def unused(self) -> dict[int, _Claim]:
+        """Claims taken but never polled (the batch was cancelled), for the caller to give
+        back. A claim still under way is cancelled, and gives back what it took itself."""
+        task = self._task
+        if task is None:
+            return {}
+        if not task.done():
+            task.cancel()
+            await asyncio.wait([task])
+            return {}
+        if task.cancelled() or task.exception() is not None:
+            return {}
+        return task.result()
+
+
 async def _release_unstarted(deps: PollDeps, claims: dict[int, _Claim]) -> None:
     """Give back the leases of polls that will not run (best effort, one round trip): they
     are forgotten first, so even when Redis fails here they are not renewed, and expire."""
@@ -594,7 +651,8 @@ async def run_polls(
     commits (a poll that stores events in its own transaction; quiet polls that end
     within the window in one statement, :class:`QuietCommits`), mirrors its watermarks,
     leaves its slot and gives its lease back (with the polls that end within the window,
-    :class:`LeaseReturns`).
+    :class:`LeaseReturns`). A poll whose instance another poll holds waits for it to end
+    (up to :data:`BUSY_RETRY_S`), then is deferred.
     Metrics of the whole batch go out in one round trip at the end (each poll has
     already written its watermarks, before giving its lease back).
     One poll's unexpected crash is logged and does not take the batch down: its
@@ -609,12 +667,14 @@ async def run_polls(
         claims = await _claim(deps, [i for i, _ in items])
     except Exception as exc:  # Redis or PostgreSQL: every poll of the batch fails with it
         shared_failure = exc
+    held = [i for i in dict.fromkeys(i for i, _ in items) if i not in claims]
+    late = _LateClaims(deps, [] if shared_failure else held)
 
     async def poll(instance_id: int) -> PollOutcome:
         if shared_failure is not None:
             raise shared_failure
         # pop: an instance listed twice is polled once; the other finds it busy, as before
-        claim = claims.pop(instance_id, None)
+        claim = claims.pop(instance_id, None) or await late.claim(instance_id)
         if claim is None:
             return PollOutcome(instance_id, skipped=True, busy=True)
         try:
@@ -638,6 +698,7 @@ async def run_polls(
     try:
         done = await asyncio.gather(*(one(i, at) for i, at in items))
     finally:  # cancelled before some polls began: their leases must not be renewed forever
+        claims.update(await late.unused())
         await _release_unstarted(deps, claims)
     busy = [o.instance_id for o in done if o.busy]
     if busy:

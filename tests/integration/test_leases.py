@@ -1,8 +1,11 @@
-"""Poll leases on real Redis: renewed while held, gone soon after their holder dies."""
+"""Poll leases on real Redis: renewed while held, gone soon after their holder dies; a poll
+that finds its instance's lease held runs once the other poll ends."""
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import time
 import uuid
 from collections.abc import AsyncIterator
 
@@ -12,6 +15,7 @@ from redis.asyncio import Redis
 
 from app import keys
 from app.services.leases import LEASE_TTL_MS, Leases
+from app.services.polling import run_polls
 from tests.conftest import ServiceUrls
 from tests.integration.test_polling import Harness, contacts_config, harness  # noqa: F401
 
@@ -93,3 +97,48 @@ async def test_a_poll_that_finds_the_lease_held_comes_back_when_it_would_expire(
         ).fetchone()
     assert row is not None
     assert 0 < float(row[0]) <= LEASE_TTL_MS / 1000
+
+
+async def test_a_poll_that_finds_the_lease_held_runs_once_the_other_poll_ends(
+    harness: Harness,  # noqa: F811
+) -> None:
+    """A poll-now (or a burst) that catches a scheduled poll in flight polls right after it,
+    not when the lease would have expired; the instance listed twice still polls once."""
+    instance_id = await harness.create_instance(contacts_config())
+    lock = keys.poll_lock(instance_id)
+    await harness.deps.redis.set(lock, "the-poll-in-flight", px=LEASE_TTL_MS)
+
+    async def other_poll_ends() -> float:
+        await asyncio.sleep(0.25)
+        await harness.deps.redis.delete(lock)
+        return time.time()
+
+    ended = asyncio.ensure_future(other_poll_ends())
+    first, second = await run_polls(
+        harness.deps, [(instance_id, None), (instance_id, None)], asyncio.Semaphore(4)
+    )
+    assert (first.skipped, first.busy, first.failed) == (False, False, False)
+    assert first.started_at is not None
+    assert first.started_at.timestamp() >= await ended
+    assert (second.skipped, second.busy) == (True, True)
+    assert await harness.deps.redis.exists(lock) == 0  # given back
+    assert harness.deps.leases.held() == 0
+
+
+async def test_a_batch_cancelled_while_it_waits_for_a_held_lease_keeps_no_lease(
+    harness: Harness,  # noqa: F811
+) -> None:
+    waiting_id = await harness.create_instance(contacts_config())
+    free_id = await harness.create_instance(contacts_config())
+    lock = keys.poll_lock(waiting_id)
+    await harness.deps.redis.set(lock, "the-poll-in-flight", px=LEASE_TTL_MS)
+    batch = asyncio.ensure_future(
+        run_polls(harness.deps, [(waiting_id, None), (free_id, None)], asyncio.Semaphore(4))
+    )
+    await asyncio.sleep(0.2)  # between its lease's first and second retry
+    batch.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await batch
+    assert harness.deps.leases.held() == 0  # nothing left held or renewed
+    assert await harness.deps.redis.exists(keys.poll_lock(free_id)) == 0
+    assert await harness.deps.redis.get(lock) == b"the-poll-in-flight"  # not ours to touch
