@@ -1,7 +1,8 @@
 """Phases 5 and 6: what the system can do at most, and what nothing could beat.
 
-**burst** — every instance is made due at once (one UPDATE when the tool owns the stack,
-else ``POST .../polling/run`` per instance); capacity is polls completed ÷ seconds until the
+**burst** — every instance is made due at once (when the tool owns the stack, one
+UPDATE and the notification that wakes beat, as ``POST .../polling/run`` does per
+instance; else that call per instance); capacity is polls completed ÷ seconds until the
 last finished, from the poll journal. **ceiling** — with the stack stopped, a bare aiohttp
 loop (own process, :mod:`.ceiling`) fetches the same page URLs from the same simulator:
 the page-fetch rate nothing could beat.
@@ -33,13 +34,18 @@ CEILING_SAMPLE = 500
 
 
 async def _all_due(database_url: str, ids: list[int]) -> None:
+    """What ``POST .../polling/run`` does for each instance, in one transaction: make it due
+    and wake beat (which claims at once rather than at its next tick)."""
     from app.db import libpq_url
+    from app.store.schedule import DUE_CHANNEL
 
     conn = await asyncpg.connect(libpq_url(database_url))
     try:
-        await conn.execute(
-            "UPDATE instances SET next_poll_at = now() WHERE id = ANY($1::bigint[])", ids
-        )
+        async with conn.transaction():
+            await conn.execute(
+                "UPDATE instances SET next_poll_at = now() WHERE id = ANY($1::bigint[])", ids
+            )
+            await conn.execute(f"NOTIFY {DUE_CHANNEL}")
     finally:
         await conn.close()
 
