@@ -108,6 +108,28 @@ def page_url(base_url: str, path: str, limit: int, offset: int) -> URL:
     return URL(full, encoded=True).update_query(limit=str(limit), offset=str(offset))
 
 
+def body_text(body: bytes, charset: str | None) -> str:
+    """The body as text in its declared charset (UTF-8 when none, or one Python lacks);
+    bytes that are not of it are replaced, not refused."""
+    try:
+        return body.decode(charset or "utf-8", errors="replace")
+    except LookupError:
+        return body.decode("utf-8", errors="replace")
+
+
+def parse_page(body: bytes, charset: str | None) -> Any:
+    """A page's JSON; ``ProviderError("malformed")`` when it is none, nesting too deep for
+    the parser included (a provider's page, however odd, is weather, not a crash).
+
+    Not orjson, though faster: it reads an integer past 64 bits as a float, and an id
+    that changes its spelling would break the delta's matching by id.
+    """
+    try:
+        return json.loads(body_text(body, charset))
+    except (ValueError, RecursionError) as exc:
+        raise ProviderError("malformed", "response is not valid JSON") from exc
+
+
 def items_of(body: Any, item_key: str) -> list[dict[str, Any]]:
     """The record list of Keap's envelope ``{"<resource>": [...], "count", "next"}``."""
     if isinstance(body, list):
@@ -152,7 +174,7 @@ class InfusionsoftClient:
         while True:
             if self.budget is not None:
                 await self.budget.acquire()
-            status, headers, text = await self._get(url, token)
+            status, headers, body, charset = await self._get(url, token)
             stats.requests += 1
             if status == 401 and not refreshed:
                 token = await self.tokens.refresh(token)
@@ -166,9 +188,9 @@ class InfusionsoftClient:
                 stats.throttled_s += wait
                 await asyncio.sleep(wait)
                 continue
-            return self._decode(status, text)
+            return self._decode(status, body, charset)
 
-    async def _get(self, url: URL, token: str) -> tuple[int, Mapping[str, str], str]:
+    async def _get(self, url: URL, token: str) -> tuple[int, Mapping[str, str], bytes, str | None]:
         try:
             async with self.http.get(
                 url,
@@ -176,24 +198,22 @@ class InfusionsoftClient:
                 timeout=self.timeout,
                 allow_redirects=False,
             ) as resp:
-                return resp.status, resp.headers, await resp.text(errors="replace")
+                return resp.status, resp.headers, await resp.read(), resp.charset
         except TimeoutError as exc:
             raise ProviderError("timeout", f"no answer within {self.timeout.total:g}s") from exc
         except aiohttp.ClientError as exc:
             raise ProviderError("connection", type(exc).__name__) from exc
 
     @staticmethod
-    def _decode(status: int, text: str) -> Any:
+    def _decode(status: int, body: bytes, charset: str | None) -> Any:
         if status == 401:
             raise ProviderError("auth", "access token rejected after a refresh")
         if status >= 500:
             raise ProviderError("http_5xx", f"provider answered {status}")
         if status != 200:
+            text = body_text(body, charset)
             raise ProviderError("http_4xx", f"provider answered {status}: {text[:200]}")
-        try:
-            return json.loads(text)
-        except ValueError as exc:
-            raise ProviderError("malformed", "response is not valid JSON") from exc
+        return parse_page(body, charset)
 
     async def fetch_all(
         self,
