@@ -45,6 +45,7 @@ from app.gctune import tune_gc
 from app.services.leases import SyncLease
 from app.settings import get_settings
 from app.store import schedule
+from app.store.wakeups import DueWakeups
 from workers.heartbeat import Heartbeat
 from workers.messages import PollOrder, encode_polls
 from workers.queues import POLL_INSTANCES, TASK_BATCH, Queue
@@ -55,7 +56,7 @@ log = logging.getLogger(__name__)
 # worst, an eighth on average (at 1 s, half a second was most of the median lag). Ticks
 # cost a leader-lease renewal and one claim statement each; the claim's cost follows
 # the rows due, so four smaller claims cost about what one larger did. A poll-now does
-# not wait for the tick: it wakes the leader (app.store.schedule.DueWakeups).
+# not wait for the tick: it wakes the leader (app.store.wakeups.DueWakeups).
 POLL_TICK_S = 0.25
 LEADER_TTL_MS = 10_000
 CLAIM_BATCH = 2000
@@ -330,7 +331,7 @@ class DueInstanceScheduler(Scheduler):
         )
         client = redis.Redis.from_url(settings.require("redis_url"))
         self.leader = LeaderLock(client, keys.beat_leader())
-        self.wakeups = schedule.DueWakeups(libpq_url(settings.require("database_url")))
+        self.wakeups = DueWakeups(libpq_url(settings.require("database_url")))
         self.announcer = liveness.SyncAnnouncer(client, "beat", liveness.member())
         self.polls_sent = 0
         # Standbys beat too: they are alive, and take over when the leader's lock expires.

@@ -13,32 +13,25 @@ A stored slot outside ``SLOT_MIN .. SLOT_MAX`` (PostgreSQL stores up to 294276 A
 Python ``datetime``, which would fail the whole batch.
 
 Whoever makes an instance due before its slot (poll-now) also notifies
-:data:`DUE_CHANNEL`; beat's leader listens on it (:class:`DueWakeups`) and claims at
+:data:`DUE_CHANNEL`; beat's leader listens on it
+(:class:`app.store.wakeups.DueWakeups`) and claims at
 once instead of at its next tick.
 """
 
 from __future__ import annotations
 
-import logging
-import time
 from collections.abc import Sequence
 from datetime import datetime
 
-import psycopg
 from sqlalchemy import Connection, Row, text
 
 from app.domain.rows import DUE_PREDICATE
 from app.domain.schedule import SLOT_MAX, SLOT_MIN
 
-log = logging.getLogger(__name__)
-
 #: The channel poll-now notifies (no payload: beat only needs to wake, and a payload
 #: would tell every listener which tenant asked).
 DUE_CHANNEL = "pollinator_due"
 NOTIFY_DUE = text(f"SELECT pg_notify('{DUE_CHANNEL}', '')")
-#: After the listening connection fails, how long beat ticks without one before it tries
-#: again; a try against an unreachable server costs a tick up to its 2 s connect timeout.
-RELISTEN_AFTER_S = 30.0
 
 CLAIM = text(f"""
     SELECT id,
@@ -98,63 +91,3 @@ def quarantine(conn: Connection, now: datetime, ids: Sequence[int], reasons: Seq
             "slot_max": SLOT_MAX,
         },
     )
-
-
-class DueWakeups:
-    """Beat's wake-up call: a connection of its own, listening on :data:`DUE_CHANNEL`.
-
-    :meth:`wait` sleeps until the next tick or until someone made an instance due, whichever
-    comes first. Without the connection (PostgreSQL unreachable) it sleeps the whole time,
-    and so it does in effect behind a pooler in transaction mode, where notifications never
-    arrive: ticks still claim every due row, a poll-now only waits for the next one.
-    """
-
-    def __init__(self, libpq_url: str) -> None:
-        self.url = libpq_url
-        self._conn: psycopg.Connection[tuple[object, ...]] | None = None
-        self._retry_at = 0.0
-
-    def wait(self, timeout_s: float) -> bool:
-        """``True`` when woken by a notification before ``timeout_s`` ran out."""
-        if timeout_s <= 0:
-            return False
-        deadline = time.monotonic() + timeout_s
-        conn = self._connection()
-        if conn is None:
-            time.sleep(timeout_s)
-            return False
-        try:
-            woken = any(True for _ in conn.notifies(timeout=timeout_s, stop_after=1))
-            if woken:  # one claim answers every notification that came with it
-                for _ in conn.notifies(timeout=0):
-                    pass
-        except psycopg.Error as exc:
-            log.warning("listening for poll-now failed (%s): ticks only", type(exc).__name__)
-            self.close()
-            self._retry_at = time.monotonic() + RELISTEN_AFTER_S
-            time.sleep(max(deadline - time.monotonic(), 0.0))
-            return False
-        return woken
-
-    def _connection(self) -> psycopg.Connection[tuple[object, ...]] | None:
-        if self._conn is None and time.monotonic() >= self._retry_at:
-            conn = None
-            try:
-                conn = psycopg.connect(self.url, autocommit=True, connect_timeout=2)
-                conn.execute(f"LISTEN {DUE_CHANNEL}")
-            except psycopg.Error as exc:
-                if conn is not None:
-                    conn.close()
-                log.warning("cannot listen for poll-now (%s): ticks only", type(exc).__name__)
-                self._retry_at = time.monotonic() + RELISTEN_AFTER_S
-                return None
-            self._conn = conn
-        return self._conn
-
-    def close(self) -> None:
-        conn, self._conn = self._conn, None
-        if conn is not None:
-            try:
-                conn.close()
-            except psycopg.Error:  # already broken: nothing to give back
-                pass

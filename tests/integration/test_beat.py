@@ -18,7 +18,8 @@ from sqlalchemy import Engine, create_engine, event
 
 from app.db import libpq_url, sync_url
 from app.store import schedule
-from app.store.schedule import DueWakeups
+from app.store import wakeups as wakeups_module
+from app.store.wakeups import DueWakeups
 from tests.conftest import ServiceUrls
 from tests.integration import test_polling
 from tests.integration.test_polling import Harness, contacts_config
@@ -189,8 +190,8 @@ def test_beat_ticks_without_the_listener_when_it_cannot_listen(
 ) -> None:
     """A listening connection that fails or cannot be made costs the early wake only: the
     wait still lasts until the tick, and the listener comes back once PostgreSQL does."""
-    monkeypatch.setattr(schedule, "RELISTEN_AFTER_S", 0.0)
-    caplog.set_level(logging.WARNING, logger=schedule.__name__)
+    monkeypatch.setattr(wakeups_module, "RELISTEN_AFTER_S", 0.0)
+    caplog.set_level(logging.WARNING, logger=wakeups_module.__name__)
     unreachable = DueWakeups("postgresql://postgres@127.0.0.1:1/none")
     assert not unreachable.wait(0.05)
     assert "cannot listen for poll-now" in caplog.text

@@ -3,7 +3,8 @@
 Beat claims rows and sends messages: it loads none of the polling and delivery code.
 The workers reach PostgreSQL through asyncpg only; SQLModel and SQLAlchemy (the API's
 ORM) would add about 25 MB of resident memory to each worker process, which the
-40,000-instance budget (all processes together within 600 MB) cannot spare.
+40,000-instance budget (all processes together within 600 MB) cannot spare; nor can the
+API carry psycopg.
 """
 
 from __future__ import annotations
@@ -50,3 +51,13 @@ def test_beat_never_loads_the_task_modules() -> None:
         [sys.executable, "-c", _BEAT_PROBE], capture_output=True, text=True, check=True
     ).stdout.strip()
     assert loaded == ""
+
+
+def test_the_api_never_loads_psycopg() -> None:
+    """The API reaches PostgreSQL through asyncpg; psycopg's driver (beat's, the CLI's) would
+    add 11 MB to its RSS. Poll-now notifies beat through the API's own session."""
+    probe = "import sys, app.api.server; print('psycopg' in sys.modules)"
+    loaded = subprocess.run(
+        [sys.executable, "-c", probe], capture_output=True, text=True, check=True
+    ).stdout.strip()
+    assert loaded == "False"
