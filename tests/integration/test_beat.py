@@ -165,9 +165,13 @@ def test_a_standby_takes_the_lead_when_the_leader_stops(service_urls: ServiceUrl
             client.close()
 
 
-async def test_poll_now_wakes_the_listening_leader(harness: Harness) -> None:
+async def test_poll_now_wakes_the_listening_leader(
+    harness: Harness, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """The API's poll-now notifies beat's channel when it commits; a beat waiting for its
-    next tick wakes, and one wake answers every notification that came with it."""
+    next tick wakes, one wake answers every notification that came with it, and wakes come
+    no more often than the gap allows."""
+    monkeypatch.setattr(wakeups_module, "MIN_WAKE_GAP_S", 1.0)
     instance_id = await harness.create_instance(contacts_config())
     wakeups = DueWakeups(libpq_url(harness.database_url))
     try:
@@ -181,6 +185,13 @@ async def test_poll_now_wakes_the_listening_leader(harness: Harness) -> None:
         assert wakeups.wait(WAIT_S)
         assert time.monotonic() - started < WAIT_S
         assert not wakeups.wait(0.05)  # the other two were answered by the same wake
+        resp = await harness.api.post(
+            f"{BASE}/instances/{instance_id}/polling/run", headers=harness.headers
+        )
+        assert resp.status == 202
+        started = time.monotonic()
+        assert wakeups.wait(WAIT_S)  # woken again, but not before the gap since the last wake
+        assert time.monotonic() - started >= 0.5
     finally:
         wakeups.close()
 
