@@ -1,7 +1,7 @@
 """Beat's wake-up call: ``LISTEN`` on the channel poll-now notifies (:mod:`app.store.schedule`).
 
 A module of its own so that only beat loads psycopg's driver for it: the API notifies
-through its SQLAlchemy session (psycopg added 11 MB to the API's RSS).
+through its SQLAlchemy session (psycopg added about 10 MB to the API's RSS).
 """
 
 from __future__ import annotations

@@ -55,7 +55,7 @@ def test_beat_never_loads_the_task_modules() -> None:
 
 def test_the_api_never_loads_psycopg() -> None:
     """The API reaches PostgreSQL through asyncpg; psycopg's driver (beat's, the CLI's) would
-    add 11 MB to its RSS. Poll-now notifies beat through the API's own session."""
+    add about 10 MB to its RSS. Poll-now notifies beat through the API's own session."""
     probe = "import sys, app.api.server; print('psycopg' in sys.modules)"
     loaded = subprocess.run(
         [sys.executable, "-c", probe], capture_output=True, text=True, check=True
