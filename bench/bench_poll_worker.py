@@ -320,6 +320,7 @@ def _run_polls(env: dict[str, Any], r: redis.Redis, ids: list[int], batch: int) 
     from workers.celery_app import create_celery
     from workers.messages import PollOrder, encode_polls
 
+    get_settings.cache_clear()  # read before ``env`` was set (embedded services: no URLs then)
     app = create_celery(get_settings())
     before = r.xlen(POLL_JOURNAL)
     started = time.monotonic()

@@ -4,7 +4,7 @@ Each function takes beat's synchronous SQLAlchemy connection and never commits:
 :func:`workers.beat.claim_due` owns the transaction (and the savepoints that let one
 refused row fail alone).
 
-The claim's ``WHERE`` is :data:`app.models.DUE_PREDICATE`, the partial index's own
+The claim's ``WHERE`` is :data:`app.domain.rows.DUE_PREDICATE`, the partial index's own
 predicate, followed by ``next_poll_at <= :now``: the planner walks that index only
 when the claim's predicate implies the index's, which the constant guarantees
 (``tests/integration/test_due_predicate.py`` checks the migrated index states it too).
@@ -12,10 +12,9 @@ A stored slot outside ``SLOT_MIN .. SLOT_MAX`` (PostgreSQL stores up to 294276 A
 ±infinity) comes back as ``None`` instead of failing the driver's conversion to a
 Python ``datetime``, which would fail the whole batch.
 
-Whoever makes an instance due before its slot (poll-now) also notifies
-:data:`DUE_CHANNEL`; beat's leader listens on it
-(:class:`app.store.wakeups.DueWakeups`) and claims at
-once instead of at its next tick.
+Whoever makes an instance due before its slot (poll-now) also notifies :data:`DUE_CHANNEL`;
+beat's leader listens on it (:class:`app.store.wakeups.DueWakeups`) and claims at once
+instead of at its next tick.
 """
 
 from __future__ import annotations
