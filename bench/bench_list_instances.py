@@ -11,7 +11,7 @@ Both wall-clock and this process's CPU time are reported: the API server runs in
 process, so CPU time per request is the route's own work (rows decoded, views built,
 blobs decrypted), and it is far less disturbed than wall-clock by a loaded machine.
 
-Usage: .venv/bin/python bench/bench_list_instances.py [--instances N] [--rounds R]
+Usage: .venv/bin/python bench/bench_list_instances.py [--quick] [--instances N] [--rounds R]
 (uses POLLINATOR_DATABASE_URL / POLLINATOR_REDIS_URL when set, else embedded servers).
 """
 
@@ -128,9 +128,12 @@ async def _run(db_url: str, redis_url: str, instances: int, rounds: int) -> None
 
 def main() -> int:
     parser = argparse.ArgumentParser()
-    parser.add_argument("--instances", type=int, default=500)
-    parser.add_argument("--rounds", type=int, default=30)
+    parser.add_argument("--quick", action="store_true", help="100 instances, 5 rounds")
+    parser.add_argument("--instances", type=int, default=None)
+    parser.add_argument("--rounds", type=int, default=None)
     args = parser.parse_args()
+    instances = args.instances or (100 if args.quick else 500)
+    rounds = args.rounds or (5 if args.quick else 30)
     services = ensure_services(
         os.environ.get("POLLINATOR_DATABASE_URL") or None,
         os.environ.get("POLLINATOR_REDIS_URL") or None,
@@ -139,7 +142,7 @@ def main() -> int:
     db_url, name = scratch_database(services.database_url, "pollinator_bench")
     try:
         upgrade(db_url)
-        asyncio.run(_run(db_url, services.redis_url, args.instances, args.rounds))
+        asyncio.run(_run(db_url, services.redis_url, instances, rounds))
     finally:
         drop_database(services.database_url, name)
         services.stop()
