@@ -32,9 +32,9 @@ async def poll_now(session: AsyncSession, instance: Instance) -> None:
     The next poll time becomes the latest tick of the instance's grid that is not in the
     future: the statement wakes beat (:mod:`app.store.wakeups`; without its listener, at
     its next tick), which claims it and reschedules it from that tick, i.e. back onto the
-    same grid, so the instance keeps the phase that spreads it
-    among the others (:mod:`app.domain.schedule`). The statement only ever moves the time
-    earlier: a poll already due stays as due as it was.
+    same grid, so the instance keeps the phase that spreads it among the others
+    (:mod:`app.domain.schedule`). The statement only ever moves the time earlier: a poll
+    already due stays as due as it was.
     """
     now = utcnow()
     scheduled = instance.next_poll_at
